@@ -1,0 +1,41 @@
+"""Backends: where completions come from. Heavy engines are imported only when chosen."""
+
+from __future__ import annotations
+
+from ponder.backends.base import Backend, Capabilities
+from ponder.config import Settings
+
+__all__ = ["Backend", "Capabilities", "build_backend"]
+
+
+def build_backend(settings: Settings) -> Backend:
+    if settings.backend == "openai":
+        from ponder.backends.openai_compat import OpenAICompatBackend
+
+        if not settings.base_url:
+            raise ValueError("the openai backend needs --base-url (PONDER_BASE_URL)")
+        key = settings.upstream_api_key
+        return OpenAICompatBackend(
+            settings.base_url,
+            api_key=key.get_secret_value() if key else None,
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+        )
+    if settings.backend == "vllm":
+        from ponder.backends.vllm import VLLMBackend
+
+        if not settings.model:
+            raise ValueError("the vllm backend needs --model (a model path or name)")
+        return VLLMBackend(
+            settings.model,
+            model_id=settings.model_id,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+        )
+    from ponder.backends.llamacpp import EmbeddedBackend
+
+    return EmbeddedBackend(
+        settings.model,
+        model_id=settings.model_id,
+        n_threads=settings.n_threads,
+        n_ctx=settings.n_ctx,
+    )

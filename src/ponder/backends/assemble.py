@@ -1,0 +1,79 @@
+"""Turn a stream of deltas back into whole choices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ponder.types import Completion, Delta, FinishReason, ToolCall, Usage
+
+
+@dataclass
+class _ToolCallParts:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    type: str = "function"
+
+
+@dataclass
+class _ChoiceParts:
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, _ToolCallParts] = field(default_factory=dict)
+    finish_reason: FinishReason | None = None
+
+
+class Assembler:
+    """Collects deltas of `n` choices; `completions()` gives the finished choices.
+
+    The call's usage, reported once at the end of a stream, is put on the first choice, as
+    `Completion.usage` documents.
+    """
+
+    def __init__(self, n: int = 1) -> None:
+        self._choices = [_ChoiceParts() for _ in range(n)]
+        self.usage: Usage | None = None
+
+    def add(self, delta: Delta) -> None:
+        if delta.usage is not None:
+            self.usage = delta.usage
+        if (
+            delta.content is None
+            and delta.reasoning is None
+            and not delta.tool_calls
+            and (delta.finish_reason is None)
+        ):
+            return
+        choice = self._choices[delta.index]
+        if delta.content:
+            choice.content.append(delta.content)
+        if delta.reasoning:
+            choice.reasoning.append(delta.reasoning)
+        for tc in delta.tool_calls:
+            parts = choice.tool_calls.setdefault(tc.index, _ToolCallParts())
+            parts.id = tc.id or parts.id
+            parts.name += tc.name or ""
+            parts.type = tc.type or parts.type
+            if tc.arguments:
+                parts.arguments.append(tc.arguments)
+        if delta.finish_reason is not None:
+            choice.finish_reason = delta.finish_reason
+
+    def completions(self) -> list[Completion]:
+        out = []
+        for i, c in enumerate(self._choices):
+            tool_calls = tuple(
+                ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments), type=p.type)
+                for _, p in sorted(c.tool_calls.items())
+            )
+            usage = (self.usage or Usage()) if i == 0 else Usage()
+            out.append(
+                Completion(
+                    content="".join(c.content) if c.content or not tool_calls else None,
+                    finish_reason=c.finish_reason or "stop",
+                    tool_calls=tool_calls,
+                    usage=usage,
+                    reasoning="".join(c.reasoning) or None,
+                )
+            )
+        return out

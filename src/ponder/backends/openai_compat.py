@@ -1,0 +1,197 @@
+"""`openai` backend: any OpenAI-compatible server, through one shared httpx client."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn
+
+import httpx
+
+from ponder.backends.base import Capabilities
+from ponder.backends.wire import completions_of, deltas_of, messages_body, sampling_body
+from ponder.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
+    PonderError,
+    RateLimited,
+    UnknownModel,
+)
+from ponder.tokens import count_prompt_tokens, count_tokens
+from ponder.types import Completion, Delta, Message, Sampling, Usage
+
+log = logging.getLogger(__name__)
+
+
+class OpenAICompatBackend:
+    name = "openai"
+    capabilities = Capabilities(native_n=True, logprobs=True, tools=True, max_concurrency=64)
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            transport=transport,
+        )
+
+    # ---- Backend protocol ------------------------------------------------------------------
+
+    async def models(self) -> list[str]:
+        response = await self._send("GET", "models")
+        return [str(m["id"]) for m in response.json().get("data", [])]
+
+    def serves(self, model: str) -> bool:
+        return True  # the upstream decides; an unknown model comes back as a 404
+
+    async def ready(self) -> bool:
+        try:
+            await self._send("GET", "models")
+        except PonderError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def complete(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> list[Completion]:
+        response = await self._send(
+            "POST", "chat/completions", self._body(model, messages, sampling, n)
+        )
+        choices = completions_of(response.json())
+        if len(choices) != n:
+            raise BackendError(f"upstream returned {len(choices)} choices, {n} were asked for")
+        return choices
+
+    async def stream(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> AsyncIterator[Delta]:
+        body = self._body(model, messages, sampling, n)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        finished: set[int] = set()
+        usage: Usage | None = None
+        text_seen: list[str] = []
+        done = False
+        try:
+            async with self._client.stream("POST", "chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for(response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise BackendError(_message_of(chunk, "upstream stream failed"))
+                    for delta in deltas_of(chunk):
+                        if delta.usage is not None:
+                            usage = delta.usage
+                            continue
+                        if delta.content:
+                            text_seen.append(delta.content)
+                        if delta.finish_reason is not None:
+                            finished.add(delta.index)
+                        yield delta
+        except httpx.HTTPError as exc:
+            _raise_transport(exc)
+        except json.JSONDecodeError as exc:
+            raise BackendError("upstream sent a malformed stream chunk") from exc
+        if len(finished) < n and not done:
+            raise BackendError("upstream stream ended before every choice finished")
+        for index in range(n):
+            if index not in finished:
+                yield Delta(index=index, finish_reason="stop")
+        if usage is None:  # the upstream ignored stream_options: count the tokens ourselves
+            usage = Usage(count_prompt_tokens(messages), count_tokens("".join(text_seen)))
+        yield Delta(usage=usage)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _body(
+        model: str, messages: Sequence[Message], sampling: Sampling, n: int
+    ) -> dict[str, Any]:
+        body = sampling_body(sampling)
+        body["model"] = model
+        body["messages"] = messages_body(messages)
+        if n != 1:
+            body["n"] = n
+        return body
+
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            _raise_transport(exc)
+        if response.status_code >= 400:
+            _raise_for(response)
+        return response
+
+
+def _message_of(body: object, default: str) -> str:
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    return default
+
+
+def _raise_transport(exc: httpx.HTTPError) -> NoReturn:
+    if isinstance(exc, httpx.TimeoutException):
+        raise BackendTimeout("the upstream did not answer in time") from exc
+    if isinstance(exc, httpx.TransportError):
+        raise BackendUnavailable(f"cannot reach the upstream: {type(exc).__name__}") from exc
+    raise BackendError(f"upstream call failed: {type(exc).__name__}") from exc
+
+
+def _raise_for(response: httpx.Response) -> NoReturn:
+    try:
+        body: object = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    message = _message_of(body, f"upstream answered HTTP {status}")
+    param = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        p = body["error"].get("param")
+        param = p if isinstance(p, str) else None
+    if status == 404:
+        raise UnknownModel(message, param=param or "model")
+    if status in (400, 409, 413, 422):
+        raise InvalidRequest(message, param=param)
+    if status in (401, 403):
+        log.warning("upstream rejected Ponder's credentials (HTTP %s)", status)
+        raise BackendError(
+            "the upstream rejected Ponder's credentials; check PONDER_UPSTREAM_API_KEY"
+        )
+    if status == 429:
+        raise RateLimited(message)
+    if status in (502, 503):
+        raise BackendUnavailable(message)
+    if status == 504:
+        raise BackendTimeout(message)
+    raise BackendError(message)

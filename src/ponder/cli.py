@@ -1,0 +1,136 @@
+"""`ponder serve` and `ponder ask`. Flags map onto `Settings`; unset flags keep PONDER_* values."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from ponder.config import Settings
+from ponder.errors import PonderError
+from ponder.types import Delta
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def _backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["embedded", "openai", "vllm"], help="default: embedded")
+    p.add_argument("--base-url", help="openai backend: upstream base URL, e.g. http://host/v1")
+    p.add_argument("--log-level", help="default: INFO")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="ponder", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible server")
+    serve.add_argument("--host", help="default: 127.0.0.1 (other addresses need PONDER_API_KEYS)")
+    serve.add_argument("--port", type=int, help="default: 8000")
+    _backend_flags(serve)
+    serve.add_argument(
+        "--model", help="embedded: GGUF file (default: bundled SmolLM2-135M); vllm: model path"
+    )
+
+    ask = sub.add_parser("ask", help="answer one question in the terminal")
+    ask.add_argument("question")
+    ask.add_argument(
+        "--model",
+        dest="ask_model",
+        help="model name with an optional strategy prefix (default: the backend's first model)",
+    )
+    ask.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
+    ask.add_argument("--max-tokens", type=int, default=512)
+    _backend_flags(ask)
+    ask.add_argument("--model-path", dest="model", help="embedded: GGUF file; vllm: model path")
+    return root
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    fields = ("host", "port", "backend", "base_url", "model", "log_level")
+    overrides: dict[str, Any] = {
+        f: getattr(args, f) for f in fields if getattr(args, f, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from ponder.proxy import create_app
+
+    settings.check_exposure()
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+async def ask(
+    settings: Settings, question: str, model: str | None, system: str, max_tokens: int
+) -> int:
+    from ponder.backends import build_backend
+    from ponder.protocol import ChatCompletionRequest
+    from ponder.proxy.chat import ChatService
+    from ponder.proxy.middleware import new_request_id
+    from ponder.strategies.engine import Engine
+    from ponder.strategies.registry import default_registry
+
+    backend = build_backend(settings)
+    try:
+        model = model or (await backend.models())[0]
+        request = ChatCompletionRequest.model_validate(
+            {
+                "model": model,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": question},
+                ],
+                "max_tokens": max_tokens,
+            }
+        )
+        job = ChatService(backend, Engine(default_registry())).prepare(request, new_request_id())
+        streamed = False
+
+        def show(delta: Delta) -> None:
+            nonlocal streamed
+            if delta.content:
+                streamed = True
+                sys.stdout.write(delta.content)
+                sys.stdout.flush()
+
+        choices = await job.run(show)
+        if not streamed:  # the strategy's answer was not a single streamed generation
+            sys.stdout.write(choices[0].content or "")
+        sys.stdout.write("\n")
+        return 0
+    finally:
+        await backend.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        print(f"ponder: invalid setting: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            serve(settings)
+            return 0
+        return asyncio.run(
+            ask(settings, args.question, args.ask_model, args.system, args.max_tokens)
+        )
+    except (ValueError, PonderError) as exc:
+        print(f"ponder: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Settings: one class, read from `PONDER_*` environment variables; CLI flags map onto it."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BackendKind = Literal["embedded", "openai", "vllm"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PONDER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    backend: BackendKind = "embedded"
+    base_url: str | None = Field(
+        None, description="openai backend: the upstream's base URL, e.g. http://host:8080/v1"
+    )
+    model: str | None = Field(
+        None,
+        description="embedded: path to a GGUF file (default: the bundled SmolLM2-135M); "
+        "vllm: model path or name; openai: unused",
+    )
+    model_id: str | None = Field(
+        None, description="The id clients use for the local model (default: derived from it)"
+    )
+    upstream_api_key: SecretStr | None = None
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys clients must present as 'Authorization: Bearer KEY' (comma-separated).",
+    )
+    upstream_timeout_s: float = Field(600.0, gt=0)
+    upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    n_threads: int = Field(1, ge=1, description="embedded: llama.cpp threads")
+    n_ctx: int = Field(4096, ge=256, description="embedded: context window in tokens")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm")
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback without API keys."""
+        if self.api_keys or _is_loopback(self.host):
+            return
+        raise ValueError(
+            f"refusing to listen on {self.host} without API keys: set PONDER_API_KEYS "
+            "or bind 127.0.0.1"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,93 @@
+"""The one error hierarchy. `ponder.proxy.errors` maps it onto the OpenAI error shape."""
+
+from __future__ import annotations
+
+
+class PonderError(Exception):
+    """Base of every error Ponder reports to a client."""
+
+    status_code: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(PonderError):
+    status_code = 400
+    type = "invalid_request_error"
+
+
+class Unsupported(InvalidRequest):
+    """A well-formed request asks for something the chosen backend or strategy cannot do."""
+
+    code = "unsupported_parameter"
+
+
+class UnknownModel(PonderError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class AuthenticationError(PonderError):
+    status_code = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class RateLimited(PonderError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(PonderError):
+    status_code = 429
+    type = "budget_exceeded"
+    code = "budget_exceeded"
+
+
+class BackendError(PonderError):
+    """The backend answered, but with a failure Ponder cannot fix."""
+
+    status_code = 502
+    type = "api_error"
+    code = "backend_error"
+
+
+class BackendUnavailable(BackendError):
+    status_code = 503
+    code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    status_code = 504
+    type = "timeout"
+    code = "backend_timeout"
+
+
+class InternalError(PonderError):
+    """Something Ponder did not expect; details go to the log, never to the client."""
+
+    status_code = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str = "Internal server error.") -> None:
+        super().__init__(message)

@@ -1,0 +1,54 @@
+"""`create_app()`: the one way to build a Ponder server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ponder import __version__
+from ponder.backends import build_backend
+from ponder.backends.base import Backend
+from ponder.config import Settings
+from ponder.proxy import errors
+from ponder.proxy.middleware import RequestIdMiddleware
+from ponder.proxy.routes import health, v1
+from ponder.proxy.state import AppState
+from ponder.strategies.engine import Engine
+from ponder.strategies.registry import Registry, default_registry
+
+
+def create_app(
+    settings: Settings | None = None,
+    backend: Backend | None = None,
+    registry: Registry | None = None,
+) -> FastAPI:
+    """Build the app. Without `backend`, the one `settings` names is built (and closed with the
+    app); a given backend stays the caller's to close."""
+    settings = settings or Settings()
+    state = AppState(
+        settings=settings,
+        backend=backend or build_backend(settings),
+        engine=Engine(registry or default_registry()),
+        owns_backend=backend is None,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if state.owns_backend:
+            await state.backend.aclose()
+
+    app = FastAPI(
+        title="Ponder",
+        version=__version__,
+        summary="OpenAI-compatible proxy that makes chat models reason better",
+        lifespan=lifespan,
+    )
+    app.state.ponder = state
+    errors.install(app)
+    app.include_router(v1)
+    app.include_router(health)
+    app.add_middleware(RequestIdMiddleware)
+    return app

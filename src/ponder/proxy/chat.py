@@ -1,0 +1,136 @@
+"""POST /v1/chat/completions: resolve, build the context, run, answer (JSON or SSE)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.responses import Response
+
+from ponder.backends.base import Backend
+from ponder.errors import InvalidRequest, UnknownModel
+from ponder.protocol import ChatCompletionRequest
+from ponder.proxy.convert import completion_body, to_messages, to_sampling
+from ponder.proxy.streaming import ChunkFormat, stream_chunks
+from ponder.strategies.base import Strategy
+from ponder.strategies.context import RequestContext, Sink
+from ponder.strategies.engine import Engine
+from ponder.strategies.resolve import Route, resolve
+from ponder.types import Completion, Message
+
+# Keys of the `ponder` body field that are not strategy slugs.
+REQUEST_OPTIONS = frozenset({"trace", "reasoning"})
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class ChatService:
+    backend: Backend
+    engine: Engine
+
+    def route(self, request: ChatCompletionRequest) -> Route:
+        route = resolve(request.model, self.engine.registry.canonical, request.optillm_approach)
+        if not self.backend.serves(route.model):
+            hint = ""
+            prefix, sep, _ = request.model.partition("-")
+            if sep and prefix not in self.engine.registry:
+                hint = f" (and {prefix!r} is not a known strategy)"
+            raise UnknownModel(
+                f"The model '{route.model}' does not exist{hint}. GET /v1/models lists them.",
+                param="model",
+            )
+        return route
+
+    def options(self, request: ChatCompletionRequest) -> Mapping[str, Any]:
+        options = request.ponder or {}
+        for key, value in options.items():
+            if key in REQUEST_OPTIONS:
+                if not isinstance(value, bool):
+                    raise InvalidRequest(f"ponder.{key} must be a boolean", param=f"ponder.{key}")
+            elif key not in self.engine.registry:
+                raise InvalidRequest(f"unknown option ponder.{key}", param=f"ponder.{key}")
+            elif not isinstance(value, dict):
+                raise InvalidRequest(f"ponder.{key} must be an object", param=f"ponder.{key}")
+        return options
+
+    def prepare(self, request: ChatCompletionRequest, request_id: str) -> Job:
+        """Validate and resolve everything before the first backend call."""
+        route = self.route(request)
+        options = self.options(request)
+        return Job(
+            route=route,
+            strategies=self.engine.build(route, options),
+            engine=self.engine,
+            messages=to_messages(request),
+            ctx=RequestContext(
+                request_id=request_id,
+                model=route.model,
+                backend=self.backend,
+                sampling=to_sampling(request),
+                n=request.n,
+                options=options,
+            ),
+        )
+
+    async def handle(self, request: ChatCompletionRequest, request_id: str) -> Response:
+        job = self.prepare(request, request_id)
+        ctx = job.ctx
+        completion_id = f"chatcmpl-{request_id}"
+        created = int(time.time())
+        if not request.stream:
+            choices = await job.run(None)
+            body = completion_body(
+                completion_id=completion_id,
+                created=created,
+                model=request.model,
+                choices=choices,
+                usage=ctx.meter.usage,
+                trace=ctx.trace if ctx.options.get("trace") else None,
+            )
+            return JSONResponse(body, headers={"x-ponder-backend-calls": str(ctx.meter.calls)})
+
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        chunks = stream_chunks(
+            job.run,
+            ChunkFormat(completion_id, created, request.model, include_usage),
+            n_choices=job.n_choices,
+            usage=lambda: ctx.meter.usage,
+            hold_until_first_token=job.route.slugs == ("none",),
+        )
+        first = await anext(chunks)  # an early failure raises here, before any byte is sent
+        return StreamingResponse(
+            _prepend(first, chunks), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+
+
+@dataclass
+class Job:
+    """One validated request, ready to run."""
+
+    route: Route
+    strategies: list[Strategy]
+    engine: Engine
+    messages: list[Message]
+    ctx: RequestContext
+
+    @property
+    def n_choices(self) -> int:
+        branches = len(self.strategies) if self.route.mode == "parallel" else 1
+        return self.ctx.n * branches
+
+    async def run(self, sink: Sink | None) -> list[Completion]:
+        self.ctx.sink = sink
+        return await self.engine.run(self.route, self.strategies, self.ctx, self.messages)
+
+
+async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()

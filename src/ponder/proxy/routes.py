@@ -1,0 +1,92 @@
+"""HTTP routes. Thin: validation is pydantic's, the work is ChatService's."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from ponder.errors import AuthenticationError, BackendUnavailable
+from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from ponder.proxy.state import AppState
+
+READY_TIMEOUT_S = 5.0
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Invalid request",
+        401: "Missing or wrong API key",
+        404: "Unknown model or strategy",
+        429: "Rate limited",
+        502: "Backend failure",
+        503: "Backend unavailable",
+        504: "Backend timeout",
+    }.items()
+}
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.ponder
+    return state
+
+
+async def require_key(request: Request) -> None:
+    keys = state_of(request).settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    presented = token.strip().encode()
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(presented, k.get_secret_value().encode()) for k in keys
+    ):
+        raise AuthenticationError("Missing or incorrect API key in 'Authorization: Bearer ...'.")
+
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
+health = APIRouter(prefix="/health")
+
+
+@v1.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await state_of(request).chat.handle(body, request.state.request_id)
+
+
+@v1.get("/models", response_model=ModelList)
+async def list_models(request: Request) -> dict[str, Any]:
+    state = state_of(request)
+    base = await state.backend.models()
+    created = int(state.started)
+    ids = [*base, *(f"{slug}-{m}" for slug in state.engine.registry.slugs for m in base)]
+    return {
+        "object": "list",
+        "data": [
+            {"id": i, "object": "model", "created": created, "owned_by": "ponder"} for i in ids
+        ],
+    }
+
+
+@health.get("/live")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/ready", responses={503: {"model": ErrorResponse}})
+async def ready(request: Request) -> Response:
+    backend = state_of(request).backend
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            ok = await backend.ready()
+    except TimeoutError:
+        ok = False
+    if not ok:
+        raise BackendUnavailable(f"backend '{backend.name}' is not answering")
+    return JSONResponse({"status": "ready", "backend": backend.name})

@@ -1,0 +1,24 @@
+"""What the routes share: built once per app in `create_app()`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ponder.backends.base import Backend
+from ponder.config import Settings
+from ponder.proxy.chat import ChatService
+from ponder.strategies.engine import Engine
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    backend: Backend
+    engine: Engine
+    owns_backend: bool
+    chat: ChatService = field(init=False)
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.chat = ChatService(self.backend, self.engine)

@@ -1,0 +1,107 @@
+"""Runs a resolved route: one strategy, a pipeline of them, or several side by side."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from ponder.strategies.base import Strategy
+from ponder.strategies.context import RequestContext
+from ponder.strategies.registry import Registry
+from ponder.strategies.resolve import Route
+from ponder.types import Completion, Message
+
+T = TypeVar("T")
+
+PIPE_PROMPT = (
+    "Review the answer above for mistakes and give your final answer to the original request."
+)
+
+
+class Engine:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def build(self, route: Route, options: Mapping[str, Any]) -> list[Strategy]:
+        """Instantiate the route's strategies with the client's options (validated here, so
+        bad options fail before any backend call)."""
+        return [self.registry.create(slug, _options_for(options, slug)) for slug in route.slugs]
+
+    async def run(
+        self,
+        route: Route,
+        strategies: Sequence[Strategy],
+        ctx: RequestContext,
+        messages: Sequence[Message],
+    ) -> list[Completion]:
+        """Return `ctx.n` choices per strategy branch, indexed from `ctx.choice_index`."""
+        if route.mode == "parallel":
+            runs = [
+                _draw(s, ctx.for_choice(ctx.choice_index + i * ctx.n, ctx.n), messages)
+                for i, s in enumerate(strategies)
+            ]
+            return [c for choices in await _all(runs) for c in choices]
+        if route.mode == "pipeline":
+            return await _all(
+                [
+                    _pipeline(strategies, ctx.for_choice(ctx.choice_index + i), messages)
+                    for i in range(ctx.n)
+                ]
+            )
+        return await _draw(strategies[0], ctx, messages)
+
+
+def _options_for(options: Mapping[str, Any], slug: str) -> Mapping[str, Any]:
+    value = options.get(slug)
+    return value if isinstance(value, Mapping) else {}
+
+
+async def _draw(
+    strategy: Strategy, ctx: RequestContext, messages: Sequence[Message]
+) -> list[Completion]:
+    """`ctx.n` choices: in one run when the strategy draws them itself, else n concurrent runs."""
+    if strategy.draws_n or ctx.n == 1:
+        return list(await strategy.run(ctx, messages))
+    runs = [strategy.run(ctx.for_choice(ctx.choice_index + i), messages) for i in range(ctx.n)]
+    return [choices[0] for choices in await _all(runs)]
+
+
+async def _pipeline(
+    strategies: Sequence[Strategy], ctx: RequestContext, messages: Sequence[Message]
+) -> Completion:
+    """Each strategy reviews the previous one's answer; only the last one streams."""
+    current = list(messages)
+    quiet = replace(ctx, sink=None)
+    for i, strategy in enumerate(strategies):
+        last = i == len(strategies) - 1
+        (answer,) = await strategy.run(ctx if last else quiet, current)
+        if last:
+            return answer
+        ctx.step("pipeline", strategy=strategy.slug, answer=answer.content)
+        current = [
+            *messages,
+            Message(role="assistant", content=answer.content or ""),
+            Message(role="user", content=PIPE_PROMPT),
+        ]
+    raise AssertionError("a pipeline has at least one strategy")
+
+
+async def _all(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; the first failure cancels the rest and is raised as itself."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+    return [t.result() for t in tasks]
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

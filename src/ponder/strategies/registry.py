@@ -1,0 +1,85 @@
+"""Slug -> strategy factory. One instance per app, built in `create_app()`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from ponder.errors import InvalidRequest
+from ponder.strategies.base import Strategy, StrategyFactory
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "ponder.strategies"
+
+
+class DuplicateStrategy(ValueError):
+    pass
+
+
+class Registry:
+    def __init__(self, factories: Iterable[StrategyFactory] = ()) -> None:
+        self._factories: dict[str, StrategyFactory] = {}
+        self._aliases: dict[str, str] = {}
+        for factory in factories:
+            self.register(factory)
+
+    def register(self, factory: StrategyFactory) -> None:
+        for name in (factory.slug, *factory.aliases):
+            if name in self._factories or name in self._aliases:
+                raise DuplicateStrategy(f"strategy slug {name!r} is registered twice")
+            if not name or "-" in name or "&" in name or "|" in name:
+                raise ValueError(f"invalid strategy slug {name!r}: no '-', '&' or '|'")
+        self._factories[factory.slug] = factory
+        for alias in factory.aliases:
+            self._aliases[alias] = factory.slug
+
+    def load_entry_points(self) -> None:
+        """Register third-party strategies published under the `ponder.strategies` group."""
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            log.info("loading strategy %s from %s", ep.name, ep.value)
+            self.register(ep.load())
+
+    def canonical(self, name: str) -> str | None:
+        """The slug for a slug or alias, or None when unknown."""
+        if name in self._factories:
+            return name
+        return self._aliases.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.canonical(name) is not None
+
+    @property
+    def slugs(self) -> list[str]:
+        return sorted(self._factories)
+
+    def factory(self, slug: str) -> StrategyFactory:
+        canonical = self.canonical(slug)
+        if canonical is None:
+            raise KeyError(slug)
+        return self._factories[canonical]
+
+    def create(self, slug: str, options: Mapping[str, Any] | None = None) -> Strategy:
+        """Build a strategy with the client's options for it, validated against its Config."""
+        factory = self.factory(slug)
+        try:
+            config = factory.Config.model_validate(options or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            param = f"ponder.{factory.slug}" + (f".{where}" if where else "")
+            raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+        return factory(config)
+
+
+def default_registry(*, entry_points: bool = True) -> Registry:
+    from ponder.strategies.none import PassThrough
+
+    registry = Registry([PassThrough])
+    if entry_points:
+        registry.load_entry_points()
+    return registry

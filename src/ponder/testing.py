@@ -1,0 +1,217 @@
+"""Test doubles that Ponder's tests, and users' tests, can import.
+
+`ScriptedBackend` answers from a list of replies or from a function, records every call, and
+can hold calls at a gate so a test can observe how many run at the same time::
+
+    backend = ScriptedBackend(["4", "5", "4"])
+    app = create_app(Settings(), backend=backend)
+    ...
+    assert len(backend.calls) == 1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ponder.backends.base import Capabilities
+from ponder.errors import PonderError
+from ponder.tokens import count_prompt_tokens, count_tokens
+from ponder.types import Completion, Delta, Message, Sampling, ToolCallDelta, Usage
+
+__all__ = ["Call", "Reply", "ScriptedBackend", "running_server"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the backend received."""
+
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling
+    n: int
+    stream: bool
+
+    @property
+    def prompt(self) -> str:
+        """The last user message's text: what most assertions look at."""
+        users = [m for m in self.messages if m.role == "user"]
+        return users[-1].text if users else ""
+
+
+Reply = str | Completion | PonderError
+ReplyFn = Callable[[Call, int], Reply | Awaitable[Reply]]
+
+
+@dataclass
+class ScriptedBackend:
+    """A Backend whose answers are scripted.
+
+    `replies` is either a sequence, consumed in order and one per choice (an exhausted list
+    raises), or a function `(call, choice_index) -> reply`. A reply that is a `PonderError` is
+    raised. Token usage is counted with tiktoken, so usage assertions are exact and honest.
+    """
+
+    replies: Sequence[Reply] | ReplyFn = ("ok",)
+    model_ids: tuple[str, ...] = ("scripted",)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    latency_s: float = 0.0
+    name: str = "scripted"
+    calls: list[Call] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    cancelled: int = 0
+    _gate: asyncio.Event | None = None
+    _arrived: asyncio.Condition | None = None
+    _cursor: itertools.count[int] = field(default_factory=itertools.count)
+
+    # ---- controlling the script ------------------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on, calls wait at the gate until `release()`."""
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
+    async def wait_for_in_flight(self, count: int, within_s: float = 5.0) -> None:
+        """Wait until `count` calls are in flight at the same time."""
+        cond = self._condition()
+        async with asyncio.timeout(within_s), cond:
+            await cond.wait_for(lambda: self.in_flight >= count)
+
+    # ---- Backend protocol ------------------------------------------------------------------
+
+    async def models(self) -> list[str]:
+        return list(self.model_ids)
+
+    def serves(self, model: str) -> bool:
+        return model in self.model_ids
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+    async def complete(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> list[Completion]:
+        call = Call(model, tuple(messages), sampling, n, stream=False)
+        async with self._in_flight(call):
+            return [await self._reply(call, i) for i in range(n)]
+
+    async def stream(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> AsyncIterator[Delta]:
+        call = Call(model, tuple(messages), sampling, n, stream=True)
+        async with self._in_flight(call):
+            choices = [await self._reply(call, i) for i in range(n)]
+            usage = Usage()
+            for i, choice in enumerate(choices):
+                for piece in re.findall(r"\S+\s*|\s+", choice.content or ""):
+                    yield Delta(index=i, content=piece)
+                    await asyncio.sleep(0)
+                if choice.tool_calls:
+                    yield Delta(
+                        index=i,
+                        tool_calls=tuple(
+                            ToolCallDelta(k, tc.id, tc.name, tc.arguments, tc.type)
+                            for k, tc in enumerate(choice.tool_calls)
+                        ),
+                    )
+                yield Delta(index=i, finish_reason=choice.finish_reason)
+                usage = usage + choice.usage
+            yield Delta(usage=usage)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _condition(self) -> asyncio.Condition:
+        if self._arrived is None:
+            self._arrived = asyncio.Condition()
+        return self._arrived
+
+    def _in_flight(self, call: Call) -> _InFlight:
+        return _InFlight(self, call)
+
+    async def _reply(self, call: Call, index: int) -> Completion:
+        if callable(self.replies):
+            reply = self.replies(call, index)
+            if isinstance(reply, Awaitable):
+                reply = await reply
+        else:
+            position = next(self._cursor)
+            if position >= len(self.replies):
+                raise AssertionError(f"ScriptedBackend ran out of replies at call {position + 1}")
+            reply = self.replies[position]
+        if isinstance(reply, PonderError):
+            raise reply
+        if isinstance(reply, str):
+            reply = Completion(content=reply)
+        if reply.usage == Usage():
+            prompt = count_prompt_tokens(call.messages) if index == 0 else 0
+            reply = replace(reply, usage=Usage(prompt, count_tokens(reply.content or "")))
+        return reply
+
+
+class _InFlight:
+    """Records a call, counts it in flight, and holds it at the gate."""
+
+    def __init__(self, backend: ScriptedBackend, call: Call) -> None:
+        self.backend = backend
+        self.call = call
+
+    async def __aenter__(self) -> None:
+        b = self.backend
+        b.calls.append(self.call)
+        b.in_flight += 1
+        b.max_in_flight = max(b.max_in_flight, b.in_flight)
+        cond = b._condition()
+        async with cond:
+            cond.notify_all()
+        try:
+            if b._gate is not None:
+                await b._gate.wait()
+            if b.latency_s:
+                await asyncio.sleep(b.latency_s)
+        except asyncio.CancelledError:
+            b.in_flight -= 1
+            b.cancelled += 1
+            raise
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        b = self.backend
+        b.in_flight -= 1
+        if exc_type is asyncio.CancelledError or exc_type is GeneratorExit:
+            b.cancelled += 1
+
+
+@contextmanager
+def running_server(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a background thread; yields the base URL
+    (".../v1"). The app runs on that thread's event loop."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="ponder-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
