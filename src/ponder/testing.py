@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import threading
 import time
@@ -26,7 +27,7 @@ from ponder.errors import PonderError
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling, ToolCallDelta, Usage
 
-__all__ = ["Call", "Reply", "ScriptedBackend", "running_server"]
+__all__ = ["Call", "FakeUpstream", "Reply", "ScriptedBackend", "running_server"]
 
 
 @dataclass(frozen=True)
@@ -215,3 +216,99 @@ def running_server(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class FakeUpstream:
+    """A small OpenAI-compatible server, for testing the `openai` backend and for benchmarks.
+
+    It answers `reply(body, choice_index)` (default: echo the last user message), honours
+    `n`, `stream` and `stream_options.include_usage`, and keeps every request body it got.
+    """
+
+    def __init__(
+        self,
+        reply: Callable[[dict[str, Any], int], str] | None = None,
+        *,
+        model_ids: tuple[str, ...] = ("fake-model",),
+        record: bool = True,
+    ) -> None:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        self.reply = reply or _echo
+        self.model_ids = model_ids
+        self.record = record
+        self.requests: list[dict[str, Any]] = []
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            ]
+        )
+
+    async def _models(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.model_ids
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _chat(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        body = await request.json()
+        if self.record:
+            self.requests.append(body)
+        if body.get("model") not in self.model_ids:
+            error = {
+                "message": "no such model",
+                "type": "invalid_request_error",
+                "code": "model_not_found",
+            }
+            return JSONResponse({"error": error}, status_code=404)
+        n = int(body.get("n", 1))
+        texts = [self.reply(body, i) for i in range(n)]
+        prompt = sum(count_tokens(str(m.get("content") or "")) for m in body["messages"])
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": sum(count_tokens(t) for t in texts),
+            "total_tokens": prompt + sum(count_tokens(t) for t in texts),
+        }
+        head = {"id": "chatcmpl-fake", "created": 0, "model": body["model"]}
+        if not body.get("stream"):
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": t},
+                    "finish_reason": "stop",
+                }
+                for i, t in enumerate(texts)
+            ]
+            return JSONResponse(
+                {**head, "object": "chat.completion", "choices": choices, "usage": usage}
+            )
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            def chunk(choices: list[dict[str, Any]], **more: Any) -> bytes:
+                payload = {**head, "object": "chat.completion.chunk", "choices": choices, **more}
+                return f"data: {json.dumps(payload)}\n\n".encode()
+
+            for i, text in enumerate(texts):
+                yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}}])
+                for piece in re.findall(r"\S+\s*|\s+", text):
+                    yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
+                yield chunk([{"index": i, "delta": {}, "finish_reason": "stop"}])
+            if include_usage:
+                yield chunk([], usage=usage)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _echo(body: dict[str, Any], index: int) -> str:
+    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    text = users[-1].get("content") if users else ""
+    return f"echo {index}: {text if isinstance(text, str) else ''}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Capabilities
-from ponder.backends.wire import finish_reason
+from ponder.backends.wire import finish_reason, text_chat
 from ponder.errors import BackendError, Unsupported
 from ponder.types import Completion, Delta, FinishReason, Message, Sampling, Usage
 
@@ -45,28 +45,6 @@ def bundled_model_path() -> Path:
     if not path.is_file():
         raise ValueError(f"the embedded model file is missing: {path}")
     return path
-
-
-def chat_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Messages as a plain chat template understands them: text only, three roles."""
-    out = []
-    for m in messages:
-        if m.has_non_text_parts:
-            raise Unsupported(
-                "the embedded model reads text only; image, audio and file parts are not supported",
-                param="messages",
-            )
-        text = m.text
-        if m.role == "assistant" and m.tool_calls:
-            calls = "; ".join(f"{tc.name}({tc.arguments})" for tc in m.tool_calls)
-            text = f"{text}\n[called tools: {calls}]".strip()
-        if m.role == "tool":
-            out.append({"role": "user", "content": f"[tool result {m.tool_call_id}]\n{text}"})
-        elif m.role == "developer":
-            out.append({"role": "system", "content": text})
-        else:
-            out.append({"role": m.role, "content": text})
-    return out
 
 
 def generation_kwargs(sampling: Sampling, seed: int) -> dict[str, Any]:
@@ -160,7 +138,7 @@ class EmbeddedBackend:
     async def stream(
         self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
     ) -> AsyncIterator[Delta]:
-        chat = chat_messages(messages)
+        chat = text_chat(messages, "embedded")
         seeds = sample_seeds(sampling.seed, n)
         kwargs = [generation_kwargs(sampling, s) for s in seeds]
         usage = Usage()
@@ -179,7 +157,7 @@ class EmbeddedBackend:
     # ---- the worker thread -----------------------------------------------------------------
 
     async def _generate(
-        self, chat: list[dict[str, str]], kwargs: dict[str, Any]
+        self, chat: list[dict[str, Any]], kwargs: dict[str, Any]
     ) -> AsyncIterator[_Piece]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[_Piece] = asyncio.Queue()
@@ -209,7 +187,7 @@ class EmbeddedBackend:
             future.cancel()  # not started yet: never starts
 
     def _run_llama(
-        self, chat: list[dict[str, str]], kwargs: dict[str, Any], stop: threading.Event
+        self, chat: list[dict[str, Any]], kwargs: dict[str, Any], stop: threading.Event
     ) -> Iterator[_Piece]:
         """Runs on the worker thread.
 

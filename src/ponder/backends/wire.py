@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from ponder.errors import Unsupported
 from ponder.types import (
     Completion,
     Delta,
@@ -136,3 +137,24 @@ def deltas_of(chunk: Mapping[str, Any]) -> list[Delta]:
 
 def messages_body(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return [message_dict(m) for m in messages]
+
+
+def text_chat(messages: Sequence[Message], backend: str) -> list[dict[str, Any]]:
+    """Messages as a plain chat template reads them: text only, tool traffic as text, and
+    `developer` as `system`. Raises Unsupported for image, audio or file parts."""
+    out = []
+    for m in messages:
+        if m.has_non_text_parts:
+            raise Unsupported(f"the {backend} backend reads text only", param="messages")
+        if m.role == "tool":
+            out.append({"role": "user", "content": f"[tool result {m.tool_call_id}]\n{m.text}"})
+            continue
+        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+        d["content"] = m.text
+        if m.tool_calls:
+            calls = "; ".join(f"{tc.name}({tc.arguments})" for tc in m.tool_calls)
+            d["content"] = f"{m.text}\n[called tools: {calls}]".strip()
+        if m.name is not None:
+            d["name"] = m.name
+        out.append(d)
+    return out

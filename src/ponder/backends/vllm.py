@@ -1,0 +1,266 @@
+"""`vllm` backend: a model served in-process by vLLM's async engine (vLLM >= 0.8, a GPU).
+
+vLLM is imported only when the backend is built; the pure functions below need no vLLM.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing
+from typing import Any
+
+from ponder.backends.base import Capabilities
+from ponder.backends.wire import text_chat
+from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
+from ponder.types import Completion, Delta, FinishReason, Message, Sampling, Usage
+
+log = logging.getLogger(__name__)
+
+
+def default_model_id(model: str) -> str:
+    return model.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def top_logprobs(s: Sampling) -> int | None:
+    """Alternatives to report per token; None: no logprobs at all."""
+    return (s.top_logprobs or 0) if s.logprobs else None
+
+
+def sampling_kwargs(
+    s: Sampling, n: int = 1, default_max_tokens: int | None = None
+) -> dict[str, Any]:
+    """`SamplingParams` keywords for `s`. What `s` leaves unset keeps vLLM's default, except
+    `max_tokens`: vLLM's default is 16, so it falls back to `default_max_tokens`."""
+    if s.tools:
+        raise Unsupported("the vllm backend does not support tools", param="tools")
+    optional = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_tokens if s.max_tokens is not None else default_max_tokens,
+        "seed": s.seed,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "logprobs": top_logprobs(s),
+        "stop": list(s.stop) or None,
+    }
+    return {"n": n} | {k: v for k, v in optional.items() if v is not None}
+
+
+def finish_of(reason: str | None) -> FinishReason:
+    return "length" if reason == "length" else "stop"
+
+
+def logprobs_content(
+    token_ids: Sequence[int], logprobs: Sequence[Mapping[int, Any]], top_n: int
+) -> list[dict[str, Any]]:
+    """vLLM's per-token `{token_id: Logprob}` maps as OpenAI `logprobs.content` entries."""
+
+    def entry(lp: Any) -> dict[str, Any]:
+        token = lp.decoded_token or ""
+        return {"token": token, "logprob": float(lp.logprob), "bytes": list(token.encode())}
+
+    out = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=False):
+        if (chosen := candidates.get(token_id)) is not None:
+            ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top_n]
+            out.append({**entry(chosen), "top_logprobs": [entry(lp) for lp in ranked]})
+    return out
+
+
+class CumulativeDeltas:
+    """Turns vLLM's cumulative `CompletionOutput`s (each holds a choice's whole text so far;
+    with n > 1 they may come one choice at a time) into deltas of new text, and exactly one
+    finishing delta per choice."""
+
+    def __init__(self, top_logprobs: int | None = None) -> None:
+        self._top = top_logprobs
+        self._text: dict[int, str] = {}
+        self._tokens: dict[int, int] = {}
+        self._finished: set[int] = set()
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self._tokens.values())
+
+    def feed(self, outputs: Iterable[Any]) -> list[Delta]:
+        deltas = []
+        for c in outputs:
+            i = c.index
+            if i in self._finished:
+                continue
+            seen, seen_tokens = self._text.get(i, ""), self._tokens.get(i, 0)
+            new = ""
+            if c.text.startswith(seen):  # vLLM holds back text a stop string may remove
+                new, self._text[i] = c.text[len(seen) :], c.text
+            lp = None
+            if self._top is not None and c.logprobs:
+                ids, lps = c.token_ids[seen_tokens:], c.logprobs[seen_tokens:]
+                lp = {"content": logprobs_content(ids, lps, self._top)} if len(ids) else None
+            self._tokens[i] = max(seen_tokens, len(c.token_ids))
+            if new or lp:
+                deltas.append(Delta(index=i, content=new or None, logprobs=lp))
+            if c.finish_reason is not None:
+                self._finished.add(i)
+                deltas.append(Delta(index=i, finish_reason=finish_of(c.finish_reason)))
+        return deltas
+
+    def finish(self, n: int) -> list[Delta]:
+        """Finishing deltas for the choices the engine never finished."""
+        return [Delta(index=i, finish_reason="stop") for i in range(n) if i not in self._finished]
+
+
+class VLLMBackend:
+    name = "vllm"
+    capabilities = Capabilities(native_n=True, logprobs=True, tools=False, max_concurrency=256)
+
+    def __init__(
+        self, model: str, *, model_id: str | None = None, gpu_memory_utilization: float = 0.85
+    ) -> None:
+        try:
+            from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+            from vllm.sampling_params import RequestOutputKind
+        except ImportError as exc:
+            raise ValueError("the vllm backend needs vLLM: pip install 'ponder[vllm]'") from exc
+        self.model_id = model_id or default_model_id(model)
+        self._sampling_params: Any = SamplingParams
+        self._final_only: Any = RequestOutputKind.FINAL_ONLY
+        log.info("starting vLLM for %s (%s)", self.model_id, model)
+        args = AsyncEngineArgs(model=model, gpu_memory_utilization=gpu_memory_utilization)
+        # AsyncLLMEngine is the v1 AsyncLLM in every recent release
+        self._engine: Any = AsyncLLMEngine.from_engine_args(args)
+        self._tokenizer: Any = None
+        config = getattr(self._engine, "model_config", None) or getattr(
+            getattr(self._engine, "engine", None), "model_config", None
+        )
+        self._max_model_len: int | None = getattr(config, "max_model_len", None)
+
+    # ---- Backend protocol ------------------------------------------------------------------
+
+    async def models(self) -> list[str]:
+        return [self.model_id]
+
+    def serves(self, model: str) -> bool:
+        return model == self.model_id
+
+    async def ready(self) -> bool:
+        check = getattr(self._engine, "check_health", None)  # raises once the engine is dead
+        try:
+            if check is not None:
+                await check()
+        except Exception:  # any failure of the health check means "not ready"
+            log.exception("vLLM health check failed")
+            return False
+        return self._engine is not None
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        result = engine.shutdown() if hasattr(engine, "shutdown") else None
+        if inspect.isawaitable(result):
+            await result
+
+    async def complete(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> list[Completion]:
+        prompt, params = await self._prepare(messages, sampling, n, final_only=True)
+        final: dict[int, Any] = {}
+        async with aclosing(self._outputs(prompt, params)) as outputs:
+            async for out in outputs:
+                final.update((c.index, c) for c in out.outputs)
+        if sorted(final) != list(range(n)):
+            raise BackendError(f"vLLM returned {len(final)} choices, {n} were asked for")
+        top, choices = top_logprobs(sampling), []
+        for i, c in sorted(final.items()):
+            lp = None
+            if top is not None and c.logprobs:
+                lp = {"content": logprobs_content(c.token_ids, c.logprobs, top)}
+            usage = Usage(len(prompt["prompt_token_ids"]) if i == 0 else 0, len(c.token_ids))
+            choices.append(Completion(c.text, finish_of(c.finish_reason), usage=usage, logprobs=lp))
+        return choices
+
+    async def stream(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> AsyncIterator[Delta]:
+        prompt, params = await self._prepare(messages, sampling, n, final_only=False)
+        tracker = CumulativeDeltas(top_logprobs(sampling))
+        async with aclosing(self._outputs(prompt, params)) as outputs:
+            async for out in outputs:
+                for delta in tracker.feed(out.outputs):
+                    yield delta
+        for delta in tracker.finish(n):
+            yield delta
+        yield Delta(usage=Usage(len(prompt["prompt_token_ids"]), tracker.completion_tokens))
+
+    # ---- internals -------------------------------------------------------------------------
+
+    async def _prepare(
+        self, messages: Sequence[Message], sampling: Sampling, n: int, *, final_only: bool
+    ) -> tuple[dict[str, list[int]], Any]:
+        """The token prompt and `SamplingParams` of one call."""
+        chat = text_chat(messages, "vllm")
+        sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
+        if self._engine is None:
+            raise BackendUnavailable("the vllm backend is closed")
+        if self._tokenizer is None:
+            tokenizer = self._engine.get_tokenizer()  # a coroutine before vLLM 0.11
+            self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        try:
+            text = self._tokenizer.apply_chat_template(
+                chat, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja errors: a role the template refuses, a bad order...
+            message = f"the chat template refused the messages: {exc}"
+            raise InvalidRequest(message, param="messages") from exc
+        # the template already wrote the special tokens (BOS...): do not add them twice
+        ids = list(self._tokenizer.encode(text, add_special_tokens=False))
+        room = None if self._max_model_len is None else self._max_model_len - len(ids)
+        if room is not None and room <= 0:
+            message = f"the prompt has {len(ids)} tokens, the context {self._max_model_len}"
+            raise InvalidRequest(message, param="messages", code="context_length_exceeded")
+        kwargs = sampling_kwargs(sampling, n, default_max_tokens=room)
+        if final_only:
+            kwargs["output_kind"] = self._final_only
+        try:
+            params = self._sampling_params(**kwargs)
+        except ValueError as exc:  # vLLM checks ranges and combinations
+            raise InvalidRequest(str(exc)) from exc
+        return {"prompt_token_ids": ids}, params
+
+    async def _outputs(
+        self, prompt: dict[str, list[int]], params: Any
+    ) -> AsyncGenerator[Any, None]:
+        """The engine's `RequestOutput`s for one request; aborts it if the caller stops early."""
+        request_id = f"ponder-{uuid.uuid4().hex}"
+        engine = self._engine
+        generator = engine.generate(prompt=prompt, sampling_params=params, request_id=request_id)
+        done = False
+        try:
+            while True:
+                try:
+                    out = await anext(generator)
+                except StopAsyncIteration:
+                    done = True
+                    return
+                except ValueError as exc:  # request validation
+                    raise InvalidRequest(str(exc)) from exc
+                except Exception as exc:  # the engine's boundary: report, never leak
+                    if "Dead" in type(exc).__name__:  # EngineDeadError, AsyncEngineDeadError
+                        raise BackendUnavailable("the vLLM engine is dead") from exc
+                    raise BackendError(f"vLLM generation failed: {type(exc).__name__}") from exc
+                yield out
+        finally:
+            if not done:
+                await _abort(engine, generator, request_id)
+
+
+async def _abort(engine: Any, generator: Any, request_id: str) -> None:
+    """Stop a request whose caller went away (best effort: it may have ended already)."""
+    try:
+        await generator.aclose()  # vLLM v1 aborts the request when its generator closes
+        result = engine.abort(request_id) if hasattr(engine, "abort") else None
+        if inspect.isawaitable(result):
+            await result
+    except Exception:  # nothing is lost if the request was already gone
+        log.warning("aborting vLLM request %s failed", request_id, exc_info=True)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ponder.cli import parser, settings_from
+from ponder.config import Settings
+from ponder.proxy import create_app
+from tests.conftest import MODEL, scripted, user
+
+
+async def test_api_keys_are_required_when_configured() -> None:
+    app = create_app(Settings(api_keys="k-one,k-two"), backend=scripted(lambda c, i: "ok"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://p") as c:
+        body = {"model": MODEL, "messages": [user("hi")]}
+        missing = await c.post("/v1/chat/completions", json=body)
+        wrong = await c.post(
+            "/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"}
+        )
+        right = await c.post(
+            "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k-two"}
+        )
+        health = await c.get("/health/live")
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+        assert "k-one" not in response.text and "k-two" not in response.text
+    assert right.status_code == 200
+    assert health.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "allowed"),
+    [
+        ("127.0.0.1", "", True),
+        ("localhost", "", True),
+        ("::1", "", True),
+        ("0.0.0.0", "", False),
+        ("192.168.1.5", "", False),
+        ("0.0.0.0", "secret", True),
+    ],
+)
+def test_refuses_to_listen_beyond_loopback_without_keys(
+    host: str, keys: str, allowed: bool
+) -> None:
+    settings = Settings(host=host, api_keys=keys)
+    if allowed:
+        settings.check_exposure()
+    else:
+        with pytest.raises(ValueError, match="without API keys"):
+            settings.check_exposure()
+
+
+def test_cli_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PONDER_PORT", "9000")
+    monkeypatch.setenv("PONDER_BACKEND", "openai")
+    monkeypatch.setenv("PONDER_BASE_URL", "http://env/v1")
+    args = parser().parse_args(["serve", "--port", "8123", "--base-url", "http://flag/v1"])
+    settings = settings_from(args)
+    assert (settings.port, settings.backend, settings.base_url) == (
+        8123,
+        "openai",
+        "http://flag/v1",
+    )
+    assert settings.host == "127.0.0.1"
+
+
+def test_secrets_are_not_in_settings_repr() -> None:
+    settings = Settings(api_keys="k-secret", upstream_api_key="sk-secret")
+    assert "k-secret" not in repr(settings) and "sk-secret" not in repr(settings)
+
+
+async def test_health_ready_reflects_the_backend() -> None:
+    backend = scripted()
+    app = create_app(Settings(), backend=backend)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+        assert (await c.get("/health/ready")).status_code == 200
+
+        async def not_ready() -> bool:
+            return False
+
+        backend.ready = not_ready  # type: ignore[method-assign]
+        response = await c.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "backend_unavailable"

@@ -1,0 +1,159 @@
+"""The real embedded model (SmolLM2-135M through llama.cpp) behind the running server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from ponder.backends.llamacpp import DEFAULT_MODEL_ID, EmbeddedBackend
+from ponder.config import Settings
+from ponder.proxy import create_app
+from ponder.testing import running_server
+
+pytestmark = pytest.mark.integration
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+QUESTION = {"role": "user", "content": "Name three colors."}
+
+
+@pytest.fixture(scope="module")
+def embedded() -> EmbeddedBackend:
+    return EmbeddedBackend()
+
+
+@pytest.fixture(scope="module")
+def oai(embedded: EmbeddedBackend) -> Iterator[openai.OpenAI]:
+    with running_server(create_app(Settings(), backend=embedded)) as url:
+        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_non_streamed(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model=DEFAULT_MODEL_ID, messages=[SYSTEM, QUESTION], max_tokens=40, seed=1
+    )
+    choice = completion.choices[0]
+    assert choice.message.content and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens > 10  # chat template + system prompt + question
+    assert 0 < usage.completion_tokens <= 40
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_max_tokens_is_honoured(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=[SYSTEM, {"role": "user", "content": "Write a long story about a dragon."}],
+        max_tokens=8,
+        seed=2,
+    )
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage is not None and completion.usage.completion_tokens == 8
+
+
+def test_streamed_token_by_token(oai: openai.OpenAI) -> None:
+    chunks = list(
+        oai.chat.completions.create(
+            model=DEFAULT_MODEL_ID,
+            messages=[SYSTEM, QUESTION],
+            max_tokens=30,
+            seed=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(pieces) >= 3, "the answer arrives in several token deltas"
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert len(finishes) == 1
+    (usage_chunk,) = [c for c in chunks if c.usage is not None]
+    assert usage_chunk.usage is not None and usage_chunk.choices == []
+    assert 0 < usage_chunk.usage.completion_tokens <= 30
+
+
+def test_n_two_samples(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=[SYSTEM, QUESTION],
+        max_tokens=20,
+        n=2,
+        temperature=1.0,
+    )
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert all(c.message.content for c in completion.choices)
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_same_seed_same_answer(oai: openai.OpenAI) -> None:
+    def ask() -> str | None:
+        return (
+            oai.chat.completions.create(
+                model=DEFAULT_MODEL_ID,
+                messages=[SYSTEM, QUESTION],
+                max_tokens=20,
+                seed=11,
+                temperature=0.9,
+            )
+            .choices[0]
+            .message.content
+        )
+
+    assert ask() == ask()
+
+
+def test_concurrent_requests_are_safe(oai: openai.OpenAI) -> None:
+    def ask(i: int) -> int:
+        completion = oai.chat.completions.create(
+            model=DEFAULT_MODEL_ID,
+            messages=[SYSTEM, {"role": "user", "content": f"Say the number {i}."}],
+            max_tokens=12,
+            seed=i,
+        )
+        assert completion.choices[0].message.content is not None
+        assert completion.usage is not None
+        return completion.usage.completion_tokens
+
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(ask, range(4)))
+    assert all(0 < c <= 12 for c in counts)
+
+
+def test_tools_are_refused_clearly(oai: openai.OpenAI) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(
+            model=DEFAULT_MODEL_ID,
+            messages=[QUESTION],
+            tools=[tool],  # type: ignore[list-item]
+        )
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "tools"
+
+
+def test_ponder_ask_answers_in_the_terminal() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ponder.cli",
+            "ask",
+            "What is the capital of France?",
+            "--max-tokens",
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()

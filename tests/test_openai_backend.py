@@ -1,0 +1,240 @@
+"""The `openai` backend relays to any OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from ponder.backends.openai_compat import OpenAICompatBackend
+from ponder.config import Settings
+from ponder.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidRequest,
+    RateLimited,
+    UnknownModel,
+)
+from ponder.proxy import create_app
+from ponder.testing import FakeUpstream, running_server
+from ponder.tokens import count_tokens
+from ponder.types import Message, Sampling
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[FakeUpstream, str]]:
+    fake = FakeUpstream()
+    with running_server(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def via_ponder(upstream: tuple[FakeUpstream, str]) -> Iterator[openai.OpenAI]:
+    _, url = upstream
+    app = create_app(Settings(backend="openai", base_url=url, upstream_api_key="sk-upstream"))
+    with running_server(app) as ponder_url:
+        yield openai.OpenAI(base_url=ponder_url, api_key="unused", max_retries=0)
+
+
+def test_relays_plain_request_with_usage_and_fields(
+    upstream: tuple[FakeUpstream, str], via_ponder: openai.OpenAI
+) -> None:
+    fake, _ = upstream
+    completion = via_ponder.chat.completions.create(
+        model="fake-model",
+        messages=[{"role": "system", "content": "Be brief."}, *HELLO],
+        temperature=0.5,
+        max_completion_tokens=32,
+        stop=["\n\n"],
+        seed=7,
+        logit_bias={"50256": -100},
+        user="u-1",
+        extra_body={"top_k": 20},
+    )
+    assert completion.choices[0].message.content == "echo 0: hello there"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == count_tokens("echo 0: hello there")
+    assert completion.usage.prompt_tokens == count_tokens("Be brief.") + count_tokens("hello there")
+    (sent,) = fake.requests
+    assert sent["model"] == "fake-model"
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, *HELLO]
+    assert sent["temperature"] == 0.5 and sent["max_completion_tokens"] == 32
+    assert "max_tokens" not in sent
+    assert (sent["stop"], sent["seed"], sent["user"], sent["top_k"]) == (["\n\n"], 7, "u-1", 20)
+    assert sent["logit_bias"] == {"50256": -100}
+    assert "ponder" not in sent and "n" not in sent and "stream" not in sent
+
+
+def test_relays_n(upstream: tuple[FakeUpstream, str], via_ponder: openai.OpenAI) -> None:
+    fake, _ = upstream
+    completion = via_ponder.chat.completions.create(model="fake-model", messages=HELLO, n=3)
+    assert [c.message.content for c in completion.choices] == [
+        f"echo {i}: hello there" for i in range(3)
+    ]
+    assert [r["n"] for r in fake.requests] == [3], "one upstream call with native n"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == sum(
+        count_tokens(f"echo {i}: hello there") for i in range(3)
+    )
+
+
+def test_relays_stream_with_usage_and_n(
+    upstream: tuple[FakeUpstream, str], via_ponder: openai.OpenAI
+) -> None:
+    fake, _ = upstream
+    texts = {0: "", 1: ""}
+    usage_chunks = []
+    for chunk in via_ponder.chat.completions.create(
+        model="fake-model",
+        messages=HELLO,
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+        if chunk.usage is not None:
+            usage_chunks.append(chunk.usage)
+    assert texts == {0: "echo 0: hello there", 1: "echo 1: hello there"}
+    (usage,) = usage_chunks
+    assert usage.completion_tokens == 2 * count_tokens("echo 0: hello there")
+    (sent,) = fake.requests
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+
+def test_unknown_upstream_model_is_404(via_ponder: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        via_ponder.chat.completions.create(model="no-such-model", messages=HELLO)
+
+
+def test_models_lists_upstream_models_with_prefixes(via_ponder: openai.OpenAI) -> None:
+    assert [m.id for m in via_ponder.models.list()] == ["fake-model", "none-fake-model"]
+
+
+def test_upstream_key_is_sent_and_never_returned(upstream: tuple[FakeUpstream, str]) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization", ""))
+        return httpx.Response(401, json={"error": {"message": "bad key sk-secret-123"}})
+
+    backend = OpenAICompatBackend(
+        "http://up/v1", api_key="sk-secret-123", transport=httpx.MockTransport(handler)
+    )
+    with pytest.raises(BackendError) as info:
+        _complete(backend)
+    assert seen == ["Bearer sk-secret-123"]
+    assert "sk-secret" not in info.value.message and info.value.status_code == 502
+
+
+def _complete(backend: OpenAICompatBackend) -> object:
+    import asyncio
+
+    return asyncio.run(backend.complete("m", [Message("user", "hi")], Sampling(), 1))
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "http_status"),
+    [
+        (400, InvalidRequest, 400),
+        (404, UnknownModel, 404),
+        (429, RateLimited, 429),
+        (500, BackendError, 502),
+        (503, BackendUnavailable, 503),
+        (504, BackendTimeout, 504),
+    ],
+)
+def test_upstream_status_mapping(status: int, error: type[Exception], http_status: int) -> None:
+    backend = OpenAICompatBackend(
+        "http://up/v1",
+        transport=httpx.MockTransport(
+            lambda r: httpx.Response(
+                status, json={"error": {"message": f"upstream says {status}", "param": "x"}}
+            )
+        ),
+    )
+    with pytest.raises(error) as info:
+        _complete(backend)
+    assert info.value.status_code == http_status
+    assert f"upstream says {status}" in str(info.value)
+
+
+def test_connection_refused_is_503() -> None:
+    port = _free_port()
+    with pytest.raises(BackendUnavailable):
+        _complete(OpenAICompatBackend(f"http://127.0.0.1:{port}/v1", connect_timeout_s=2))
+
+
+def test_read_timeout_is_504() -> None:
+    def stall(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("stalled", request=request)
+
+    backend = OpenAICompatBackend("http://up/v1", transport=httpx.MockTransport(stall))
+    with pytest.raises(BackendTimeout):
+        _complete(backend)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ponder_serve_cli_relays_to_upstream(upstream: tuple[FakeUpstream, str]) -> None:
+    """`ponder serve --backend openai --base-url ...` as a real process."""
+    _, url = upstream
+    port = _free_port()
+    env = {**os.environ, "PONDER_UPSTREAM_API_KEY": "sk-upstream"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ponder.cli",
+            "serve",
+            "--backend",
+            "openai",
+            "--base-url",
+            url,
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "ponder serve exited"
+            assert time.monotonic() < deadline, "ponder serve did not become ready"
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        completion = client.chat.completions.create(model="fake-model", messages=HELLO, n=2)
+        assert len(completion.choices) == 2
+        assert completion.usage is not None and completion.usage.total_tokens > 0
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(model="fake-model", messages=HELLO, stream=True)
+            if c.choices
+        )
+        assert streamed == "echo 0: hello there"
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0].decode()
+    assert "sk-upstream" not in output

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from ponder.errors import InvalidRequest, UnknownModel
+from ponder.strategies.resolve import Route, resolve
+
+KNOWN = {"none": "none", "sc": "sc", "self_consistency": "sc", "refine": "refine", "tot": "tot"}
+
+
+def canonical(name: str) -> str | None:
+    return KNOWN.get(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "approach", "expected"),
+    [
+        ("smollm2-135m", None, Route("smollm2-135m", ("none",))),
+        ("gpt-4o", None, Route("gpt-4o", ("none",))),
+        ("gpt", None, Route("gpt", ("none",))),
+        ("none-smollm2-135m", None, Route("smollm2-135m", ("none",))),
+        ("sc-gpt-4o", None, Route("gpt-4o", ("sc",))),
+        ("self_consistency-gpt-4o", None, Route("gpt-4o", ("sc",))),
+        ("sc&refine-m", None, Route("m", ("sc", "refine"), "pipeline")),
+        ("sc|tot-m-1", None, Route("m-1", ("sc", "tot"), "parallel")),
+        ("nosuchstrategy-smollm2-135m", None, Route("nosuchstrategy-smollm2-135m", ("none",))),
+        ("sc-", None, Route("sc-", ("none",))),
+        ("gpt-4o", "sc", Route("gpt-4o", ("sc",))),
+        ("sc-gpt-4o", "refine", Route("sc-gpt-4o", ("refine",))),
+        ("m", "self_consistency&refine", Route("m", ("sc", "refine"), "pipeline")),
+        ("m", "sc|tot", Route("m", ("sc", "tot"), "parallel")),
+    ],
+)
+def test_resolve(name: str, approach: str | None, expected: Route) -> None:
+    assert resolve(name, canonical, approach) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "approach", "error", "param"),
+    [
+        ("sc&bogus-m", None, UnknownModel, "model"),
+        ("bogus|sc-m", None, UnknownModel, "model"),
+        ("sc&tot|refine-m", None, InvalidRequest, "model"),
+        ("m", "bogus", InvalidRequest, "optillm_approach"),
+        ("m", "sc&bogus", InvalidRequest, "optillm_approach"),
+    ],
+)
+def test_resolve_errors(
+    name: str, approach: str | None, error: type[Exception], param: str
+) -> None:
+    with pytest.raises(error) as info:
+        resolve(name, canonical, approach)
+    assert info.value.param == param
