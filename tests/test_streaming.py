@@ -6,49 +6,30 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from ponder.backends.base import Capabilities
 from ponder.config import Settings
 from ponder.errors import BackendUnavailable
 from ponder.proxy import create_app
-from ponder.testing import running_server
-from ponder.types import Completion, Delta, Message, Sampling, Usage
+from ponder.testing import ScriptedBackend, running_server
+from ponder.types import Delta, Message, Sampling, Usage
 from tests.conftest import MODEL, scripted, user
 
 
 @dataclass
-class TokenBackend:
+class TokenBackend(ScriptedBackend):
     """Streams `tokens` one by one, `delay_s` apart; fails after `fail_after` tokens if set."""
 
     tokens: int = 5
     delay_s: float = 0.0
     fail_after: int | None = None
-    name: str = "tokens"
-    capabilities: Capabilities = field(default_factory=Capabilities)
+    model_ids: tuple[str, ...] = (MODEL,)
     produced: int = 0
     closed: bool = False
     finished: bool = False
-
-    async def models(self) -> list[str]:
-        return [MODEL]
-
-    def serves(self, model: str) -> bool:
-        return model == MODEL
-
-    async def ready(self) -> bool:
-        return True
-
-    async def aclose(self) -> None:
-        return None
-
-    async def complete(
-        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
-    ) -> list[Completion]:
-        raise NotImplementedError
 
     async def stream(
         self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1

@@ -12,31 +12,16 @@ from ponder.protocol import AssistantMessage, ChatCompletionRequest, ChatMessage
 from ponder.strategies.context import Step
 from ponder.types import Completion, Delta, Message, Sampling, ToolCall, Usage
 
-# Request fields that steer Ponder itself and are never forwarded to a backend.
-_PROXY_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "n",
-        "stream",
-        "stream_options",
-        "optillm_approach",
-        "ponder",
-        # typed on Sampling:
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "logprobs",
-        "top_logprobs",
-        "tools",
-        "tool_choice",
-        "response_format",
-    }
+# Typed request fields that Sampling has no slot for: forwarded verbatim in `Sampling.extra`,
+# together with every unknown field the client sent.
+_FORWARDED = (
+    "logit_bias",
+    "parallel_tool_calls",
+    "user",
+    "metadata",
+    "store",
+    "reasoning_effort",
+    "service_tier",
 )
 
 
@@ -63,9 +48,8 @@ def to_messages(request: ChatCompletionRequest) -> list[Message]:
 
 
 def to_sampling(request: ChatCompletionRequest) -> Sampling:
-    extra = {
-        k: v for k, v in request.model_dump(exclude_none=True).items() if k not in _PROXY_FIELDS
-    }
+    extra = {k: v for k in _FORWARDED if (v := getattr(request, k)) is not None}
+    extra.update(request.model_extra or {})
     stop = request.stop
     max_tokens = request.max_completion_tokens or request.max_tokens
     tool_choice = request.tool_choice
