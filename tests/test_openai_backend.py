@@ -238,3 +238,37 @@ def test_ponder_serve_cli_relays_to_upstream(upstream: tuple[FakeUpstream, str])
         proc.terminate()
         output = proc.communicate(timeout=10)[0].decode()
     assert "sk-upstream" not in output
+
+
+async def test_client_pool_reuses_idle_clients_and_closes_them() -> None:
+    import asyncio
+
+    from ponder.backends.openai_compat import ClientPool
+
+    made: list[httpx.AsyncClient] = []
+
+    def make() -> httpx.AsyncClient:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+        made.append(client)
+        return client
+
+    pool = ClientPool(make, max_idle=2)
+    for _ in range(3):
+        async with pool.client() as client:
+            await client.get("http://up/")
+    assert len(made) == 1, "sequential requests share one keep-alive client"
+
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with pool.client():
+            await gate.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(4)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert len(made) == 4, "concurrent requests each get a client"
+    assert sum(c.is_closed for c in made) == 2, "beyond max_idle, returned clients are closed"
+    await pool.aclose()
+    assert all(c.is_closed for c in made)

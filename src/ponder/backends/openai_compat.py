@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import httpx
@@ -40,12 +41,14 @@ class OpenAICompatBackend:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-            transport=transport,
+        self._clients = ClientPool(
+            lambda: httpx.AsyncClient(
+                base_url=base_url.rstrip("/") + "/",
+                headers=headers,
+                timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                transport=transport,
+            )
         )
 
     # ---- Backend protocol ------------------------------------------------------------------
@@ -65,7 +68,7 @@ class OpenAICompatBackend:
         return True
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
     async def complete(
         self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
@@ -89,7 +92,10 @@ class OpenAICompatBackend:
         text_seen: list[str] = []
         done = False
         try:
-            async with self._client.stream("POST", "chat/completions", json=body) as response:
+            async with (
+                self._clients.client() as client,
+                client.stream("POST", "chat/completions", json=body) as response,
+            ):
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for(response)
@@ -142,12 +148,46 @@ class OpenAICompatBackend:
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
         try:
-            response = await self._client.request(method, path, json=body)
+            async with self._clients.client() as client:
+                response = await client.request(method, path, json=body)
         except httpx.HTTPError as exc:
             _raise_transport(exc)
         if response.status_code >= 400:
             _raise_for(response)
         return response
+
+
+class ClientPool:
+    """Keep-alive connections to the upstream, as a free list of one-connection clients.
+
+    httpx's own pool scans every connection (a system call each) on every request and
+    response, so one shared client with many connections costs O(connections) per request:
+    at 64 concurrent requests that made Ponder slower than its upstream. Taking an idle
+    client from a list is O(1); connections are still reused, and at most `max_idle` stay open.
+    """
+
+    def __init__(self, make: Callable[[], httpx.AsyncClient], max_idle: int = 256) -> None:
+        self._make = make
+        self._idle: list[httpx.AsyncClient] = []
+        self._max_idle = max_idle
+        self._closed = False
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
+        client = self._idle.pop() if self._idle else self._make()
+        try:
+            yield client
+        finally:
+            if self._closed or len(self._idle) >= self._max_idle:
+                await client.aclose()
+            else:
+                self._idle.append(client)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await client.aclose()
 
 
 def _message_of(body: object, default: str) -> str:

@@ -1,0 +1,1 @@
+"""Ponder benchmarks: same `create_app()`, fixed seeds, JSON out."""
