@@ -272,3 +272,46 @@ async def test_client_pool_reuses_idle_clients_and_closes_them() -> None:
     assert sum(c.is_closed for c in made) == 2, "beyond max_idle, returned clients are closed"
     await pool.aclose()
     assert all(c.is_closed for c in made)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"<html>oops</html>", b"[1, 2]", b'{"choices": "nope"}', b'{"object": "chat.completion"}'],
+)
+def test_malformed_upstream_answers_are_502(payload: bytes) -> None:
+    backend = OpenAICompatBackend(
+        "http://up/v1",
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=payload)),
+    )
+    with pytest.raises(BackendError) as info:
+        _complete(backend)
+    assert info.value.status_code == 502
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        (b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n', "ended before"),
+        (b"data: not-json\n\n", "malformed JSON"),
+        (b"data: [1]\n\n", "not an object"),
+        (b'data: {"error": {"message": "overloaded"}}\n\n', "overloaded"),
+    ],
+)
+def test_broken_upstream_streams_raise_backend_errors(events: bytes, message: str) -> None:
+    import asyncio
+
+    backend = OpenAICompatBackend(
+        "http://up/v1",
+        transport=httpx.MockTransport(
+            lambda r: httpx.Response(
+                200, content=events, headers={"content-type": "text/event-stream"}
+            )
+        ),
+    )
+
+    async def drain() -> None:
+        async for _ in backend.stream("m", [Message("user", "hi")], Sampling()):
+            pass
+
+    with pytest.raises(BackendError, match=message):
+        asyncio.run(drain())

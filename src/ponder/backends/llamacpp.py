@@ -65,8 +65,12 @@ def generation_kwargs(sampling: Sampling, seed: int) -> dict[str, Any]:
         "frequency_penalty": sampling.frequency_penalty,
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
-    if sampling.response_format and sampling.response_format.get("type") == "json_object":
+    fmt = sampling.response_format or {}
+    if fmt.get("type") == "json_object":
         kwargs["response_format"] = {"type": "json_object"}
+    elif fmt.get("type") == "json_schema":  # llama.cpp constrains the output with a grammar
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        kwargs["response_format"] = {"type": "json_object", "schema": schema or {}}
     return kwargs
 
 

@@ -55,7 +55,10 @@ class OpenAICompatBackend:
 
     async def models(self) -> list[str]:
         response = await self._send("GET", "models")
-        return [str(m["id"]) for m in response.json().get("data", [])]
+        data = _object(response.content).get("data")
+        if not isinstance(data, list):
+            raise BackendError("upstream /models answer has no 'data' list")
+        return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
 
     def serves(self, model: str) -> bool:
         return True  # the upstream decides; an unknown model comes back as a 404
@@ -76,7 +79,7 @@ class OpenAICompatBackend:
         response = await self._send(
             "POST", "chat/completions", self._body(model, messages, sampling, n)
         )
-        choices = completions_of(response.json())
+        choices = completions_of(_object(response.content))
         if len(choices) != n:
             raise BackendError(f"upstream returned {len(choices)} choices, {n} were asked for")
         return choices
@@ -106,7 +109,7 @@ class OpenAICompatBackend:
                     if data == "[DONE]":
                         done = True
                         break
-                    chunk = json.loads(data)
+                    chunk = _object(data)
                     if "error" in chunk:
                         raise BackendError(_message_of(chunk, "upstream stream failed"))
                     for delta in deltas_of(chunk):
@@ -120,8 +123,6 @@ class OpenAICompatBackend:
                         yield delta
         except httpx.HTTPError as exc:
             _raise_transport(exc)
-        except json.JSONDecodeError as exc:
-            raise BackendError("upstream sent a malformed stream chunk") from exc
         if len(finished) < n and not done:
             raise BackendError("upstream stream ended before every choice finished")
         for index in range(n):
@@ -188,6 +189,17 @@ class ClientPool:
         idle, self._idle = self._idle, []
         for client in idle:
             await client.aclose()
+
+
+def _object(raw: str | bytes) -> dict[str, Any]:
+    """A JSON object from the upstream, or a BackendError saying it sent something else."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise BackendError("the upstream sent malformed JSON") from exc
+    if not isinstance(value, dict):
+        raise BackendError("the upstream sent JSON that is not an object")
+    return value
 
 
 def _message_of(body: object, default: str) -> str:

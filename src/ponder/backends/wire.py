@@ -68,6 +68,11 @@ def finish_reason(value: object) -> FinishReason:
     return cast(FinishReason, value) if isinstance(value, str) and value in _FINISH else "stop"
 
 
+def _dicts(value: object) -> list[dict[str, Any]]:
+    """The objects in a JSON list; anything else in an upstream answer counts as absent."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
 def usage_of(data: Mapping[str, Any] | None) -> Usage | None:
     if not data:
         return None
@@ -76,7 +81,7 @@ def usage_of(data: Mapping[str, Any] | None) -> Usage | None:
 
 def completions_of(body: Mapping[str, Any]) -> list[Completion]:
     """Choices of a chat.completion body, in index order; the call's usage on the first."""
-    choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
+    choices = sorted(_dicts(body.get("choices")), key=lambda c: c.get("index", 0))
     usage = usage_of(body.get("usage")) or Usage()
     out = []
     for i, choice in enumerate(choices):
@@ -88,7 +93,7 @@ def completions_of(body: Mapping[str, Any]) -> list[Completion]:
                 arguments=(tc.get("function") or {}).get("arguments", ""),
                 type=tc.get("type", "function"),
             )
-            for tc in msg.get("tool_calls") or ()
+            for tc in _dicts(msg.get("tool_calls"))
         )
         out.append(
             Completion(
@@ -106,7 +111,7 @@ def completions_of(body: Mapping[str, Any]) -> list[Completion]:
 def deltas_of(chunk: Mapping[str, Any]) -> list[Delta]:
     """The deltas in one chat.completion.chunk."""
     out = []
-    for choice in chunk.get("choices") or ():
+    for choice in _dicts(chunk.get("choices")):
         d = choice.get("delta") or {}
         tool_calls = tuple(
             ToolCallDelta(
@@ -116,7 +121,7 @@ def deltas_of(chunk: Mapping[str, Any]) -> list[Delta]:
                 arguments=(tc.get("function") or {}).get("arguments"),
                 type=tc.get("type"),
             )
-            for tc in d.get("tool_calls") or ()
+            for tc in _dicts(d.get("tool_calls"))
         )
         reason = choice.get("finish_reason")
         out.append(
