@@ -157,3 +157,23 @@ def test_ponder_ask_answers_in_the_terminal() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+def test_json_schema_response_format_constrains_the_output(oai: openai.OpenAI) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"color": {"type": "string", "enum": ["red", "green", "blue"]}},
+        "required": ["color"],
+    }
+    completion = oai.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=[SYSTEM, {"role": "user", "content": "Give me a color as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        max_tokens=40,
+        seed=5,
+    )
+    content = completion.choices[0].message.content
+    assert content is not None
+    assert json.loads(content)["color"] in {"red", "green", "blue"}
