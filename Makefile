@@ -8,6 +8,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 .PHONY: install serve test lint
 
 $(VENV)/.installed: pyproject.toml
+	@echo 'Installing Ponder into $(VENV); the first install builds llama.cpp (about 5 minutes)...'
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,dev]'

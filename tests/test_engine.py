@@ -57,7 +57,7 @@ async def test_strategy_options_reach_the_strategy_and_trace_is_returned() -> No
     backend = scripted(["quiet words"])
     async with app_with(backend) as client:
         response = await post(
-            client, model=f"yell-{MODEL}", ponder={"shout": {"marks": 3}, "trace": True}
+            client, model=f"yell-{MODEL}", ponder={"yell": {"marks": 3}, "trace": True}
         )
     body = response.json()
     assert body["choices"][0]["message"]["content"] == "QUIET WORDS!!!"
@@ -141,3 +141,12 @@ async def test_models_list_has_every_registered_prefix() -> None:
     async with app_with(scripted()) as client:
         ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
     assert ids == [MODEL, f"none-{MODEL}", f"shout-{MODEL}"]
+
+
+async def test_options_given_under_slug_and_alias_are_refused() -> None:
+    async with app_with(scripted()) as client:
+        response = await post(
+            client, model=f"shout-{MODEL}", ponder={"shout": {"marks": 1}, "yell": {"marks": 2}}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "ponder.yell"

@@ -46,15 +46,23 @@ class ChatService:
         return route
 
     def options(self, request: ChatCompletionRequest) -> Mapping[str, Any]:
-        options = request.ponder or {}
-        for key, value in options.items():
+        """The `ponder` body field, checked, with strategy aliases turned into their slugs."""
+        options: dict[str, Any] = {}
+        for key, value in (request.ponder or {}).items():
+            param = f"ponder.{key}"
             if key in REQUEST_OPTIONS:
                 if not isinstance(value, bool):
-                    raise InvalidRequest(f"ponder.{key} must be a boolean", param=f"ponder.{key}")
-            elif key not in self.engine.registry:
-                raise InvalidRequest(f"unknown option ponder.{key}", param=f"ponder.{key}")
-            elif not isinstance(value, dict):
-                raise InvalidRequest(f"ponder.{key} must be an object", param=f"ponder.{key}")
+                    raise InvalidRequest(f"{param} must be a boolean", param=param)
+                options[key] = value
+                continue
+            slug = self.engine.registry.canonical(key)
+            if slug is None:
+                raise InvalidRequest(f"unknown option {param}", param=param)
+            if not isinstance(value, dict):
+                raise InvalidRequest(f"{param} must be an object", param=param)
+            if slug in options:
+                raise InvalidRequest(f"options for '{slug}' are given twice", param=param)
+            options[slug] = value
         return options
 
     def prepare(self, request: ChatCompletionRequest, request_id: str) -> Job:
