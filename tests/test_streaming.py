@@ -153,3 +153,15 @@ async def test_backend_failure_non_streamed_is_openai_shaped() -> None:
         }
     }
     assert response.headers["x-request-id"]
+
+
+def test_disconnect_cancels_a_non_streamed_request() -> None:
+    backend = scripted(latency_s=30.0)
+    with running_server(create_app(Settings(), backend=backend)) as url:
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=0.5) as http:
+            http.post(f"{url}/chat/completions", json={"model": MODEL, "messages": [user("x")]})
+        deadline = time.monotonic() + 1.0
+        while backend.cancelled == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.cancelled == 1, "the backend call was not cancelled within 1 s"
+        assert backend.in_flight == 0

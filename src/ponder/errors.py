@@ -82,6 +82,14 @@ class BackendTimeout(BackendError):
     code = "backend_timeout"
 
 
+class ClientDisconnected(PonderError):
+    """The client went away before the answer; nobody reads this response."""
+
+    status_code = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
+
+
 class InternalError(PonderError):
     """Something Ponder did not expect; details go to the log, never to the client."""
 

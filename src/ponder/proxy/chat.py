@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
+from starlette.types import Receive
 
 from ponder.backends.base import Backend
-from ponder.errors import InvalidRequest, UnknownModel
+from ponder.errors import ClientDisconnected, InvalidRequest, UnknownModel
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
 from ponder.proxy.streaming import ChunkFormat, stream_chunks
@@ -20,6 +22,8 @@ from ponder.strategies.context import RequestContext, Sink
 from ponder.strategies.engine import Engine
 from ponder.strategies.resolve import Route, resolve
 from ponder.types import Completion, Message
+
+T = TypeVar("T")
 
 # Keys of the `ponder` body field that are not strategy slugs.
 REQUEST_OPTIONS = frozenset({"trace", "reasoning"})
@@ -84,13 +88,17 @@ class ChatService:
             ),
         )
 
-    async def handle(self, request: ChatCompletionRequest, request_id: str) -> Response:
+    async def handle(
+        self, request: ChatCompletionRequest, request_id: str, receive: Receive
+    ) -> Response:
+        """Answer `request`. `receive` is the ASGI channel: a client that disconnects before
+        the answer is ready cancels the run and every backend call in it."""
         job = self.prepare(request, request_id)
         ctx = job.ctx
         completion_id = f"chatcmpl-{request_id}"
         created = int(time.time())
         if not request.stream:
-            choices = await job.run(None)
+            choices = await cancel_on_disconnect(job.run(None), receive)
             body = completion_body(
                 completion_id=completion_id,
                 created=created,
@@ -133,6 +141,26 @@ class Job:
     async def run(self, sink: Sink | None) -> list[Completion]:
         self.ctx.sink = sink
         return await self.engine.run(self.route, self.strategies, self.ctx, self.messages)
+
+
+async def cancel_on_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:
+    """Run `work`; if the client disconnects first, cancel it and raise ClientDisconnected."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientDisconnected("the client closed the connection")
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:

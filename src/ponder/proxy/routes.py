@@ -57,7 +57,7 @@ health = APIRouter(prefix="/health")
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    return await state_of(request).chat.handle(body, request.state.request_id)
+    return await state_of(request).chat.handle(body, request.state.request_id, request.receive)
 
 
 @v1.get("/models", response_model=ModelList)
