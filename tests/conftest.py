@@ -33,10 +33,14 @@ def app(backend: ScriptedBackend) -> FastAPI:
     return create_app(Settings(), backend=backend)
 
 
+def asgi_client(app: FastAPI) -> httpx.AsyncClient:
+    """An httpx client that calls `app` in-process, on the test's own event loop."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ponder")
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ponder") as c:
+    async with asgi_client(app) as c:
         yield c
 
 

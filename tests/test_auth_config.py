@@ -1,18 +1,16 @@
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from ponder.cli import parser, settings_from
 from ponder.config import Settings
 from ponder.proxy import create_app
-from tests.conftest import MODEL, scripted, user
+from tests.conftest import MODEL, asgi_client, scripted, user
 
 
 async def test_api_keys_are_required_when_configured() -> None:
     app = create_app(Settings(api_keys="k-one,k-two"), backend=scripted(lambda c, i: "ok"))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://p") as c:
+    async with asgi_client(app) as c:
         body = {"model": MODEL, "messages": [user("hi")]}
         missing = await c.post("/v1/chat/completions", json=body)
         wrong = await c.post(
@@ -74,7 +72,7 @@ def test_secrets_are_not_in_settings_repr() -> None:
 async def test_health_ready_reflects_the_backend() -> None:
     backend = scripted()
     app = create_app(Settings(), backend=backend)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+    async with asgi_client(app) as c:
         assert (await c.get("/health/ready")).status_code == 200
 
         async def not_ready() -> bool:

@@ -19,7 +19,7 @@ from ponder.strategies.registry import DuplicateStrategy, Registry
 from ponder.testing import ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Message
-from tests.conftest import MODEL, scripted, user
+from tests.conftest import MODEL, asgi_client, scripted, user
 
 
 class ShoutConfig(StrategyConfig):
@@ -46,7 +46,7 @@ class Shout:
 
 def app_with(backend: ScriptedBackend) -> httpx.AsyncClient:
     app = create_app(Settings(), backend=backend, registry=Registry([PassThrough, Shout]))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p")
+    return asgi_client(app)
 
 
 async def post(client: httpx.AsyncClient, **fields: object) -> httpx.Response:

@@ -16,7 +16,7 @@ from ponder.errors import BackendUnavailable
 from ponder.proxy import create_app
 from ponder.testing import ScriptedBackend, running_server
 from ponder.types import Delta, Message, Sampling, Usage
-from tests.conftest import MODEL, scripted, user
+from tests.conftest import MODEL, asgi_client, scripted, user
 
 
 @dataclass
@@ -59,7 +59,7 @@ def stream_body(**more: object) -> dict[str, object]:
 async def test_error_after_first_token_is_sent_in_band() -> None:
     backend = TokenBackend(tokens=5, fail_after=2)
     app = create_app(Settings(), backend=backend)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+    async with asgi_client(app) as c:
         response = await c.post("/v1/chat/completions", json=stream_body())
     assert response.status_code == 200
     data = events(response.text)
@@ -79,7 +79,7 @@ async def test_error_after_first_token_is_sent_in_band() -> None:
 async def test_error_before_first_token_is_an_http_status() -> None:
     backend = TokenBackend(tokens=5, fail_after=0)
     app = create_app(Settings(), backend=backend)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+    async with asgi_client(app) as c:
         response = await c.post("/v1/chat/completions", json=stream_body())
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "backend_unavailable"
@@ -139,7 +139,7 @@ async def test_unknown_model_fails_before_streaming(
 async def test_backend_failure_non_streamed_is_openai_shaped() -> None:
     backend = scripted([BackendUnavailable("no upstream")])
     app = create_app(Settings(), backend=backend)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+    async with asgi_client(app) as c:
         response = await c.post(
             "/v1/chat/completions", json={"model": MODEL, "messages": [user("x")]}
         )
