@@ -25,9 +25,14 @@ from typing import Any
 from ponder.backends.base import Capabilities
 from ponder.errors import PonderError
 from ponder.tokens import count_prompt_tokens, count_tokens
-from ponder.types import Completion, Delta, Message, Sampling, ToolCallDelta, Usage
+from ponder.types import Completion, Delta, Message, Sampling, Usage, tool_call_deltas
 
 __all__ = ["Call", "FakeUpstream", "Reply", "ScriptedBackend", "running_server"]
+
+
+def words(text: str) -> list[str]:
+    """`text` in word-sized stream pieces (each word with its trailing space)."""
+    return re.findall(r"\S+\s*|\s+", text)
 
 
 @dataclass(frozen=True)
@@ -119,17 +124,11 @@ class ScriptedBackend:
             choices = [await self._reply(call, i) for i in range(n)]
             usage = Usage()
             for i, choice in enumerate(choices):
-                for piece in re.findall(r"\S+\s*|\s+", choice.content or ""):
+                for piece in words(choice.content or ""):
                     yield Delta(index=i, content=piece)
                     await asyncio.sleep(0)
                 if choice.tool_calls:
-                    yield Delta(
-                        index=i,
-                        tool_calls=tuple(
-                            ToolCallDelta(k, tc.id, tc.name, tc.arguments, tc.type)
-                            for k, tc in enumerate(choice.tool_calls)
-                        ),
-                    )
+                    yield Delta(index=i, tool_calls=tool_call_deltas(choice.tool_calls))
                 yield Delta(index=i, finish_reason=choice.finish_reason)
                 usage = usage + choice.usage
             yield Delta(usage=usage)
@@ -270,10 +269,11 @@ class FakeUpstream:
         n = int(body.get("n", 1))
         texts = [self.reply(body, i) for i in range(n)]
         prompt = sum(count_tokens(str(m.get("content") or "")) for m in body["messages"])
+        completion = sum(count_tokens(t) for t in texts)
         usage = {
             "prompt_tokens": prompt,
-            "completion_tokens": sum(count_tokens(t) for t in texts),
-            "total_tokens": prompt + sum(count_tokens(t) for t in texts),
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
         }
         head = {"id": "chatcmpl-fake", "created": 0, "model": body["model"]}
         if not body.get("stream"):
@@ -298,7 +298,7 @@ class FakeUpstream:
 
             for i, text in enumerate(texts):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}}])
-                for piece in re.findall(r"\S+\s*|\s+", text):
+                for piece in words(text):
                     yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
                 yield chunk([{"index": i, "delta": {}, "finish_reason": "stop"}])
             if include_usage:

@@ -119,6 +119,13 @@ class ToolCallDelta:
     type: str | None = None
 
 
+def tool_call_deltas(calls: tuple[ToolCall, ...]) -> tuple[ToolCallDelta, ...]:
+    """Whole tool calls as the stream deltas that carry them in one piece each."""
+    return tuple(
+        ToolCallDelta(i, tc.id, tc.name, tc.arguments, tc.type) for i, tc in enumerate(calls)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Delta:
     """One streamed increment of choice `index`.

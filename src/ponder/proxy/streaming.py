@@ -18,7 +18,7 @@ from typing import Any
 from ponder.errors import InternalError, PonderError
 from ponder.proxy.convert import SSE_DONE, delta_dict, sse, usage_dict
 from ponder.strategies.context import Sink
-from ponder.types import Completion, Delta, ToolCallDelta, Usage
+from ponder.types import Completion, Delta, Usage, tool_call_deltas
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ def _roles(fmt: ChunkFormat, n: int) -> bytes:
 
 
 def _whole(c: Completion) -> Delta:
-    return Delta(
-        content=c.content,
-        tool_calls=tuple(
-            ToolCallDelta(i, tc.id, tc.name, tc.arguments, tc.type)
-            for i, tc in enumerate(c.tool_calls)
-        ),
-    )
+    return Delta(content=c.content, tool_calls=tool_call_deltas(c.tool_calls))
 
 
 def _in_band(error: BaseException) -> dict[str, Any]:
