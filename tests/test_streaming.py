@@ -56,11 +56,13 @@ def stream_body(**more: object) -> dict[str, object]:
     return {"model": MODEL, "messages": [user("go")], "stream": True, **more}
 
 
+async def post_stream(backend: TokenBackend) -> httpx.Response:
+    async with asgi_client(create_app(Settings(), backend=backend)) as c:
+        return await c.post("/v1/chat/completions", json=stream_body())
+
+
 async def test_error_after_first_token_is_sent_in_band() -> None:
-    backend = TokenBackend(tokens=5, fail_after=2)
-    app = create_app(Settings(), backend=backend)
-    async with asgi_client(app) as c:
-        response = await c.post("/v1/chat/completions", json=stream_body())
+    response = await post_stream(TokenBackend(tokens=5, fail_after=2))
     assert response.status_code == 200
     data = events(response.text)
     assert json.loads(data[0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -77,10 +79,7 @@ async def test_error_after_first_token_is_sent_in_band() -> None:
 
 
 async def test_error_before_first_token_is_an_http_status() -> None:
-    backend = TokenBackend(tokens=5, fail_after=0)
-    app = create_app(Settings(), backend=backend)
-    async with asgi_client(app) as c:
-        response = await c.post("/v1/chat/completions", json=stream_body())
+    response = await post_stream(TokenBackend(tokens=5, fail_after=0))
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "backend_unavailable"
 
