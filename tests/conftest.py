@@ -48,3 +48,30 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 def server(app: FastAPI) -> Iterator[str]:
     with running_server(app) as base_url:
         yield base_url
+
+
+async def chat(backend: ScriptedBackend, model: str, **fields: object) -> httpx.Response:
+    """POST one chat completion to a fresh app over `backend` (default registry, in-process).
+    `messages` defaults to one user turn, "hello"."""
+    fields.setdefault("messages", [user("hello")])
+    async with asgi_client(create_app(Settings(), backend=backend)) as c:
+        return await c.post("/v1/chat/completions", json={"model": model, **fields})
+
+
+def sse_events(raw: str) -> list[dict[str, object]]:
+    """The JSON events of an SSE body, without the final `[DONE]`."""
+    import json
+
+    lines = [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
+    assert lines and lines[-1] == "[DONE]", f"stream did not end with [DONE]: {lines[-1:]}"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def streamed_text(raw: str, field: str = "content", index: int = 0) -> str:
+    """All `delta.<field>` text of choice `index` in an SSE body, joined."""
+    out = []
+    for event in sse_events(raw):
+        for choice in event.get("choices", []):  # type: ignore[attr-defined]
+            if choice["index"] == index:
+                out.append(choice["delta"].get(field) or "")
+    return "".join(out)

@@ -24,6 +24,7 @@ from ponder.errors import (
     UnknownModel,
 )
 from ponder.proxy import create_app
+from ponder.strategies.registry import default_registry
 from ponder.testing import FakeUpstream, running_server
 from ponder.tokens import count_tokens
 from ponder.types import Message, Sampling
@@ -118,7 +119,11 @@ def test_unknown_upstream_model_is_404(via_ponder: openai.OpenAI) -> None:
 
 
 def test_models_lists_upstream_models_with_prefixes(via_ponder: openai.OpenAI) -> None:
-    assert [m.id for m in via_ponder.models.list()] == ["fake-model", "none-fake-model"]
+    slugs = default_registry(entry_points=False).slugs
+    assert [m.id for m in via_ponder.models.list()] == [
+        "fake-model",
+        *(f"{slug}-fake-model" for slug in slugs),
+    ]
 
 
 def test_upstream_key_is_sent_and_never_returned(upstream: tuple[FakeUpstream, str]) -> None:

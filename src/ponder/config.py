@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     n_threads: int = Field(1, ge=1, description="embedded: llama.cpp threads")
     n_ctx: int = Field(4096, ge=256, description="embedded: context window in tokens")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm")
+    max_backend_calls: int = Field(
+        128, ge=1, description="Most backend calls one request may make (clients may ask for fewer)"
+    )
+    deadline_s: float = Field(
+        600.0, gt=0, description="Seconds a strategy may run before the request fails with 504"
+    )
     log_level: str = "INFO"
 
     @field_validator("api_keys", mode="before")

@@ -57,10 +57,19 @@ class RateLimited(PonderError):
     code = "rate_limit_exceeded"
 
 
-class BudgetExceeded(PonderError):
-    status_code = 429
-    type = "budget_exceeded"
+class BudgetExceeded(InvalidRequest):
+    """The strategy needs more backend calls than the request's budget allows. Not a 429:
+    retrying the same request cannot succeed."""
+
     code = "budget_exceeded"
+
+
+class DeadlineExceeded(PonderError):
+    """The request ran past its deadline; every call in flight was cancelled."""
+
+    status_code = 504
+    type = "timeout"
+    code = "deadline_exceeded"
 
 
 class BackendError(PonderError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -13,20 +13,21 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from ponder.backends.base import Backend
-from ponder.errors import ClientDisconnected, InvalidRequest, UnknownModel
+from ponder.errors import ClientDisconnected, DeadlineExceeded, InvalidRequest, UnknownModel
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
 from ponder.proxy.streaming import ChunkFormat, stream_chunks
 from ponder.strategies.base import Strategy
-from ponder.strategies.context import RequestContext, Sink
+from ponder.strategies.context import Budget, RequestContext, Sink
 from ponder.strategies.engine import Engine
 from ponder.strategies.resolve import Route, resolve
 from ponder.types import Completion, Message
 
 T = TypeVar("T")
 
-# Keys of the `ponder` body field that are not strategy slugs.
-REQUEST_OPTIONS = frozenset({"trace", "reasoning"})
+# Keys of the `ponder` body field that are not strategy slugs, and the type each must have.
+FLAGS = frozenset({"trace", "reasoning"})
+LIMITS = frozenset({"max_backend_calls", "deadline_s"})
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -35,6 +36,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class ChatService:
     backend: Backend
     engine: Engine
+    budget: Budget = field(default_factory=Budget)
+    """The server's limits; a request may ask for tighter ones."""
 
     def route(self, request: ChatCompletionRequest) -> Route:
         route = resolve(request.model, self.engine.registry.canonical, request.optillm_approach)
@@ -54,9 +57,16 @@ class ChatService:
         options: dict[str, Any] = {}
         for key, value in (request.ponder or {}).items():
             param = f"ponder.{key}"
-            if key in REQUEST_OPTIONS:
+            if key in FLAGS:
                 if not isinstance(value, bool):
                     raise InvalidRequest(f"{param} must be a boolean", param=param)
+                options[key] = value
+                continue
+            if key in LIMITS:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise InvalidRequest(f"{param} must be a positive number", param=param)
+                if key == "max_backend_calls" and not isinstance(value, int):
+                    raise InvalidRequest(f"{param} must be an integer", param=param)
                 options[key] = value
                 continue
             slug = self.engine.registry.canonical(key)
@@ -85,6 +95,9 @@ class ChatService:
                 sampling=to_sampling(request),
                 n=request.n,
                 options=options,
+                budget=self.budget.tighter(
+                    Budget(options.get("max_backend_calls"), options.get("deadline_s"))
+                ),
             ),
         )
 
@@ -139,8 +152,20 @@ class Job:
         return self.ctx.n * branches
 
     async def run(self, sink: Sink | None) -> list[Completion]:
+        """Run the strategies; past the budget's deadline every call in flight is cancelled."""
         self.ctx.sink = sink
-        return await self.engine.run(self.route, self.strategies, self.ctx, self.messages)
+        deadline = self.ctx.budget.deadline_s
+        timer = asyncio.timeout(deadline)
+        try:
+            async with timer:
+                return await self.engine.run(self.route, self.strategies, self.ctx, self.messages)
+        except TimeoutError:
+            if not timer.expired():
+                raise  # a timeout from below, not the deadline
+            raise DeadlineExceeded(
+                f"the request did not finish within its deadline of {deadline:g} s",
+                param="ponder.deadline_s",
+            ) from None
 
 
 async def cancel_on_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:

@@ -1,17 +1,59 @@
-"""Per-request state handed to a strategy: the metered backend, the sink, the trace."""
+"""Per-request state handed to a strategy: the metered backend, the budget, the sink, the trace.
+
+Everything a strategy does with the model goes through a `RequestContext`:
+
+- `complete()` is one intermediate sub-call; `sample()` draws k independent samples at once
+  (native `n` where the backend has it, else concurrent calls); `final()` produces the answer
+  the client sees and streams it token by token when the client asked for a stream.
+- `reason()` streams a line of the strategy's working as `delta.reasoning_content`.
+- `step()` adds an entry to the trace (`ponder: {"trace": true}`).
+
+Every call is counted by the shared `Meter`, checked against the `Budget`, and bounded by a
+per-request semaphore sized from the backend's `max_concurrency`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Backend
+from ponder.errors import BudgetExceeded, PonderError
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 
+T = TypeVar("T")
+
 Sink = Callable[[Delta], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits of one request: backend calls, and seconds from start to answer."""
+
+    max_backend_calls: int | None = None
+    deadline_s: float | None = None
+
+    def tighter(self, other: Budget) -> Budget:
+        """The stricter of two budgets, limit by limit (a client may only lower the server's)."""
+        return Budget(
+            _min(self.max_backend_calls, other.max_backend_calls),
+            _min(self.deadline_s, other.deadline_s),
+        )
+
+
+N = TypeVar("N", int, float)
+
+
+def _min(a: N | None, b: N | None) -> N | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
 
 
 @dataclass
@@ -38,8 +80,8 @@ class Step:
 class RequestContext:
     """Everything a strategy may use. Strategies never build clients or read globals.
 
-    `complete()` is an intermediate sub-call; `final()` produces the answer the client sees,
-    and streams it token by token when the client asked for a stream.
+    Contexts made by `for_choice()` share the meter, budget, semaphore and trace, so the
+    request's totals cover every run.
     """
 
     request_id: str
@@ -50,9 +92,15 @@ class RequestContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     sink: Sink | None = None
     choice_index: int = 0
+    budget: Budget = field(default_factory=Budget)
     meter: Meter = field(default_factory=Meter)
     trace: list[Step] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    limiter: asyncio.Semaphore | None = None
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = asyncio.Semaphore(max(1, self.backend.capabilities.max_concurrency))
 
     @property
     def streaming(self) -> bool:
@@ -62,31 +110,127 @@ class RequestContext:
         """A context for one of several concurrent runs: shares the meter and the trace."""
         return replace(self, choice_index=index, n=n)
 
+    # ---- trace and live reasoning ----------------------------------------------------------
+
     def step(self, name: str, **detail: Any) -> None:
         self.trace.append(Step(name, detail, round(time.monotonic() - self.started, 6)))
+
+    def reason(self, text: str) -> None:
+        """Stream `text` as reasoning of this choice (unless `ponder: {"reasoning": false}`)."""
+        if self.sink is not None and text and self.options.get("reasoning", True):
+            self.sink(Delta(index=self.choice_index, reasoning=text))
+
+    def emit(self, delta: Delta) -> None:
+        """Send a delta of this choice's answer to the client (when streaming)."""
+        if self.sink is not None:
+            self.sink(replace(delta, index=delta.index + self.choice_index))
+
+    # ---- backend calls ---------------------------------------------------------------------
+
+    def _charge(self) -> None:
+        limit = self.budget.max_backend_calls
+        if limit is not None and self.meter.calls >= limit:
+            raise BudgetExceeded(
+                f"the strategy needs more than max_backend_calls={limit} backend calls",
+                param="ponder.max_backend_calls",
+            )
+        self.meter.calls += 1
 
     async def complete(
         self, messages: Sequence[Message], sampling: Sampling | None = None, n: int = 1
     ) -> list[Completion]:
-        self.meter.calls += 1
-        choices = await self.backend.complete(self.model, messages, sampling or self.sampling, n)
+        """One backend call returning `n` choices (ask `sample()` for independent samples)."""
+        self._charge()
+        assert self.limiter is not None
+        async with self.limiter:
+            choices = await self.backend.complete(
+                self.model, messages, sampling or self.sampling, n
+            )
         for c in choices:
             self.meter.record(c.usage)
         return choices
 
+    async def sample(
+        self,
+        messages: Sequence[Message],
+        k: int,
+        sampling: Sampling | None = None,
+        *,
+        tolerate_failures: bool = False,
+    ) -> list[Completion]:
+        """`k` independent samples, drawn concurrently: one call with native `n` when the
+        backend has it (topped up with single calls if it returned fewer), else `k` calls.
+
+        With `tolerate_failures`, failed calls are dropped and the survivors returned; only
+        when every call fails is the first failure raised.
+        """
+        if k <= 0:
+            return []
+        if k > 1 and self.backend.capabilities.native_n:
+            got = await self.complete(messages, sampling, n=k)
+            if len(got) >= k:
+                return got[:k]
+            return got + await self.sample(
+                messages, k - len(got), sampling, tolerate_failures=tolerate_failures
+            )
+        calls = [self.complete(messages, sampling) for _ in range(k)]
+        if not tolerate_failures:
+            return [c for (c,) in await gather(calls)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        survivors = [r[0] for r in results if isinstance(r, list)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if not survivors:
+            raise failures[0]
+        for failure in failures:
+            if not isinstance(failure, PonderError):
+                raise failure  # a bug, not a backend failure: never swallowed
+        if failures:
+            self.step("samples_failed", count=len(failures), error=str(failures[0]))
+        return survivors
+
+    async def stream(
+        self, messages: Sequence[Message], sampling: Sampling | None = None, n: int = 1
+    ) -> AsyncIterator[Delta]:
+        """One streamed backend call, metered: its deltas, the last one carrying the usage."""
+        self._charge()
+        assert self.limiter is not None
+        async with self.limiter:
+            async for delta in self.backend.stream(
+                self.model, messages, sampling or self.sampling, n
+            ):
+                if delta.usage is not None:
+                    self.meter.record(delta.usage)
+                yield delta
+
     async def final(
         self, messages: Sequence[Message], sampling: Sampling | None = None, n: int = 1
     ) -> list[Completion]:
+        """The answer-producing call: streamed to the client when it asked for a stream."""
         if self.sink is None:
             return await self.complete(messages, sampling, n)
-        self.meter.calls += 1
         assembler = Assembler(n)
-        sink = self.sink
-        offset = self.choice_index
-        async for delta in self.backend.stream(self.model, messages, sampling or self.sampling, n):
+        async for delta in self.stream(messages, sampling, n):
             assembler.add(delta)
-            if delta.usage is not None:
-                self.meter.record(delta.usage)
-            else:
-                sink(replace(delta, index=delta.index + offset))
+            if delta.usage is None:
+                self.emit(delta)
         return assembler.completions()
+
+
+async def gather(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently, results in order; the first failure cancels the rest and is raised
+    as itself (not as an exception group)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+    return [t.result() for t in tasks]
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

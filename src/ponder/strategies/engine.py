@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from ponder.strategies.base import Strategy
-from ponder.strategies.context import RequestContext
+from ponder.strategies.context import RequestContext, Sink, gather
 from ponder.strategies.registry import Registry
 from ponder.strategies.resolve import Route
-from ponder.types import Completion, Message
-
-T = TypeVar("T")
+from ponder.types import Completion, Delta, Message
 
 PIPE_PROMPT = (
     "Review the answer above for mistakes and give your final answer to the original request."
@@ -42,9 +39,9 @@ class Engine:
                 _draw(s, ctx.for_choice(ctx.choice_index + i * ctx.n, ctx.n), messages)
                 for i, s in enumerate(strategies)
             ]
-            return [c for choices in await _all(runs) for c in choices]
+            return [c for choices in await gather(runs) for c in choices]
         if route.mode == "pipeline":
-            return await _all(
+            return await gather(
                 [
                     _pipeline(strategies, ctx.for_choice(ctx.choice_index + i), messages)
                     for i in range(ctx.n)
@@ -65,15 +62,17 @@ async def _draw(
     if strategy.draws_n or ctx.n == 1:
         return list(await strategy.run(ctx, messages))
     runs = [strategy.run(ctx.for_choice(ctx.choice_index + i), messages) for i in range(ctx.n)]
-    return [choices[0] for choices in await _all(runs)]
+    return [choices[0] for choices in await gather(runs)]
 
 
 async def _pipeline(
     strategies: Sequence[Strategy], ctx: RequestContext, messages: Sequence[Message]
 ) -> Completion:
-    """Each strategy reviews the previous one's answer; only the last one streams."""
+    """Each strategy reviews the previous one's answer. Only the last one streams its answer;
+    the earlier ones' answers stream as reasoning."""
     current = list(messages)
-    quiet = replace(ctx, sink=None)
+    talks = ctx.sink is not None and ctx.options.get("reasoning", True)
+    quiet = replace(ctx, sink=_as_reasoning(ctx.sink) if talks and ctx.sink else None)
     for i, strategy in enumerate(strategies):
         last = i == len(strategies) - 1
         (answer,) = await strategy.run(ctx if last else quiet, current)
@@ -88,20 +87,12 @@ async def _pipeline(
     raise AssertionError("a pipeline has at least one strategy")
 
 
-async def _all(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run concurrently; the first failure cancels the rest and is raised as itself."""
-    if len(coros) == 1:
-        return [await coros[0]]
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(c) for c in coros]
-    except BaseExceptionGroup as group:
-        raise _first_leaf(group) from None
-    return [t.result() for t in tasks]
+def _as_reasoning(sink: Sink) -> Sink:
+    """A sink that passes answer text on as reasoning and drops the end of the choice."""
 
+    def forward(delta: Delta) -> None:
+        text = (delta.reasoning or "") + (delta.content or "")
+        if text:
+            sink(Delta(index=delta.index, reasoning=text))
 
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
+    return forward

@@ -77,9 +77,9 @@ class Registry:
 
 
 def default_registry(*, entry_points: bool = True) -> Registry:
-    from ponder.strategies.none import PassThrough
+    from ponder.strategies.catalog import builtin
 
-    registry = Registry([PassThrough])
+    registry = Registry(builtin())
     if entry_points:
         registry.load_entry_points()
     return registry

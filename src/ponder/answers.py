@@ -1,0 +1,128 @@
+"""Final-answer extraction and comparison, shared by the `sc` strategy and the benchmarks.
+
+`extract_answer(text)` finds the answer a response commits to and returns a normalized key,
+so that "The answer is $1,200." and "\\boxed{1200}" compare equal. In order of preference:
+
+1. the last `\\boxed{...}` (braces balanced);
+2. the last `#### ...` line (GSM8K style);
+3. the last "answer is ..." / "Answer: ..." / "final answer ..." phrase;
+4. a multiple-choice letter, written alone or as "(B)" / "B)" / "B." at the start;
+5. the last number in the text;
+6. else the whole text, lower-cased with whitespace and end punctuation normalized.
+
+Within 1-3, a phrase containing a number yields its last number; a lone letter A-J yields the
+letter; anything else yields its normalized text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+_NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_ANSWER_PHRASE = re.compile(
+    r"(?:final answer|answer is|answer:|answer =)\s*(?:is\s*)?:?\s*([^\n]+)", re.IGNORECASE
+)
+_LETTER_ALONE = re.compile(r"^\(?([A-J])\)?[.:)]?$")
+_LETTER_LEAD = re.compile(r"^\(?([A-J])[).:]\s")
+_FRAC = re.compile(r"\\d?frac\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
+_END_PUNCT = ".,;:!?\"'` *"
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The normalized final answer in `text`, or None when there is no text at all."""
+    if text is None or not text.strip():
+        return None
+    for candidate in (_last_boxed(text), _last(_HASHES, text), _last(_ANSWER_PHRASE, text)):
+        if candidate is not None and candidate.strip(_END_PUNCT + " "):
+            return _normalize(candidate)
+    stripped = text.strip()
+    letter = _LETTER_ALONE.match(stripped) or _LETTER_LEAD.match(stripped)
+    if letter:
+        return letter.group(1)
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return normalize_number(numbers[-1])
+    return _normalize_text(text)
+
+
+def normalize_number(raw: str) -> str:
+    """'$1,200.50' -> '1200.5', '3.0' -> '3', '-7' -> '-7', '3/4' stays '3/4'."""
+    cleaned = raw.replace("$", "").replace(",", "").replace(" ", "")
+    if "/" in cleaned:
+        return cleaned
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return cleaned
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Whether two answers (raw text or keys) mean the same final answer."""
+    ka, kb = extract_answer(a), extract_answer(b)
+    return ka is not None and ka == kb
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    winner: str | None
+    """The winning answer key (None when no sample had an answer)."""
+    count: int
+    """How many samples gave the winner."""
+    first: int
+    """Index of the first sample that gave the winner: the response to return."""
+    tally: dict[str, int]
+
+
+def majority_vote(answers: Sequence[str | None]) -> Vote:
+    """Plurality vote over answer keys; samples without an answer do not vote. A tie goes to
+    the answer that appeared first."""
+    tally = Counter(a for a in answers if a is not None)
+    if not tally:
+        return Vote(None, 0, 0, {})
+    winner, count = max(tally.items(), key=lambda kv: (kv[1], -answers.index(kv[0])))
+    return Vote(winner, count, answers.index(winner), dict(tally))
+
+
+def _normalize(candidate: str) -> str:
+    phrase = _FRAC.sub(r"\1/\2", candidate).strip().strip(_END_PUNCT)
+    letter = _LETTER_ALONE.match(phrase)
+    if letter:
+        return letter.group(1)
+    numbers = _NUMBER.findall(phrase)
+    if numbers:
+        return normalize_number(numbers[-1])
+    return _normalize_text(phrase)
+
+
+def _normalize_text(text: str) -> str:
+    return " ".join(text.lower().split()).strip(_END_PUNCT)
+
+
+def _last(pattern: re.Pattern[str], text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[-1] if found else None
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    begin = i
+    while i < len(text):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[begin:i]
+        i += 1
+    return None

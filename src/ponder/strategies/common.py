@@ -1,0 +1,97 @@
+"""Helpers every strategy uses: building conversations without flattening them, and the
+sampling settings of a strategy's own helper calls (critiques, scores, plans).
+
+Conventions:
+
+- The client's conversation is kept as it is: system prompt, earlier turns, content parts.
+  A strategy adds turns after it (`followup`), adds its instructions after the client's system
+  prompt (`with_system`), or rewrites the text of the last user turn (`rewrite_last_user`).
+- Calls that produce an answer the client may see use the client's sampling (`ctx.sampling`):
+  temperature, stop, max_tokens, seed, tools. Helper calls whose output only the strategy reads
+  use `helper_sampling()`: the client's seed, but the strategy's own temperature and token
+  limit, and no stop sequences, tools or response format that would break the strategy's parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from ponder.types import ContentPart, Message, Sampling
+
+_FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_user_index(messages: Sequence[Message]) -> int:
+    """Index of the last user message (-1 when there is none)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            return i
+    return -1
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    i = last_user_index(messages)
+    return messages[i].text if i >= 0 else ""
+
+
+def followup(messages: Sequence[Message], answer: str, request: str) -> list[Message]:
+    """The conversation, the model's `answer` as an assistant turn, then a new user `request`."""
+    return [*messages, Message("assistant", answer), Message("user", request)]
+
+
+def with_system(messages: Sequence[Message], instructions: str) -> list[Message]:
+    """Add `instructions` after the client's system prompt (or as the system prompt)."""
+    if messages and messages[0].role in ("system", "developer"):
+        first = messages[0]
+        text = f"{first.text}\n\n{instructions}" if first.text else instructions
+        return [Message(first.role, text, name=first.name), *messages[1:]]
+    return [Message("system", instructions), *messages]
+
+
+def rewrite_last_user(messages: Sequence[Message], rewrite: Callable[[str], str]) -> list[Message]:
+    """The conversation with the last user turn's text replaced by `rewrite(text)`. Non-text
+    parts (images, audio) are kept; the text parts are merged into one, where the first was."""
+    i = last_user_index(messages)
+    if i < 0:
+        return list(messages)
+    m = messages[i]
+    new_text = rewrite(m.text)
+    if isinstance(m.content, tuple):
+        parts: list[ContentPart] = []
+        placed = False
+        for part in m.content:
+            if part.get("type") != "text":
+                parts.append(part)
+            elif not placed:
+                parts.append({"type": "text", "text": new_text})
+                placed = True
+        if not placed:
+            parts.append({"type": "text", "text": new_text})
+        content: str | tuple[ContentPart, ...] = tuple(parts)
+    else:
+        content = new_text
+    return [*messages[:i], Message("user", content, name=m.name), *messages[i + 1 :]]
+
+
+def helper_sampling(sampling: Sampling, max_tokens: int, temperature: float = 0.0) -> Sampling:
+    """Sampling for a helper call whose output only the strategy reads."""
+    return sampling.with_(
+        temperature=temperature,
+        top_p=None,
+        max_tokens=max_tokens,
+        stop=(),
+        logprobs=False,
+        top_logprobs=None,
+        tools=(),
+        tool_choice=None,
+        response_format=None,
+    )
+
+
+def parse_score(text: str | None, low: float, high: float) -> float | None:
+    """The first number in `text`, clamped to [low, high]; None when there is none."""
+    match = _FIRST_NUMBER.search(text or "")
+    if match is None:
+        return None
+    return min(high, max(low, float(match.group())))
