@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -9,6 +11,9 @@ from fastapi import FastAPI
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import ScriptedBackend, running_server
+
+if TYPE_CHECKING:
+    from ponder.backends.llamacpp import EmbeddedBackend
 
 MODEL = "smollm2-135m"
 
@@ -21,6 +26,16 @@ def scripted(*args: object, **kwargs: object) -> ScriptedBackend:
 
 def user(text: str) -> dict[str, str]:
     return {"role": "user", "content": text}
+
+
+@pytest.fixture(scope="session")
+def embedded() -> Iterator[EmbeddedBackend]:
+    """The real embedded model, loaded once for every integration test."""
+    from ponder.backends.llamacpp import EmbeddedBackend
+
+    backend = EmbeddedBackend()
+    yield backend
+    asyncio.run(backend.aclose())
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Sequence
 from typing import ClassVar
 
+import httpx
 import pytest
 
 from ponder.backends.base import Capabilities
@@ -16,7 +19,7 @@ from ponder.strategies.base import StrategyConfig
 from ponder.strategies.context import Budget, RequestContext
 from ponder.strategies.none import PassThrough
 from ponder.strategies.registry import Registry
-from ponder.testing import ScriptedBackend
+from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling
 from tests.conftest import MODEL, asgi_client, scripted, sse_events, streamed_text, user
@@ -247,3 +250,26 @@ def test_emit_offsets_the_choice_index() -> None:
     ctx.emit(Delta(content="a"))
     ctx.reason("why")
     assert [(d.index, d.content, d.reasoning) for d in seen] == [(2, "a", None), (2, None, "why")]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_cancels_every_call_of_a_strategy_within_a_second(stream: bool) -> None:
+    backend = scripted(latency_s=30.0)
+    registry = Registry([PassThrough, Fanout])
+    app = create_app(Settings(), backend=backend, registry=registry)
+    body = {"model": f"fanout-{MODEL}", "messages": [user("hi")], "stream": stream}
+    with running_server(app) as url:
+        with httpx.Client(timeout=0.5) as http:
+            deadline = time.monotonic() + 5
+            with (
+                contextlib.suppress(httpx.ReadTimeout),  # non-streamed: no headers before the end
+                http.stream("POST", f"{url}/chat/completions", json=body) as response,
+            ):
+                while backend.in_flight < 4 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert backend.in_flight == 4
+                next(response.iter_lines())  # the role chunk came at once
+        gone = time.monotonic()
+        while backend.in_flight and time.monotonic() < gone + 1.0:
+            time.sleep(0.01)
+        assert backend.in_flight == 0 and backend.cancelled == 4

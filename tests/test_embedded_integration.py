@@ -22,11 +22,6 @@ QUESTION = {"role": "user", "content": "Name three colors."}
 
 
 @pytest.fixture(scope="module")
-def embedded() -> EmbeddedBackend:
-    return EmbeddedBackend()
-
-
-@pytest.fixture(scope="module")
 def oai(embedded: EmbeddedBackend) -> Iterator[openai.OpenAI]:
     with running_server(create_app(Settings(), backend=embedded)) as url:
         yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)

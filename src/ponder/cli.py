@@ -75,6 +75,7 @@ async def ask(
     from ponder.protocol import ChatCompletionRequest
     from ponder.proxy.chat import ChatService
     from ponder.proxy.middleware import new_request_id
+    from ponder.strategies.context import Budget
     from ponder.strategies.engine import Engine
     from ponder.strategies.registry import default_registry
 
@@ -91,11 +92,20 @@ async def ask(
                 "max_tokens": max_tokens,
             }
         )
-        job = ChatService(backend, Engine(default_registry())).prepare(request, new_request_id())
+        service = ChatService(
+            backend,
+            Engine(default_registry()),
+            Budget(settings.max_backend_calls, settings.deadline_s),
+        )
+        job = service.prepare(request, new_request_id())
         streamed = False
 
         def show(delta: Delta) -> None:
+            """The answer goes to stdout as it streams; the strategy's working to stderr."""
             nonlocal streamed
+            if delta.reasoning:
+                sys.stderr.write(delta.reasoning)
+                sys.stderr.flush()
             if delta.content:
                 streamed = True
                 sys.stdout.write(delta.content)
