@@ -76,7 +76,7 @@ async def stream_chunks(
             if delta.index in finished or delta.usage is not None:
                 continue
             body = delta_dict(delta)
-            if body:
+            if delta.content or delta.tool_calls:  # reasoning alone is not the answer
                 spoke.add(delta.index)
             if delta.finish_reason is not None:
                 finished.add(delta.index)
