@@ -1,0 +1,67 @@
+"""`bon`: best-of-n. Several candidate answers are sampled from the client's conversation, the
+model rates each one from 0 to 10, and the client gets the best-rated candidate (the first one
+on a tie).
+
+Calls: `candidates` samples drawn concurrently (one call with a native-`n` backend), then one
+scoring call per candidate, all at once: `2 * candidates` calls, or `1 + candidates`. A failed
+call fails the request. For the request's `n`, the engine runs `n` independent selections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from ponder.strategies.base import StrategyConfig
+from ponder.strategies.common import followup, helper_sampling, parse_score
+from ponder.strategies.context import RequestContext, gather
+from ponder.types import Completion, Message
+
+SCORE_PROMPT = (
+    "Rate the answer above from 0 (wrong or useless) to 10 (correct and complete). "
+    "Reply with only the number."
+)
+
+
+class BestOfNConfig(StrategyConfig):
+    candidates: int = Field(3, ge=2, le=16, description="How many candidate answers are sampled")
+    temperature: float = Field(
+        0.7,
+        gt=0,
+        le=2,
+        description="Sampling temperature when the client gave none or 0 (candidates must differ)",
+    )
+    score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
+
+
+class BestOfN:
+    slug: ClassVar[str] = "bon"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StrategyConfig]] = BestOfNConfig
+    draws_n: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, BestOfNConfig)
+        self.config = config
+
+    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+        sampling = ctx.sampling
+        if not sampling.temperature:
+            sampling = sampling.with_(temperature=self.config.temperature)
+        candidates = await ctx.sample(messages, self.config.candidates, sampling)
+        ctx.step("candidates", count=len(candidates))
+        scoring = helper_sampling(ctx.sampling, self.config.score_tokens, 0.0)
+        ratings = await gather(
+            [
+                ctx.complete(followup(messages, c.content or "", SCORE_PROMPT), scoring)
+                for c in candidates
+            ]
+        )
+        scores = [parse_score(r[0].content, 0, 10) or 0.0 for r in ratings]
+        for i, score in enumerate(scores, start=1):
+            ctx.reason(f"Candidate {i} scored {score:g}\n")
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        ctx.step("scores", scores=scores, best=best)
+        return [candidates[best]]

@@ -1,0 +1,65 @@
+"""`sc`: self-consistency. Several answers are sampled from the client's conversation as it
+is, each one's final answer is extracted, and the answer most samples agree on wins; the
+client gets the full response of the first sample that gave it.
+
+`samples` backend calls drawn concurrently (one call with a native-`n` backend). A failed call
+does not fail the request: the vote runs over the samples that came back, and only when every
+call fails is the error returned. For the request's `n`, the engine runs `n` independent votes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from ponder.answers import extract_answer, majority_vote
+from ponder.strategies.base import StrategyConfig
+from ponder.strategies.context import RequestContext
+from ponder.types import Completion, Message
+
+NO_ANSWER = "(no answer)"
+
+
+class SelfConsistencyConfig(StrategyConfig):
+    samples: int = Field(5, ge=1, le=64, description="How many answers are sampled and voted on")
+    temperature: float = Field(
+        0.7,
+        gt=0,
+        le=2,
+        description="Sampling temperature when the client gave none or 0 (samples must differ)",
+    )
+
+
+class SelfConsistency:
+    slug: ClassVar[str] = "sc"
+    aliases: ClassVar[tuple[str, ...]] = ("self_consistency", "majority_voting")
+    Config: ClassVar[type[StrategyConfig]] = SelfConsistencyConfig
+    draws_n: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, SelfConsistencyConfig)
+        self.config = config
+
+    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+        sampling = ctx.sampling
+        if not sampling.temperature:
+            sampling = sampling.with_(temperature=self.config.temperature)
+        samples = await ctx.sample(messages, self.config.samples, sampling, tolerate_failures=True)
+        answers = [extract_answer(s.content) for s in samples]
+        for i, answer in enumerate(answers, start=1):
+            ctx.reason(f"Sample {i}: {answer if answer is not None else NO_ANSWER}\n")
+        vote = majority_vote(answers)
+        ctx.reason(
+            f"Vote: {vote.winner if vote.winner is not None else NO_ANSWER} "
+            f"({vote.count} of {len(samples)})\n"
+        )
+        ctx.step(
+            "vote",
+            tally=vote.tally,
+            winner=vote.winner,
+            samples=self.config.samples,
+            survivors=len(samples),
+        )
+        return [samples[vote.first]]
