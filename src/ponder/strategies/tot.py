@@ -1,0 +1,119 @@
+"""`tot`: tree of thoughts. A breadth-first beam search over partial solutions: each node is
+the list of reasoning steps so far (the root has none). At every level each node in the beam
+proposes `breadth` possible next steps, the model rates every new partial solution from 1 to
+10, and the `beam` best-rated ones (earlier first on a tie) make the next beam. After `depth`
+levels the best path is turned into the final answer, streamed to a streaming client.
+
+Calls: at each level, one sampling of `breadth` next steps per node in the beam (`breadth`
+calls, or one with a native-`n` backend), all nodes at once; then one scoring call per new
+step, all at once; then one final call. With the defaults and no native `n`:
+3 + 3 + 6 + 6 + 1 = 19 calls. A failed call fails the request. For the request's `n`, the
+engine runs `n` independent searches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from ponder.strategies.base import StrategyConfig
+from ponder.strategies.common import followup, helper_sampling, parse_score, with_system
+from ponder.strategies.context import RequestContext, gather
+from ponder.types import Completion, Message
+
+TOT_INSTRUCTIONS = (
+    "Work towards solving the user's latest request one step at a time. Each reply must be "
+    "exactly one short step of reasoning (one or two sentences) that comes after the steps "
+    "already written, not the whole solution and not the final answer."
+)
+NEXT_STEP_PROMPT = "Write only the next single step of reasoning."
+VALUE_PROMPT = (
+    "The steps above are a partial solution to my request. How promising are they for reaching "
+    "a correct answer, from 1 (a dead end) to 10 (certainly on the right track)? "
+    "Reply with only the number."
+)
+FINAL_PROMPT = "Using the reasoning above, give the final answer to my original request."
+
+
+class TreeOfThoughtsConfig(StrategyConfig):
+    breadth: int = Field(3, ge=1, le=8, description="How many next steps each node proposes")
+    depth: int = Field(2, ge=1, le=5, description="How many levels of steps are searched")
+    beam: int = Field(2, ge=1, le=8, description="How many best-rated nodes each level keeps")
+    temperature: float = Field(
+        0.7,
+        gt=0,
+        le=2,
+        description="Temperature of the proposed steps when the client gave none or 0",
+    )
+    thought_tokens: int = Field(128, ge=1, description="Token limit of each proposed step")
+    score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
+
+
+def steps_text(steps: Sequence[str]) -> str:
+    """A node's steps as the text of an assistant turn: "Step 1: ...\\nStep 2: ..."."""
+    return "\n".join(f"Step {i}: {step}" for i, step in enumerate(steps, start=1))
+
+
+def _line(text: str, limit: int) -> str:
+    return " ".join(text.split())[:limit]
+
+
+class TreeOfThoughts:
+    slug: ClassVar[str] = "tot"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StrategyConfig]] = TreeOfThoughtsConfig
+    draws_n: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, TreeOfThoughtsConfig)
+        self.config = config
+
+    def _expansion_prompt(self, messages: Sequence[Message], steps: Sequence[str]) -> list[Message]:
+        instructed = with_system(messages, TOT_INSTRUCTIONS)
+        if not steps:
+            return instructed
+        return followup(instructed, steps_text(steps), NEXT_STEP_PROMPT)
+
+    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+        cfg = self.config
+        thinking = helper_sampling(
+            ctx.sampling, cfg.thought_tokens, ctx.sampling.temperature or cfg.temperature
+        )
+        scoring = helper_sampling(ctx.sampling, cfg.score_tokens, 0.0)
+        beam: list[list[str]] = [[]]
+        best_score = 0.0
+        for level in range(1, cfg.depth + 1):
+            expansions = await gather(
+                [
+                    ctx.sample(self._expansion_prompt(messages, node), cfg.breadth, thinking)
+                    for node in beam
+                ]
+            )
+            children = [
+                [*node, (c.content or "").strip()]
+                for node, proposed in zip(beam, expansions, strict=True)
+                for c in proposed
+            ]
+            ratings = await gather(
+                [
+                    ctx.complete(followup(messages, steps_text(child), VALUE_PROMPT), scoring)
+                    for child in children
+                ]
+            )
+            scores = [parse_score(r[0].content, 1, 10) or 1.0 for r in ratings]
+            kept = sorted(range(len(children)), key=lambda i: -scores[i])[: cfg.beam]
+            beam = [children[i] for i in kept]
+            best_score = scores[kept[0]]
+            ctx.reason(f"Level {level}: best score {best_score:g}: {_line(beam[0][-1], 80)}\n")
+            ctx.step(
+                "level",
+                depth=level,
+                steps=[child[-1] for child in children],
+                scores=scores,
+                kept=kept,
+            )
+        best = beam[0]
+        ctx.step("best_path", steps=best, score=best_score)
+        return await ctx.final(followup(messages, steps_text(best), FINAL_PROMPT), ctx.sampling)

@@ -1,0 +1,319 @@
+"""`moa`: mixture of agents: drafts, one critique of them all, one synthesis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from ponder.backends.base import Capabilities
+from ponder.errors import BackendUnavailable
+from ponder.strategies.moa import CRITIQUE_PROMPT, SYNTHESIS_PROMPT, drafts_text
+from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.tokens import count_prompt_tokens, count_tokens
+from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+
+MOA = f"moa-{MODEL}"
+DRAFTS = [
+    "Paris is the capital of France.",
+    "The capital is Paris, on the Seine.",
+    "I believe it is Lyon.",
+    "Paris.",
+    "France's capital city is Paris.",
+    "Marseille, probably.",
+    "It is Paris, home of the Louvre.",
+    "Paris, of course.",
+]
+CRITIQUE = "Draft 1 is right and short. Draft 2 adds a useful detail. Draft 3 is wrong."
+ANSWER = "The capital of France is Paris, which lies on the Seine."
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer in one sentence."},
+    user("I am studying geography."),
+    {"role": "assistant", "content": "Great, ask away."},
+    user("What is the capital of France?"),
+]
+CLIENT = [
+    ("system", "Answer in one sentence."),
+    *[(m["role"], m["content"]) for m in CONVERSATION[1:]],
+]
+
+
+def kind(call: Call) -> str:
+    if call.prompt.startswith(CRITIQUE_PROMPT):
+        return "critique"
+    if call.prompt.endswith(SYNTHESIS_PROMPT):
+        return "synthesis"
+    return "draft"
+
+
+class Mixture:
+    """A scripted model for moa: drafts from DRAFTS in the order they are asked for."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        self.drafts = 0
+        self.replies: list[str] = []
+
+    def __call__(self, call: Call, index: int) -> Reply:
+        k = kind(call)
+        if k == self.fail:
+            return BackendUnavailable("down")
+        if k == "critique":
+            text = CRITIQUE
+        elif k == "synthesis":
+            text = ANSWER
+        else:
+            text = DRAFTS[self.drafts]
+            self.drafts += 1
+        self.replies.append(text)
+        return text
+
+
+def expected_usage(backend: ScriptedBackend, mixture: Mixture) -> dict[str, int]:
+    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
+    completion = sum(count_tokens(r) for r in mixture.replies)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def calls_of(backend: ScriptedBackend, name: str) -> list[Call]:
+    return [c for c in backend.calls if kind(c) == name]
+
+
+def trace_step(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [s for s in body["ponder"]["trace"] if s["step"] == name]
+
+
+async def test_the_answer_is_the_synthesis_of_drafts_and_critique() -> None:
+    mixture = Mixture()
+    backend = scripted(mixture)
+    response = await chat(backend, MOA, messages=CONVERSATION, ponder={"trace": True})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == ANSWER
+    assert len(backend.calls) == 5
+    assert response.headers["x-ponder-backend-calls"] == "5"
+    assert [kind(c) for c in backend.calls] == ["draft"] * 3 + ["critique", "synthesis"]
+    assert trace_step(body, "drafts")[0]["drafts"] == DRAFTS[:3]
+    assert trace_step(body, "critique")[0]["critique"] == CRITIQUE
+    assert body["usage"] == expected_usage(backend, mixture)
+
+
+async def test_prompts_keep_the_conversation_and_carry_drafts_and_critique() -> None:
+    backend = scripted(Mixture())
+    await chat(backend, MOA, messages=CONVERSATION)
+    for call in calls_of(backend, "draft"):
+        assert [(m.role, m.text) for m in call.messages] == CLIENT
+    (critique,) = calls_of(backend, "critique")
+    turns = [(m.role, m.text) for m in critique.messages]
+    assert turns[:-1] == CLIENT
+    role, text = turns[-1]
+    assert role == "user"
+    assert text == f"{CRITIQUE_PROMPT}\n\n{drafts_text(DRAFTS[:3])}"
+    for i, draft in enumerate(DRAFTS[:3], start=1):
+        assert f"Draft {i}: {draft}" in text
+    (synthesis,) = calls_of(backend, "synthesis")
+    turns = [(m.role, m.text) for m in synthesis.messages]
+    assert turns[:-1] == CLIENT
+    role, text = turns[-1]
+    assert role == "user"
+    for i, draft in enumerate(DRAFTS[:3], start=1):
+        assert f"Draft {i}: {draft}" in text
+    assert CRITIQUE in text
+    assert text.endswith(SYNTHESIS_PROMPT)
+
+
+async def test_the_number_of_drafts_is_configurable() -> None:
+    mixture = Mixture()
+    backend = scripted(mixture)
+    response = await chat(backend, MOA, ponder={"moa": {"drafts": 5}})
+    assert len(backend.calls) == 7
+    assert response.headers["x-ponder-backend-calls"] == "7"
+    (critique,) = calls_of(backend, "critique")
+    assert critique.prompt == f"{CRITIQUE_PROMPT}\n\n{drafts_text(DRAFTS[:5])}"
+    assert response.json()["usage"] == expected_usage(backend, mixture)
+
+
+async def test_native_n_draws_the_drafts_in_one_call() -> None:
+    mixture = Mixture()
+    backend = scripted(mixture, capabilities=Capabilities(native_n=True))
+    response = await chat(backend, MOA)
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert len(backend.calls) == 3
+    assert response.headers["x-ponder-backend-calls"] == "3"
+    assert [c.n for c in backend.calls] == [3, 1, 1]
+    (critique,) = calls_of(backend, "critique")
+    assert drafts_text(DRAFTS[:3]) in critique.prompt
+    assert response.json()["usage"] == expected_usage(backend, mixture)
+
+
+async def test_the_drafts_are_in_flight_at_once() -> None:
+    backend = scripted(Mixture())
+    backend.hold()
+    request = asyncio.create_task(chat(backend, MOA, ponder={"moa": {"drafts": 4}}))
+    await backend.wait_for_in_flight(4)
+    assert [kind(c) for c in backend.calls] == ["draft"] * 4
+    backend.release()
+    response = await request
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert backend.max_in_flight == 4
+    assert len(backend.calls) == 6
+
+
+async def test_sampling_of_drafts_critique_and_synthesis() -> None:
+    backend = scripted(Mixture())
+    await chat(
+        backend,
+        MOA,
+        max_tokens=60,
+        stop=["END"],
+        seed=3,
+        ponder={"moa": {"critique_tokens": 100}},
+    )
+    for call in calls_of(backend, "draft"):
+        s = call.sampling
+        assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.7, 60, ("END",), 3)
+    (critique,) = calls_of(backend, "critique")
+    s = critique.sampling
+    assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.0, 100, (), 3)
+    (synthesis,) = calls_of(backend, "synthesis")
+    s = synthesis.sampling
+    assert (s.temperature, s.max_tokens, s.stop, s.seed) == (None, 60, ("END",), 3)
+
+
+async def test_a_client_temperature_above_zero_is_kept() -> None:
+    backend = scripted(Mixture())
+    await chat(backend, MOA, temperature=1.2, ponder={"moa": {"temperature": 0.4}})
+    assert {c.sampling.temperature for c in calls_of(backend, "draft")} == {1.2}
+    assert calls_of(backend, "critique")[0].sampling.temperature == 0.0
+    assert calls_of(backend, "critique")[0].sampling.max_tokens == 512
+    assert calls_of(backend, "synthesis")[0].sampling.temperature == 1.2
+
+
+async def test_a_client_temperature_of_zero_uses_the_configured_one_for_drafts() -> None:
+    backend = scripted(Mixture())
+    await chat(backend, MOA, temperature=0, ponder={"moa": {"temperature": 0.4}})
+    assert {c.sampling.temperature for c in calls_of(backend, "draft")} == {0.4}
+    assert calls_of(backend, "synthesis")[0].sampling.temperature == 0
+
+
+async def test_streams_drafts_and_critique_as_reasoning_and_the_synthesis_as_content() -> None:
+    mixture = Mixture()
+    backend = scripted(mixture)
+    response = await chat(backend, MOA, stream=True, stream_options={"include_usage": True})
+    assert response.status_code == 200
+    assert streamed_text(response.text, "reasoning_content") == (
+        f"Draft 1: {DRAFTS[0]}\nDraft 2: {DRAFTS[1]}\nDraft 3: {DRAFTS[2]}\nCritique: {CRITIQUE}\n"
+    )
+    assert streamed_text(response.text) == ANSWER
+    pieces = [
+        choice["delta"]["content"]
+        for event in sse_events(response.text)
+        for choice in event.get("choices", [])  # type: ignore[attr-defined]
+        if choice["delta"].get("content")
+    ]
+    assert len(pieces) == len(ANSWER.split())
+    assert [c.stream for c in backend.calls] == [False] * 4 + [True]
+    assert sse_events(response.text)[-1]["usage"] == expected_usage(backend, mixture)
+
+
+async def test_reasoning_lines_are_cut_to_one_short_line() -> None:
+    long_draft = "word " * 40
+    long_critique = "c" * 300
+
+    def reply(call: Call, index: int) -> str:
+        return {"critique": long_critique, "synthesis": "done"}.get(kind(call), long_draft)
+
+    response = await chat(scripted(reply), MOA, stream=True, ponder={"moa": {"drafts": 2}})
+    short = " ".join(long_draft.split())[:80]
+    assert streamed_text(response.text, "reasoning_content") == (
+        f"Draft 1: {short}\nDraft 2: {short}\nCritique: {'c' * 200}\n"
+    )
+
+
+async def test_reasoning_can_be_turned_off() -> None:
+    backend = scripted(Mixture())
+    response = await chat(backend, MOA, stream=True, ponder={"reasoning": False})
+    assert streamed_text(response.text, "reasoning_content") == ""
+    assert streamed_text(response.text) == ANSWER
+
+
+@pytest.mark.parametrize("failing", ["draft", "critique", "synthesis"])
+async def test_a_failed_call_is_an_openai_shaped_503(failing: str) -> None:
+    backend = scripted(Mixture(fail=failing))
+    response = await chat(backend, MOA)
+    assert response.status_code == 503
+    assert response.json()["error"] == {
+        "message": "down",
+        "type": "api_error",
+        "param": None,
+        "code": "backend_unavailable",
+    }
+
+
+async def test_a_failed_critique_in_a_stream_ends_it_with_the_error() -> None:
+    backend = scripted(Mixture(fail="critique"))
+    response = await chat(backend, MOA, stream=True)
+    assert response.status_code == 200  # the drafts' reasoning lines went out first
+    data = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
+    assert "[DONE]" not in data
+    assert json.loads(data[-1])["error"]["code"] == "backend_unavailable"
+    assert not calls_of(backend, "synthesis")
+
+
+@pytest.mark.parametrize("limit", [1, 3, 4])
+async def test_a_budget_below_what_the_mixture_needs_is_a_400(limit: int) -> None:
+    backend = scripted(Mixture())
+    response = await chat(backend, MOA, ponder={"max_backend_calls": limit})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("budget_exceeded", "ponder.max_backend_calls")
+    assert len(backend.calls) == limit
+
+
+async def test_a_budget_that_covers_the_mixture_is_enough() -> None:
+    backend = scripted(Mixture())
+    response = await chat(backend, MOA, ponder={"max_backend_calls": 5})
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("drafts", 1),
+        ("drafts", 9),
+        ("temperature", 0),
+        ("temperature", 3),
+        ("critique_tokens", 0),
+        ("agents", 3),
+    ],
+)
+async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
+    backend = scripted(Mixture())
+    response = await chat(backend, MOA, ponder={"moa": {field: value}})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == f"ponder.moa.{field}"
+    assert not backend.calls
+
+
+async def test_optillm_approach_moa_selects_the_mixture() -> None:
+    backend = scripted(Mixture())
+    response = await chat(backend, MODEL, optillm_approach="moa")
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert [kind(c) for c in backend.calls] == ["draft"] * 3 + ["critique", "synthesis"]
+    assert response.headers["x-ponder-backend-calls"] == "5"
+
+
+async def test_request_n_runs_independent_mixtures() -> None:
+    backend = scripted(Mixture())
+    response = await chat(backend, MOA, n=2, ponder={"moa": {"drafts": 2}})
+    body = response.json()
+    assert [c["message"]["content"] for c in body["choices"]] == [ANSWER, ANSWER]
+    assert len(backend.calls) == 2 * 4
