@@ -1,0 +1,253 @@
+"""`refine`: self-refine, draft -> (critique -> revision) x rounds, stopping when a critique
+finds nothing to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ponder.errors import BackendUnavailable
+from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT
+from ponder.testing import ScriptedBackend
+from ponder.tokens import count_prompt_tokens, count_tokens
+from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+
+REFINE = f"refine-{MODEL}"
+
+CONVERSATION = [
+    {"role": "system", "content": "Be precise."},
+    user("I have 3 apples."),
+    {"role": "assistant", "content": "Noted."},
+    user("I eat one and buy five. How many now?"),
+]
+TURNS = [(m["role"], m["content"]) for m in CONVERSATION]
+
+DRAFT = "You have 8 apples."
+CRITIQUE_1 = "You forgot the apple that was eaten: 3 - 1 + 5."
+REVISION_1 = "3 - 1 + 5 = 7, so you have 7 apples."
+CRITIQUE_2 = "Say the final number on its own line."
+REVISION_2 = "3 - 1 + 5 = 7.\nYou have 7 apples now."
+FULL = [DRAFT, CRITIQUE_1, REVISION_1, CRITIQUE_2, REVISION_2]
+
+
+def stream_choices(raw: str) -> list[dict[str, Any]]:
+    """Every choice entry of every chunk of an SSE body, in order."""
+    return [c for e in sse_events(raw) for c in e.get("choices", [])]  # type: ignore[attr-defined]
+
+
+def finishes(raw: str) -> list[str]:
+    return [c["finish_reason"] for c in stream_choices(raw) if c["finish_reason"]]
+
+
+def turns(call_messages: Any) -> list[tuple[str, str]]:
+    return [(m.role, m.text) for m in call_messages]
+
+
+def expected_usage(backend: ScriptedBackend, replies: list[str]) -> tuple[int, int]:
+    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
+    return prompt, sum(count_tokens(r) for r in replies)
+
+
+def assert_usage(body: dict[str, Any], backend: ScriptedBackend, replies: list[str]) -> None:
+    prompt, completion = expected_usage(backend, replies)
+    assert body["usage"]["prompt_tokens"] == prompt
+    assert body["usage"]["completion_tokens"] == completion
+    assert body["usage"]["total_tokens"] == prompt + completion
+
+
+async def test_two_rounds_draft_critique_revise_with_the_conversation_kept() -> None:
+    backend = scripted(list(FULL))
+    response = await chat(backend, REFINE, messages=CONVERSATION, ponder={"trace": True})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == REVISION_2
+    assert len(backend.calls) == 5
+    assert response.headers["x-ponder-backend-calls"] == "5"
+    draft, critique1, revise1, critique2, revise2 = backend.calls
+    assert turns(draft.messages) == TURNS
+    assert turns(critique1.messages) == [
+        *TURNS,
+        ("assistant", DRAFT),
+        ("user", CRITIQUE_PROMPT),
+    ]
+    assert turns(revise1.messages) == [
+        *TURNS,
+        ("assistant", DRAFT),
+        ("user", REVISE_PROMPT.format(critique=CRITIQUE_1)),
+    ]
+    assert CRITIQUE_1 in revise1.prompt
+    assert turns(critique2.messages) == [
+        *TURNS,
+        ("assistant", REVISION_1),
+        ("user", CRITIQUE_PROMPT),
+    ]
+    assert turns(revise2.messages) == [
+        *TURNS,
+        ("assistant", REVISION_1),
+        ("user", REVISE_PROMPT.format(critique=CRITIQUE_2)),
+    ]
+    assert NO_ISSUES in CRITIQUE_PROMPT
+    assert_usage(body, backend, FULL)
+    steps = [(s["step"], s.get("round")) for s in body["ponder"]["trace"]]
+    assert steps == [
+        ("draft", None),
+        ("critique", 1),
+        ("revision", 1),
+        ("critique", 2),
+        ("revision", 2),
+    ]
+
+
+async def test_a_critique_with_nothing_to_fix_stops_at_once_with_the_draft() -> None:
+    backend = scripted([DRAFT, "no issues."])
+    response = await chat(backend, REFINE, messages=CONVERSATION, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == DRAFT
+    assert len(backend.calls) == 2
+    assert response.headers["x-ponder-backend-calls"] == "2"
+    assert turns(backend.calls[1].messages)[-1] == ("user", CRITIQUE_PROMPT)
+    (critique,) = [s for s in body["ponder"]["trace"] if s["step"] == "critique"]
+    assert critique["no_issues"] is True
+    assert_usage(body, backend, [DRAFT, "no issues."])
+
+
+async def test_a_clean_critique_in_round_two_keeps_the_first_revision() -> None:
+    replies = [DRAFT, CRITIQUE_1, REVISION_1, NO_ISSUES]
+    backend = scripted(list(replies))
+    response = await chat(backend, REFINE, messages=CONVERSATION)
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == REVISION_1
+    assert len(backend.calls) == 4
+    assert response.headers["x-ponder-backend-calls"] == "4"
+    assert turns(backend.calls[3].messages)[-2:] == [
+        ("assistant", REVISION_1),
+        ("user", CRITIQUE_PROMPT),
+    ]
+    assert_usage(body, backend, replies)
+
+
+async def test_rounds_option_sets_the_number_of_calls() -> None:
+    replies = [DRAFT, CRITIQUE_1, REVISION_1]
+    backend = scripted(list(replies))
+    response = await chat(backend, REFINE, ponder={"refine": {"rounds": 1}})
+    assert response.json()["choices"][0]["message"]["content"] == REVISION_1
+    assert len(backend.calls) == 3
+    assert response.headers["x-ponder-backend-calls"] == "3"
+
+
+async def test_answers_use_the_client_sampling_and_critiques_their_own() -> None:
+    backend = scripted(list(FULL))
+    await chat(
+        backend,
+        REFINE,
+        temperature=0.6,
+        max_tokens=300,
+        stop=["END"],
+        seed=7,
+        ponder={"refine": {"critique_tokens": 99}},
+    )
+    draft, critique1, revise1, critique2, revise2 = backend.calls
+    for call in (draft, revise1, revise2):
+        s = call.sampling
+        assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.6, 300, ("END",), 7)
+    for call in (critique1, critique2):
+        s = call.sampling
+        assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.0, 99, (), 7)
+
+
+async def test_critique_temperature_option() -> None:
+    backend = scripted(list(FULL))
+    await chat(backend, REFINE, ponder={"refine": {"temperature": 0.4}})
+    assert [c.sampling.temperature for c in backend.calls] == [None, 0.4, None, 0.4, None]
+    assert backend.calls[1].sampling.max_tokens == 256
+
+
+async def test_streams_reasoning_then_the_last_revision_token_by_token() -> None:
+    backend = scripted(list(FULL))
+    response = await chat(
+        backend,
+        REFINE,
+        messages=CONVERSATION,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert response.status_code == 200
+    reasoning = streamed_text(response.text, "reasoning_content")
+    assert reasoning == (
+        f"Draft: {DRAFT}\n"
+        f"Critique 1: {CRITIQUE_1}\n"
+        "Revision 1\n"
+        f"Critique 2: {CRITIQUE_2}\n"
+        "Revision 2\n"
+    )
+    assert streamed_text(response.text) == REVISION_2
+    pieces = [
+        c["delta"]["content"] for c in stream_choices(response.text) if c["delta"].get("content")
+    ]
+    assert len(pieces) > 3  # word by word, not in one piece
+    assert [c.stream for c in backend.calls] == [False, False, False, False, True]
+    assert finishes(response.text) == ["stop"]
+    (usage,) = [e["usage"] for e in sse_events(response.text) if e.get("usage")]
+    assert_usage({"usage": usage}, backend, FULL)
+
+
+async def test_streamed_early_stop_sends_the_answer_as_content() -> None:
+    backend = scripted([DRAFT, NO_ISSUES])
+    response = await chat(backend, REFINE, stream=True)
+    assert streamed_text(response.text) == DRAFT
+    assert streamed_text(response.text, "reasoning_content") == (
+        f"Draft: {DRAFT}\nCritique 1: {NO_ISSUES}\n"
+    )
+    assert finishes(response.text) == ["stop"]
+
+
+async def test_reasoning_off_streams_only_the_answer() -> None:
+    backend = scripted(list(FULL))
+    response = await chat(backend, REFINE, stream=True, ponder={"reasoning": False})
+    assert streamed_text(response.text, "reasoning_content") == ""
+    assert streamed_text(response.text) == REVISION_2
+
+
+async def test_long_lines_are_cut_in_the_reasoning() -> None:
+    long_draft = "word " * 100
+    backend = scripted([long_draft, NO_ISSUES])
+    response = await chat(backend, REFINE, stream=True)
+    first_line = streamed_text(response.text, "reasoning_content").split("\n")[0]
+    assert first_line == "Draft: " + long_draft[:200]
+
+
+async def test_a_failed_critique_is_an_openai_error() -> None:
+    backend = scripted([DRAFT, BackendUnavailable("down")])
+    response = await chat(backend, REFINE)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "backend_unavailable"
+    assert error["message"] == "down"
+    assert len(backend.calls) == 2
+
+
+async def test_budget_below_the_calls_needed_is_a_400() -> None:
+    backend = scripted(list(FULL))
+    response = await chat(backend, REFINE, ponder={"max_backend_calls": 2})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert len(backend.calls) == 2
+
+
+async def test_bad_rounds_is_a_400_naming_the_field() -> None:
+    backend = scripted()
+    response = await chat(backend, REFINE, ponder={"refine": {"rounds": 6}})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "ponder.refine.rounds"
+    assert backend.calls == []
+
+
+async def test_optillm_alias_selects_refine() -> None:
+    for fields in (
+        {"model": MODEL, "optillm_approach": "self_refine"},
+        {"model": f"self_refine-{MODEL}"},
+    ):
+        backend = scripted([DRAFT, NO_ISSUES])
+        model = str(fields.pop("model"))
+        response = await chat(backend, model, **fields)
+        assert response.json()["choices"][0]["message"]["content"] == DRAFT
+        assert len(backend.calls) == 2
