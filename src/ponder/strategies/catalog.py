@@ -6,10 +6,24 @@ from ponder.strategies.base import StrategyFactory
 
 
 def builtin() -> list[StrategyFactory]:
+    from ponder.strategies.bon import BestOfN
+    from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
     from ponder.strategies.re2 import ReRead
+    from ponder.strategies.react import ReAct
+    from ponder.strategies.refine import SelfRefine
+    from ponder.strategies.sc import SelfConsistency
+    from ponder.strategies.tot import TreeOfThoughts
 
     return [
         PassThrough,
         ReRead,
+        SelfConsistency,
+        BestOfN,
+        TreeOfThoughts,
+        MixtureOfAgents,
+        SelfRefine,
+        CoTReflection,
+        ReAct,
     ]

@@ -1,0 +1,418 @@
+"""`react`: ReAct. The model works in steps, "Thought: ..." then "Action: tool[input]", and
+reads each tool's result as "Observation: ..." before its next step, until it writes
+"Final Answer: ...".
+
+It is text only, so it works with every backend, the embedded one included: the tools are
+described in the system prompt and no backend call carries `tools` or `tool_choice`. The
+scratchpad (the steps so far) goes to the model as an assistant turn followed by a user turn
+asking it to continue; the stop sequence "\\nObservation:" keeps it from inventing results.
+
+Tools:
+
+- the built-in ones (`ponder.strategies.tools`) run inside Ponder;
+- the client's function tools (the request's `tools`): when the model calls one, the response
+  is that tool call (finish_reason "tool_calls"). The client runs it and sends the
+  conversation back with the tool results; the tool exchange after the last user message is
+  turned back into the scratchpad ("Action: ..." / "Observation: ...") and the loop goes on.
+  Tool exchanges of earlier turns are turned into assistant text, so the backend never
+  receives `tool` messages or `tool_calls`. A call the client already answered in this turn
+  is not sent again: the model gets the same result as its observation.
+
+Backend calls: one per step, at most `max_steps`; when no step gave a final answer, one more
+call (streamed to a streaming client) asks for it. When the client asked for a
+`response_format` or `logprobs`, which a step cannot honour (the strategy parses its text),
+the final answer of a step is rewritten by that one more call, with the client's sampling.
+For the request's `n`, the engine runs `n` independent loops.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from ponder.strategies.base import StrategyConfig
+from ponder.strategies.common import followup, with_system
+from ponder.strategies.context import RequestContext
+from ponder.strategies.tools import BUILTIN_TOOLS, Tool
+from ponder.types import Completion, FinishReason, Message, Sampling, ToolCall
+
+REACT_INSTRUCTIONS = (
+    "Work on the user's request in steps. Each step is a Thought line with your reasoning, "
+    "followed either by an Action line that uses one tool:\n"
+    "Thought: ...\n"
+    "Action: tool_name[tool input]\n"
+    "or, once you know the answer, by your Final Answer:\n"
+    "Thought: ...\n"
+    "Final Answer: your answer to the user\n"
+    'After an Action line, stop: the tool\'s result is given back to you as "Observation: ...". '
+    "Never write an Observation yourself."
+)
+TOOLS_HEADER = "Tools:"
+NO_TOOLS = "No tools are available now: think, then write your Final Answer."
+CLIENT_TOOL_INPUT = "Its input is a JSON object with these parameters (JSON schema): "
+CONTINUE = "Continue: write your next Thought, then an Action or your Final Answer."
+FORCE_FINAL = (
+    "You have no steps left. Using what you found above, write only your final answer to my "
+    "request now, without Thought or Action lines."
+)
+SHAPE_FINAL = "Now write only your final answer to my request, without Thought or Action lines."
+OBSERVATION_STOP = "\nObservation:"
+UNFORMATTED_STEP = "No Action and no Final Answer in this step: it is taken as the answer.\n"
+NO_STEPS_LEFT = "No final answer after the last step: asking for it.\n"
+REPEATED_CALL = "(you already called this tool with these arguments) "
+SHAPING_NOTE = "Writing it in the requested format.\n"
+
+_ACTION = re.compile(r"\bAction\s*:\s*([A-Za-z0-9_.\-]+)\s*(\[|\n\s*Action\s+Input\s*:)", re.I)
+_FINAL = re.compile(r"\bFinal\s+Answer\s*:", re.I)
+_THOUGHT_LABEL = re.compile(r"^\s*Thought\s*:\s*", re.I)
+
+
+class ReActConfig(StrategyConfig):
+    max_steps: int = Field(
+        5, ge=1, le=20, description="Most Thought/Action steps before the answer is asked for"
+    )
+    step_tokens: int = Field(
+        256, ge=16, le=8192, description="Token limit of one Thought/Action step"
+    )
+    tools: tuple[str, ...] = Field(
+        ("calculator", "search_context"),
+        description=f"The built-in tools the model may use, of: {', '.join(BUILTIN_TOOLS)}",
+    )
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, tools: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in tools if t not in BUILTIN_TOOLS]
+        if unknown:
+            known = ", ".join(BUILTIN_TOOLS)
+            raise ValueError(f"unknown tool(s) {', '.join(unknown)}; the built-in ones: {known}")
+        return tuple(dict.fromkeys(tools))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedStep:
+    """One step of the model: a thought, then an action or a final answer (or neither)."""
+
+    thought: str
+    action: str | None = None
+    input: str = ""
+    final: str | None = None
+
+
+class ReAct:
+    slug: ClassVar[str] = "react"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StrategyConfig]] = ReActConfig
+    draws_n: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, ReActConfig)
+        self.config = config
+
+    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+        client_tools = offered_tools(ctx.sampling)
+        builtins = {
+            name: BUILTIN_TOOLS[name] for name in self.config.tools if name not in client_tools
+        }
+        conversation, scratchpad = split_scratchpad(messages)
+        answered = answered_calls(messages)
+        if scratchpad:
+            ctx.step("react_resume", scratchpad=scratchpad)
+        prompt = with_system(conversation, instructions(builtins, client_tools))
+        sampling = step_sampling(ctx.sampling, self.config.step_tokens)
+        shaped = ctx.sampling.response_format is not None or ctx.sampling.logprobs
+
+        for number in range(1, self.config.max_steps + 1):
+            turn = followup(prompt, scratchpad, CONTINUE) if scratchpad else prompt
+            (reply,) = await ctx.complete(turn, sampling)
+            step = parse_step(reply.content or "")
+
+            if step.action is None:
+                if step.final is None:
+                    answer = step.thought
+                    ctx.reason(UNFORMATTED_STEP)
+                else:
+                    answer = step.final
+                    if step.thought:
+                        ctx.reason(f"Thought: {step.thought}\n")
+                ctx.step("react_step", number=number, thought=step.thought, final_answer=answer)
+                if shaped:  # the answer must come from a call with the client's sampling
+                    scratchpad = _join(scratchpad, render_final(step, answer))
+                    ctx.reason(f"Final Answer: {answer}\n{SHAPING_NOTE}")
+                    return await self._final(ctx, conversation, scratchpad, SHAPE_FINAL)
+                finish: FinishReason = "length" if reply.finish_reason == "length" else "stop"
+                return [Completion(content=answer, finish_reason=finish)]
+
+            if step.thought:
+                ctx.reason(f"Thought: {step.thought}\n")
+            ctx.reason(f"Action: {step.action}[{step.input}]\n")
+
+            arguments = tool_arguments(step.input) if step.action in client_tools else ""
+            if step.action in client_tools and (step.action, arguments) not in answered:
+                call = ToolCall(
+                    id=f"call_{secrets.token_hex(12)}", name=step.action, arguments=arguments
+                )
+                ctx.step(
+                    "react_step",
+                    number=number,
+                    thought=step.thought,
+                    action=call.name,
+                    input=call.arguments,
+                    tool_call_id=call.id,
+                )
+                return [Completion(content=None, finish_reason="tool_calls", tool_calls=(call,))]
+
+            tool = builtins.get(step.action)
+            if step.action in client_tools:  # a call the client already answered this turn
+                observation = REPEATED_CALL + answered[step.action, arguments]
+            elif tool is None:
+                observation = unknown_tool(step.action, [*builtins, *client_tools])
+            else:
+                observation = tool.run(step.input, messages)
+            ctx.reason(f"Observation: {observation}\n")
+            ctx.step(
+                "react_step",
+                number=number,
+                thought=step.thought,
+                action=step.action,
+                input=step.input,
+                observation=observation,
+            )
+            scratchpad = _join(scratchpad, render_step(step, observation))
+
+        ctx.reason(NO_STEPS_LEFT)
+        return await self._final(ctx, conversation, scratchpad, FORCE_FINAL)
+
+    async def _final(
+        self, ctx: RequestContext, conversation: list[Message], scratchpad: str, request: str
+    ) -> list[Completion]:
+        """The answer from one more call, with the client's sampling (its response format and
+        logprobs included), streamed to a streaming client."""
+        ctx.step("react_final", request=request)
+        sampling = ctx.sampling.with_(tools=(), tool_choice=None)
+        return await ctx.final(followup(conversation, scratchpad, request), sampling)
+
+
+# ---- prompts --------------------------------------------------------------------------------
+
+
+def offered_tools(sampling: Sampling) -> dict[str, Mapping[str, Any]]:
+    """The client's function tools the model may call (name -> function definition), as
+    `tool_choice` allows: none for "none", only the named one for a named choice."""
+    choice = sampling.tool_choice
+    if choice == "none":
+        return {}
+    only = None
+    if isinstance(choice, Mapping):
+        function = choice.get("function")
+        only = function.get("name") if isinstance(function, Mapping) else None
+    tools: dict[str, Mapping[str, Any]] = {}
+    for tool in sampling.tools:
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, Mapping):
+            continue
+        name = function.get("name")
+        if isinstance(name, str) and (only is None or name == only):
+            tools[name] = function
+    return tools
+
+
+def instructions(
+    builtins: Mapping[str, Tool], client_tools: Mapping[str, Mapping[str, Any]]
+) -> str:
+    """REACT_INSTRUCTIONS and the list of tools, for the system prompt."""
+    lines = [f"- {tool.name}: {tool.description}" for tool in builtins.values()]
+    for name, function in client_tools.items():
+        description = str(function.get("description") or "").strip()
+        schema = json.dumps(function.get("parameters") or {"type": "object", "properties": {}})
+        text = f"{description} " if description else ""
+        lines.append(f"- {name}: {text}{CLIENT_TOOL_INPUT}{schema}, e.g. {name}[{{...}}]")
+    tools = f"{TOOLS_HEADER}\n" + "\n".join(lines) if lines else NO_TOOLS
+    return f"{REACT_INSTRUCTIONS}\n\n{tools}"
+
+
+def step_sampling(sampling: Sampling, step_tokens: int) -> Sampling:
+    """The client's sampling for one step: no tools (described in the prompt instead), the
+    client's stop sequences plus OBSERVATION_STOP, and the step's token limit. No response
+    format or logprobs either: a step is text the strategy parses."""
+    return sampling.with_(
+        max_tokens=step_tokens,
+        stop=tuple(dict.fromkeys((*sampling.stop, OBSERVATION_STOP))),
+        tools=(),
+        tool_choice=None,
+        response_format=None,
+        logprobs=False,
+        top_logprobs=None,
+    )
+
+
+def unknown_tool(name: str, available: Sequence[str]) -> str:
+    if not available:
+        return f"Error: there is no tool {name!r}; no tools are available. Write your Final Answer."
+    return f"Error: there is no tool {name!r}. The tools are: {', '.join(available)}."
+
+
+def render_step(step: ParsedStep, observation: str) -> str:
+    thought = f"Thought: {step.thought}\n" if step.thought else ""
+    return f"{thought}Action: {step.action}[{step.input}]\nObservation: {observation}"
+
+
+def render_final(step: ParsedStep, answer: str) -> str:
+    thought = f"Thought: {step.thought}\n" if step.thought and step.final is not None else ""
+    return f"{thought}Final Answer: {answer}"
+
+
+def _join(scratchpad: str, more: str) -> str:
+    return f"{scratchpad}\n{more}" if scratchpad else more
+
+
+# ---- parsing the model's steps ----------------------------------------------------------------
+
+
+def parse_step(text: str) -> ParsedStep:
+    """The first Action or Final Answer of `text`, whichever comes first; neither gives a step
+    with only a thought (the text without its "Thought:" label)."""
+    action = _ACTION.search(text)
+    final = _FINAL.search(text)
+    if action is not None and (final is None or action.start() < final.start()):
+        if action.group(2) == "[":
+            tool_input = _bracketed(text, action.end())
+        else:  # "Action: name" then "Action Input: ..."
+            tool_input = text[action.end() :]
+        return ParsedStep(_thought(text[: action.start()]), action.group(1), tool_input.strip())
+    if final is not None:
+        return ParsedStep(_thought(text[: final.start()]), final=text[final.end() :].strip())
+    return ParsedStep(_thought(text))
+
+
+def _thought(text: str) -> str:
+    return _THOUGHT_LABEL.sub("", text.strip(), count=1).strip()
+
+
+def _bracketed(text: str, start: int) -> str:
+    """The text from `start` (just after "[") to its matching "]", brackets inside JSON strings
+    ignored; without one, up to the last "]", else to the end of the line."""
+    depth, quoted, escaped = 1, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    end = text.rfind("]", start)
+    if end >= 0:
+        return text[start:end]
+    return text[start:].split("\n", 1)[0]
+
+
+def tool_arguments(text: str) -> str:
+    """The arguments of a client tool call as a JSON object: the model's JSON when it wrote an
+    object, else its text wrapped as {"input": text}."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        value = None
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps({"input": text}, ensure_ascii=False)
+
+
+# ---- the client's tool exchanges --------------------------------------------------------------
+
+
+def _turn_start(messages: Sequence[Message]) -> int:
+    """Where the model's part of the current turn starts: after the last user (or system)
+    message."""
+    cut = len(messages)
+    while cut > 0 and messages[cut - 1].role in ("assistant", "tool"):
+        cut -= 1
+    return cut
+
+
+def split_scratchpad(messages: Sequence[Message]) -> tuple[list[Message], str]:
+    """The conversation to send, and the scratchpad rebuilt from the tool exchange that follows
+    the last user (or system) message, if there is one. Earlier tool exchanges become plain
+    assistant turns: the backend never receives `tool` messages or `tool_calls`."""
+    cut = _turn_start(messages)
+    tail = messages[cut:]
+    if not _has_tool_traffic(tail):
+        return _without_tool_traffic(messages), ""
+    return _without_tool_traffic(messages[:cut]), render_exchange(tail)
+
+
+def answered_calls(messages: Sequence[Message]) -> dict[tuple[str, str], str]:
+    """The client's results of this turn's tool calls, by (name, arguments as tool_arguments()
+    writes them): a model that repeats a call gets the result again instead of sending the
+    client round the same loop."""
+    tail = messages[_turn_start(messages) :]
+    results = {m.tool_call_id: m.text for m in tail if m.role == "tool"}
+    return {
+        (call.name, tool_arguments(call.arguments)): results[call.id]
+        for m in tail
+        for call in m.tool_calls
+        if call.id in results
+    }
+
+
+def render_exchange(messages: Sequence[Message]) -> str:
+    """Assistant and tool messages as scratchpad text: a tool call becomes
+    "Action: name[arguments]", its result "Observation: content"."""
+    results = {m.tool_call_id: m.text for m in messages if m.role == "tool"}
+    used: set[str | None] = set()
+    lines: list[str] = []
+    for m in messages:
+        if m.role == "assistant":
+            if m.text.strip():
+                lines.append(m.text.strip())
+            for call in m.tool_calls:
+                lines.append(f"Action: {call.name}[{call.arguments}]")
+                if call.id in results and call.id not in used:  # its result, right after it
+                    used.add(call.id)
+                    lines.append(f"Observation: {results[call.id]}")
+        elif m.tool_call_id is None or m.tool_call_id not in used:
+            used.add(m.tool_call_id)
+            lines.append(f"Observation: {m.text}")
+    return "\n".join(lines)
+
+
+def _has_tool_traffic(messages: Sequence[Message]) -> bool:
+    return any(m.role == "tool" or m.tool_calls for m in messages)
+
+
+def _without_tool_traffic(messages: Sequence[Message]) -> list[Message]:
+    """Each run of assistant/tool messages that holds a tool exchange becomes one assistant
+    turn of text; everything else is kept as it is."""
+    out: list[Message] = []
+    i = 0
+    while i < len(messages):
+        if messages[i].role not in ("assistant", "tool"):
+            out.append(messages[i])
+            i += 1
+            continue
+        j = i
+        while j < len(messages) and messages[j].role in ("assistant", "tool"):
+            j += 1
+        run = messages[i:j]
+        if _has_tool_traffic(run):
+            out.append(Message("assistant", render_exchange(run)))
+        else:
+            out.extend(run)
+        i = j
+    return out

@@ -1,0 +1,503 @@
+"""`react`: Thought/Action/Observation steps with built-in tools and the client's tools, in text
+only (no backend call carries `tools`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from openai.types.chat import ChatCompletion
+
+from ponder.errors import BackendUnavailable
+from ponder.strategies.react import (
+    CONTINUE,
+    FORCE_FINAL,
+    NO_TOOLS,
+    OBSERVATION_STOP,
+    REACT_INSTRUCTIONS,
+    REPEATED_CALL,
+    SHAPE_FINAL,
+    UNFORMATTED_STEP,
+    ParsedStep,
+    parse_step,
+    split_scratchpad,
+    tool_arguments,
+)
+from ponder.strategies.tools import BUILTIN_TOOLS
+from ponder.testing import ScriptedBackend
+from ponder.tokens import count_prompt_tokens, count_tokens
+from ponder.types import Message, ToolCall
+from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+
+REACT = f"react-{MODEL}"
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": WEATHER_PARAMETERS,
+    },
+}
+CALL_WEATHER = 'Thought: I need the weather.\nAction: get_weather[{"city": "Paris"}]'
+
+
+def assert_usage(body: dict[str, Any], backend: ScriptedBackend, replies: list[str]) -> None:
+    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
+    completion = sum(count_tokens(reply) for reply in replies)
+    assert body["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def assert_no_tool_traffic(backend: ScriptedBackend) -> None:
+    for call in backend.calls:
+        assert call.sampling.tools == ()
+        assert call.sampling.tool_choice is None
+        assert all(m.role != "tool" and not m.tool_calls for m in call.messages)
+
+
+async def test_calculator_observation_reaches_the_next_step_then_the_final_answer() -> None:
+    replies = [
+        "Thought: I should compute it.\nAction: calculator[17 * 23 + 4]",
+        "Thought: I have the result.\nFinal Answer: 395",
+    ]
+    backend = scripted(replies)
+    messages = [{"role": "system", "content": "Be terse."}, user("What is 17 * 23 + 4?")]
+    response = await chat(
+        backend,
+        REACT,
+        messages=messages,
+        temperature=0.2,
+        stop=["END"],
+        max_tokens=50,
+        ponder={"trace": True},
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert body["choices"][0]["message"]["content"] == "395"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert len(backend.calls) == 2
+    assert response.headers["x-ponder-backend-calls"] == "2"
+
+    first, second = backend.calls
+    assert [m.role for m in first.messages] == ["system", "user"]
+    system = first.messages[0].text
+    assert system.startswith("Be terse.\n\n" + REACT_INSTRUCTIONS)
+    assert f"- calculator: {BUILTIN_TOOLS['calculator'].description}" in system
+    assert f"- search_context: {BUILTIN_TOOLS['search_context'].description}" in system
+    assert first.prompt == "What is 17 * 23 + 4?"
+
+    assert [m.role for m in second.messages] == ["system", "user", "assistant", "user"]
+    assert second.messages[:2] == first.messages
+    assert second.messages[2].text == (
+        "Thought: I should compute it.\nAction: calculator[17 * 23 + 4]\nObservation: 395"
+    )
+    assert second.prompt == CONTINUE
+
+    assert_no_tool_traffic(backend)
+    for call in backend.calls:
+        assert call.sampling.stop == ("END", OBSERVATION_STOP)
+        assert call.sampling.max_tokens == 256
+        assert call.sampling.temperature == 0.2
+        assert not call.stream
+    assert_usage(body, backend, replies)
+
+    trace = [s for s in body["ponder"]["trace"] if s["step"] == "react_step"]
+    assert [(s["number"], s.get("action"), s.get("observation")) for s in trace] == [
+        (1, "calculator", "395"),
+        (2, None, None),
+    ]
+    assert trace[0]["input"] == "17 * 23 + 4"
+    assert trace[0]["thought"] == "I should compute it."
+    assert trace[1]["final_answer"] == "395"
+
+
+async def test_search_context_reads_the_conversation_and_step_tokens_option() -> None:
+    replies = [
+        "Action: search_context[budget review]",
+        "Final Answer: Thursday at 3pm.",
+    ]
+    backend = scripted(replies)
+    messages = [
+        user("Notes: the budget review moved to Thursday at 3pm. The cafeteria is closed."),
+        {"role": "assistant", "content": "Noted."},
+        user("When is the budget review?"),
+    ]
+    response = await chat(backend, REACT, messages=messages, ponder={"react": {"step_tokens": 64}})
+    assert response.json()["choices"][0]["message"]["content"] == "Thursday at 3pm."
+    second = backend.calls[1]
+    assert second.messages[-2].text == (
+        "Action: search_context[budget review]\n"
+        "Observation: [user] Notes: the budget review moved to Thursday at 3pm.\n"
+        "[user] When is the budget review?"
+    )
+    assert [c.sampling.max_tokens for c in backend.calls] == [64, 64]
+
+
+async def test_client_tool_call_then_its_result_continues_the_loop() -> None:
+    backend = scripted([CALL_WEATHER])
+    question = user("What is the weather in Paris?")
+    response = await chat(backend, REACT, messages=[question], tools=[WEATHER_TOOL])
+    assert response.status_code == 200
+    completion = ChatCompletion.model_validate(response.json())
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    (tool_call,) = choice.message.tool_calls
+    assert tool_call.type == "function"
+    assert tool_call.function.name == "get_weather"
+    assert json.loads(tool_call.function.arguments) == {"city": "Paris"}
+    assert tool_call.id.startswith("call_")
+    assert response.headers["x-ponder-backend-calls"] == "1"
+    (call,) = backend.calls
+    assert_no_tool_traffic(backend)
+    system = call.messages[0].text
+    assert "- get_weather: Current weather of a city." in system
+    assert json.dumps(WEATHER_PARAMETERS) in system
+    assert_usage(response.json(), backend, [CALL_WEATHER])
+
+    replies = ["Thought: I know it now.\nFinal Answer: 18C and sunny in Paris."]
+    backend = scripted(replies)
+    followup = [
+        {"role": "system", "content": "You are a weather bot."},
+        question,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": tool_call.id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": tool_call.function.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": tool_call.id, "content": "18C sunny"},
+    ]
+    response = await chat(backend, REACT, messages=followup, tools=[WEATHER_TOOL])
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "18C and sunny in Paris."
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert "tool_calls" not in body["choices"][0]["message"]
+    (call,) = backend.calls
+    assert_no_tool_traffic(backend)
+    assert [m.role for m in call.messages] == ["system", "user", "assistant", "user"]
+    assert call.messages[0].text.startswith("You are a weather bot.\n\n" + REACT_INSTRUCTIONS)
+    assert call.messages[1].text == "What is the weather in Paris?"
+    assert call.messages[2].text == (
+        f"Action: get_weather[{tool_call.function.arguments}]\nObservation: 18C sunny"
+    )
+    assert call.prompt == CONTINUE
+    assert_usage(body, backend, replies)
+
+
+async def test_a_repeated_client_tool_call_gets_the_earlier_result() -> None:
+    replies = [
+        'Action: get_weather[{"city":"Paris"}]',
+        "Final Answer: 18C and sunny.",
+    ]
+    backend = scripted(replies)
+    messages = [
+        user("Weather in Paris?"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C sunny"},
+    ]
+    response = await chat(backend, REACT, messages=messages, tools=[WEATHER_TOOL])
+    body = response.json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["message"]["content"] == "18C and sunny."
+    assert len(backend.calls) == 2
+    assert backend.calls[1].messages[-2].text == (
+        'Action: get_weather[{"city": "Paris"}]\n'
+        "Observation: 18C sunny\n"
+        'Action: get_weather[{"city":"Paris"}]\n'
+        f"Observation: {REPEATED_CALL}18C sunny"
+    )
+    assert_usage(body, backend, replies)
+
+
+async def test_earlier_turn_tool_exchanges_become_assistant_text() -> None:
+    backend = scripted(["Final Answer: Yes, take a jacket."])
+    call_id = "call_abc"
+    messages = [
+        user("Weather in Paris?"),
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": "12C windy"},
+        {"role": "assistant", "content": "It is 12C and windy."},
+        user("Do I need a jacket?"),
+    ]
+    response = await chat(backend, REACT, messages=messages, tools=[WEATHER_TOOL])
+    assert response.json()["choices"][0]["message"]["content"] == "Yes, take a jacket."
+    (call,) = backend.calls
+    assert_no_tool_traffic(backend)
+    assert [m.role for m in call.messages] == ["system", "user", "assistant", "user"]
+    assert call.messages[2].text == (
+        "Let me check.\n"
+        'Action: get_weather[{"city": "Paris"}]\n'
+        "Observation: 12C windy\n"
+        "It is 12C and windy."
+    )
+    assert call.prompt == "Do I need a jacket?"
+
+
+async def test_streamed_client_tool_call() -> None:
+    backend = scripted([CALL_WEATHER])
+    response = await chat(backend, REACT, tools=[WEATHER_TOOL], stream=True)
+    assert response.status_code == 200
+    events = sse_events(response.text)  # ends with [DONE]
+    deltas = [c["delta"] for e in events for c in e["choices"]]  # type: ignore[attr-defined]
+    calls = [tc for d in deltas for tc in d.get("tool_calls", [])]
+    assert len(calls) == 1
+    assert calls[0]["function"]["name"] == "get_weather"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+    assert calls[0]["id"].startswith("call_")
+    finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]  # type: ignore[attr-defined]
+    assert finishes == ["tool_calls"]
+    assert streamed_text(response.text) == ""
+    assert streamed_text(response.text, "reasoning_content") == (
+        'Thought: I need the weather.\nAction: get_weather[{"city": "Paris"}]\n'
+    )
+    assert len(backend.calls) == 1
+
+
+async def test_max_steps_then_one_streamed_call_for_the_answer() -> None:
+    replies = [
+        "Thought: first part.\nAction: calculator[6 * 7]",
+        "Thought: second part.\nAction: calculator[42 / 2]",
+        "The answer is 21.",
+    ]
+    backend = scripted(replies)
+    response = await chat(
+        backend,
+        REACT,
+        messages=[user("Half of six sevens?")],
+        stream=True,
+        stream_options={"include_usage": True},
+        stop=["END"],
+        max_tokens=40,
+        ponder={"react": {"max_steps": 2}},
+    )
+    assert streamed_text(response.text) == "The answer is 21."
+    assert streamed_text(response.text, "reasoning_content") == (
+        "Thought: first part.\nAction: calculator[6 * 7]\nObservation: 42\n"
+        "Thought: second part.\nAction: calculator[42 / 2]\nObservation: 21\n"
+        "No final answer after the last step: asking for it.\n"
+    )
+    assert len(backend.calls) == 3
+    steps, final = backend.calls[:2], backend.calls[2]
+    assert [c.stream for c in backend.calls] == [False, False, True]
+    assert [m.role for m in final.messages] == ["user", "assistant", "user"]
+    assert final.messages[0].text == "Half of six sevens?"
+    assert final.messages[1].text == (
+        "Thought: first part.\nAction: calculator[6 * 7]\nObservation: 42\n"
+        "Thought: second part.\nAction: calculator[42 / 2]\nObservation: 21"
+    )
+    assert final.prompt == FORCE_FINAL
+    assert (final.sampling.stop, final.sampling.max_tokens) == (("END",), 40)
+    assert [c.sampling.max_tokens for c in steps] == [256, 256]
+    assert_no_tool_traffic(backend)
+    usage = sse_events(response.text)[-1]["usage"]
+    assert_usage({"usage": usage}, backend, replies)
+
+
+async def test_final_answer_of_a_step_is_streamed_once_and_reasoning_can_be_off() -> None:
+    reply = "Thought: easy.\nFinal Answer: Paris"
+    response = await chat(scripted([reply]), REACT, stream=True)
+    assert streamed_text(response.text) == "Paris"
+    assert streamed_text(response.text, "reasoning_content") == "Thought: easy.\n"
+
+    response = await chat(scripted([reply]), REACT, stream=True, ponder={"reasoning": False})
+    assert streamed_text(response.text) == "Paris"
+    assert streamed_text(response.text, "reasoning_content") == ""
+
+
+async def test_response_format_answer_is_rewritten_by_one_call_with_the_clients_sampling() -> None:
+    replies = ['Thought: simple.\nFinal Answer: {"capital": "Paris"}', '{"capital": "Paris"}']
+    backend = scripted(replies)
+    response = await chat(
+        backend,
+        REACT,
+        messages=[user("Capital of France, as JSON?")],
+        response_format={"type": "json_object"},
+        max_tokens=30,
+    )
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == '{"capital": "Paris"}'
+    assert response.headers["x-ponder-backend-calls"] == "2"
+    step, final = backend.calls
+    assert step.sampling.response_format is None
+    assert (step.sampling.max_tokens, step.sampling.stop) == (256, (OBSERVATION_STOP,))
+    assert final.sampling.response_format == {"type": "json_object"}
+    assert (final.sampling.max_tokens, final.sampling.stop) == (30, ())
+    assert [m.role for m in final.messages] == ["user", "assistant", "user"]
+    assert final.messages[1].text == 'Thought: simple.\nFinal Answer: {"capital": "Paris"}'
+    assert final.prompt == SHAPE_FINAL
+    assert_no_tool_traffic(backend)
+    assert_usage(body, backend, replies)
+
+
+async def test_unknown_tool_gets_an_error_observation_listing_the_tools() -> None:
+    replies = ["Action: calculator[1 + 1]", "Final Answer: 2"]
+    backend = scripted(replies)
+    response = await chat(backend, REACT, ponder={"react": {"tools": ["search_context"]}})
+    assert response.json()["choices"][0]["message"]["content"] == "2"
+    assert len(backend.calls) == 2
+    assert "- calculator:" not in backend.calls[0].messages[0].text
+    assert backend.calls[1].messages[-2].text == (
+        "Action: calculator[1 + 1]\n"
+        "Observation: Error: there is no tool 'calculator'. The tools are: search_context."
+    )
+
+    backend = scripted(replies)
+    response = await chat(backend, REACT, ponder={"react": {"tools": []}})
+    assert response.json()["choices"][0]["message"]["content"] == "2"
+    assert backend.calls[0].messages[0].text == f"{REACT_INSTRUCTIONS}\n\n{NO_TOOLS}"
+    assert (
+        backend.calls[1]
+        .messages[-2]
+        .text.endswith(
+            "Observation: Error: there is no tool 'calculator'; no tools are available. "
+            "Write your Final Answer."
+        )
+    )
+
+
+async def test_a_step_without_action_or_final_answer_is_the_answer() -> None:
+    backend = scripted(["Thought: It is simply Paris."])
+    response = await chat(backend, REACT)
+    assert response.json()["choices"][0]["message"]["content"] == "It is simply Paris."
+    assert len(backend.calls) == 1
+
+    response = await chat(scripted(["Paris, of course."]), REACT, stream=True)
+    assert streamed_text(response.text) == "Paris, of course."
+    assert streamed_text(response.text, "reasoning_content") == UNFORMATTED_STEP
+
+
+async def test_tool_choice_none_hides_the_client_tools() -> None:
+    backend = scripted(["Action: get_weather[Paris]", "Final Answer: no idea"])
+    response = await chat(backend, REACT, tools=[WEATHER_TOOL], tool_choice="none")
+    assert response.json()["choices"][0]["message"]["content"] == "no idea"
+    assert "get_weather" not in backend.calls[0].messages[0].text
+    assert (
+        "Observation: Error: there is no tool 'get_weather'" in backend.calls[1].messages[-2].text
+    )
+
+
+async def test_failure_mid_loop_is_an_openai_shaped_503() -> None:
+    backend = scripted(["Action: calculator[2 + 2]", BackendUnavailable("down")])
+    response = await chat(backend, REACT)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert (error["message"], error["code"]) == ("down", "backend_unavailable")
+    assert len(backend.calls) == 2
+
+
+async def test_budget_below_the_steps_needed() -> None:
+    backend = scripted(["Action: calculator[2 + 2]", "Final Answer: 4"])
+    response = await chat(backend, REACT, ponder={"max_backend_calls": 1})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert len(backend.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"max_steps": 0}, "ponder.react.max_steps"),
+        ({"max_steps": 21}, "ponder.react.max_steps"),
+        ({"step_tokens": 0}, "ponder.react.step_tokens"),
+        ({"tools": ["shell"]}, "ponder.react.tools"),
+        ({"tools": "calculator"}, "ponder.react.tools"),
+        ({"steps": 3}, "ponder.react.steps"),
+    ],
+)
+async def test_bad_option_is_a_400_naming_the_field(options: dict[str, Any], param: str) -> None:
+    backend = scripted()
+    response = await chat(backend, REACT, ponder={"react": options})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("text", "step"),
+    [
+        (
+            'Thought: look it up\nAction: get_weather[{"city": "Rome [IT]"}]\nObservation: x',
+            ParsedStep("look it up", "get_weather", '{"city": "Rome [IT]"}'),
+        ),
+        (
+            "Thought: add\nAction: calculator\nAction Input: 2 + 2",
+            ParsedStep("add", "calculator", "2 + 2"),
+        ),
+        (
+            "Action: calculator[1 + 1]\nFinal Answer: 2",
+            ParsedStep("", "calculator", "1 + 1"),
+        ),
+        ("thought: done\nfinal answer: 7", ParsedStep("done", final="7")),
+        ("Action: calculator[2 * (3 + 4)", ParsedStep("", "calculator", "2 * (3 + 4)")),
+        ("Just 7.", ParsedStep("Just 7.")),
+        ("Transaction: refund[12]", ParsedStep("Transaction: refund[12]")),
+    ],
+)
+def test_parse_step(text: str, step: ParsedStep) -> None:
+    assert parse_step(text) == step
+
+
+def test_tool_arguments_are_always_a_json_object() -> None:
+    assert json.loads(tool_arguments('{"city": "Paris"}')) == {"city": "Paris"}
+    assert json.loads(tool_arguments("Paris")) == {"input": "Paris"}
+    assert json.loads(tool_arguments('["Paris"]')) == {"input": '["Paris"]'}
+
+
+def test_parallel_tool_calls_are_paired_with_their_results() -> None:
+    calls = (
+        ToolCall("call_a", "get_weather", '{"city": "Paris"}'),
+        ToolCall("call_b", "get_weather", '{"city": "Rome"}'),
+    )
+    messages = [
+        Message("system", "Be brief."),
+        Message("user", "Paris or Rome, which is warmer?"),
+        Message("assistant", None, tool_calls=calls),
+        Message("tool", "25C", tool_call_id="call_b"),
+        Message("tool", "18C", tool_call_id="call_a"),
+    ]
+    conversation, scratchpad = split_scratchpad(messages)
+    assert conversation == messages[:2]
+    assert scratchpad == (
+        'Action: get_weather[{"city": "Paris"}]\n'
+        "Observation: 18C\n"
+        'Action: get_weather[{"city": "Rome"}]\n'
+        "Observation: 25C"
+    )
+    assert split_scratchpad(messages[:2]) == (messages[:2], "")
