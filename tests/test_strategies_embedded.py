@@ -1,0 +1,103 @@
+"""Every strategy through the official `openai` client, against the running server on the
+real embedded model (SmolLM2-135M), streamed and not.
+
+The model is small and its answers are often wrong; these tests check the plumbing a user
+relies on: an answer, honest usage, the number of backend calls, live reasoning, the stream's
+shape. What the strategies buy in accuracy is measured by the benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from ponder.backends.llamacpp import DEFAULT_MODEL_ID, EmbeddedBackend
+from ponder.config import Settings
+from ponder.proxy import create_app
+from ponder.testing import running_server
+
+pytestmark = pytest.mark.integration
+
+MESSAGES: list[Any] = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Tom has 3 apples and buys 2 more. How many apples does he have?"},
+]
+
+# slug -> (small options so the test stays quick, fewest and most backend calls)
+CASES: dict[str, tuple[dict[str, Any], int, int]] = {
+    "re2": ({}, 1, 1),
+    "cot_reflection": ({}, 1, 1),
+    "sc": ({"samples": 3}, 3, 3),
+    "bon": ({"candidates": 2, "score_tokens": 4}, 4, 4),
+    "moa": ({"drafts": 2, "critique_tokens": 48}, 4, 4),
+    "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 5, 5),
+    "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
+    "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),
+}
+
+
+@pytest.fixture(scope="module")
+def oai(embedded: EmbeddedBackend) -> Iterator[openai.OpenAI]:
+    with running_server(create_app(Settings(), backend=embedded)) as url:
+        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
+
+
+def request(slug: str) -> dict[str, Any]:
+    options, _, _ = CASES[slug]
+    return {
+        "model": f"{slug}-{DEFAULT_MODEL_ID}",
+        "messages": MESSAGES,
+        "max_tokens": 48,
+        "seed": 7,
+        "extra_body": {"ponder": {slug: options}},
+    }
+
+
+@pytest.mark.parametrize("slug", sorted(CASES))
+def test_strategy_answers_with_honest_usage(oai: openai.OpenAI, slug: str) -> None:
+    _, fewest, most = CASES[slug]
+    raw = oai.chat.completions.with_raw_response.create(**request(slug))
+    completion = raw.parse()
+    calls = int(raw.headers["x-ponder-backend-calls"])
+    assert fewest <= calls <= most
+    choice = completion.choices[0]
+    assert choice.message.content and choice.message.content.strip()
+    assert completion.model == f"{slug}-{DEFAULT_MODEL_ID}"
+    usage = completion.usage
+    assert usage is not None
+    # every call sends at least the system prompt and the question (> 20 tokens with the
+    # chat template) and generates at least one token
+    assert usage.prompt_tokens >= 20 * calls
+    assert usage.completion_tokens >= calls
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+@pytest.mark.parametrize("slug", sorted(CASES))
+def test_strategy_streams(oai: openai.OpenAI, slug: str) -> None:
+    chunks = list(
+        oai.chat.completions.create(
+            **request(slug), stream=True, stream_options={"include_usage": True}
+        )
+    )
+    first = chunks[0].choices[0].delta
+    assert first.role == "assistant"
+    content = "".join(
+        c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].delta
+    )
+    reasoning = "".join(
+        getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
+    )
+    assert content.strip()
+    # re2 has no working to show; cot_reflection's working is what the model writes inside
+    # <thinking> tags, which the 135M model rarely does
+    if slug not in ("re2", "cot_reflection"):
+        assert reasoning.strip(), f"{slug} streamed no reasoning"
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert len(finishes) == 1
+    (usage_chunk,) = [c for c in chunks if c.usage is not None]
+    assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens > 0
