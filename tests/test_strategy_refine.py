@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from ponder.errors import BackendUnavailable
-from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT
+from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT, finds_nothing
 from ponder.testing import ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
 from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
@@ -108,6 +110,19 @@ async def test_a_critique_with_nothing_to_fix_stops_at_once_with_the_draft() -> 
     (critique,) = [s for s in body["ponder"]["trace"] if s["step"] == "critique"]
     assert critique["no_issues"] is True
     assert_usage(body, backend, [DRAFT, "no issues."])
+
+
+@pytest.mark.parametrize(
+    ("critique", "stops"),
+    [
+        ("NO ISSUES", True),
+        ("**No issues.**", True),
+        ("There are no issues with the units, but step 2 adds wrongly.", False),
+        ("No issues in the method; the final sum is wrong.", False),
+    ],
+)
+def test_only_the_marker_alone_means_nothing_to_fix(critique: str, stops: bool) -> None:
+    assert finds_nothing(critique) is stops
 
 
 async def test_a_clean_critique_in_round_two_keeps_the_first_revision() -> None:

@@ -15,12 +15,12 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import helper_sampling
+from ponder.strategies.common import followup, helper_sampling
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
 CRITIQUE_PROMPT = (
-    "Here are several draft answers to my request above. For each draft, list its strengths "
+    "Above are several draft answers to my request. For each draft, list its strengths "
     "and its weaknesses: mistakes, gaps and unclear parts."
 )
 SYNTHESIS_PROMPT = (
@@ -67,13 +67,13 @@ class MixtureOfAgents:
         for i, draft in enumerate(drafts, start=1):
             ctx.reason(f"Draft {i}: {_line(draft, 80)}\n")
         ctx.step("drafts", drafts=drafts)
-        listed = drafts_text(drafts)
+        # The drafts and the critique come in as assistant turns, so user and assistant turns
+        # keep alternating (some chat templates refuse two user turns in a row).
+        asked = followup(messages, drafts_text(drafts), CRITIQUE_PROMPT)
         (critique,) = await ctx.complete(
-            [*messages, Message("user", f"{CRITIQUE_PROMPT}\n\n{listed}")],
-            helper_sampling(ctx.sampling, self.config.critique_tokens, 0.0),
+            asked, helper_sampling(ctx.sampling, self.config.critique_tokens, 0.0)
         )
         review = critique.content or ""
         ctx.reason(f"Critique: {_line(review, 200)}\n")
         ctx.step("critique", critique=review)
-        synthesis = f"{listed}\n\nCritique:\n{review}\n\n{SYNTHESIS_PROMPT}"
-        return await ctx.final([*messages, Message("user", synthesis)], ctx.sampling)
+        return await ctx.final(followup(asked, review, SYNTHESIS_PROMPT), ctx.sampling)

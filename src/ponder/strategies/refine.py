@@ -20,7 +20,7 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, helper_sampling
 from ponder.strategies.context import RequestContext
-from ponder.types import Completion, Delta, Message
+from ponder.types import Completion, Message
 
 NO_ISSUES = "NO ISSUES"
 
@@ -72,10 +72,9 @@ class SelfRefine:
             )
             notes = (critique.content or "").strip()
             ctx.reason(f"Critique {r}: {_preview(notes)}\n")
-            done = NO_ISSUES.lower() in notes.lower()
+            done = finds_nothing(notes)
             ctx.step("critique", round=r, critique=notes, no_issues=done)
             if done:
-                _deliver(ctx, current)
                 return [current]
 
             revise = followup(messages, answer, REVISE_PROMPT.format(critique=notes))
@@ -92,8 +91,6 @@ def _preview(text: str | None) -> str:
     return " ".join((text or "").split())[:PREVIEW_CHARS]
 
 
-def _deliver(ctx: RequestContext, answer: Completion) -> None:
-    """Stream an answer that was produced as an intermediate call (an early stop): as content,
-    so the client gets it even though this choice already streamed reasoning lines."""
-    if answer.content:
-        ctx.emit(Delta(content=answer.content))
+def finds_nothing(critique: str) -> bool:
+    """Whether the critique is the NO_ISSUES marker (not merely mentions "no issues with X")."""
+    return critique.upper().strip(" .!*`\"'\n").startswith(NO_ISSUES) and len(critique) < 40
