@@ -22,12 +22,13 @@ from ponder.strategies.react import (
     ParsedStep,
     parse_step,
     split_scratchpad,
+    step_sampling,
     tool_arguments,
 )
 from ponder.strategies.tools import BUILTIN_TOOLS
 from ponder.testing import ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
-from ponder.types import Message, ToolCall
+from ponder.types import Message, Sampling, ToolCall
 from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
 
 REACT = f"react-{MODEL}"
@@ -105,7 +106,7 @@ async def test_calculator_observation_reaches_the_next_step_then_the_final_answe
 
     assert_no_tool_traffic(backend)
     for call in backend.calls:
-        assert call.sampling.stop == ("END", OBSERVATION_STOP)
+        assert call.sampling.stop == (OBSERVATION_STOP, "END")
         assert call.sampling.max_tokens == 256
         assert call.sampling.temperature == 0.2
         assert not call.stream
@@ -501,3 +502,8 @@ def test_parallel_tool_calls_are_paired_with_their_results() -> None:
         "Observation: 25C"
     )
     assert split_scratchpad(messages[:2]) == (messages[:2], "")
+
+
+def test_step_sampling_keeps_at_most_four_stop_sequences_with_ours_first() -> None:
+    stops = step_sampling(Sampling(stop=("a", "b", "c", "d")), 64).stop
+    assert stops == (OBSERVATION_STOP, "a", "b", "c")

@@ -239,11 +239,12 @@ def instructions(
 
 def step_sampling(sampling: Sampling, step_tokens: int) -> Sampling:
     """The client's sampling for one step: no tools (described in the prompt instead), the
-    client's stop sequences plus OBSERVATION_STOP, and the step's token limit. No response
+    OBSERVATION_STOP and the client's stop sequences (4 at most), and the step's token limit. No response
     format or logprobs either: a step is text the strategy parses."""
     return sampling.with_(
         max_tokens=step_tokens,
-        stop=tuple(dict.fromkeys((*sampling.stop, OBSERVATION_STOP))),
+        # OpenAI-compatible servers take at most 4 stop sequences: ours goes first
+        stop=tuple(dict.fromkeys((OBSERVATION_STOP, *sampling.stop)))[:4],
         tools=(),
         tool_choice=None,
         response_format=None,
