@@ -15,7 +15,13 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import followup, helper_sampling, parse_score
+from ponder.strategies.common import (
+    SampleTemperature,
+    followup,
+    helper_sampling,
+    parse_score,
+    varied,
+)
 from ponder.strategies.context import RequestContext, gather
 from ponder.types import Completion, Message
 
@@ -27,12 +33,7 @@ SCORE_PROMPT = (
 
 class BestOfNConfig(StrategyConfig):
     candidates: int = Field(3, ge=2, le=16, description="How many candidate answers are sampled")
-    temperature: float = Field(
-        0.7,
-        gt=0,
-        le=2,
-        description="Sampling temperature when the client gave none or 0 (candidates must differ)",
-    )
+    temperature: SampleTemperature = 0.7
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
 
 
@@ -47,9 +48,7 @@ class BestOfN:
         self.config = config
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
-        sampling = ctx.sampling
-        if not sampling.temperature:
-            sampling = sampling.with_(temperature=self.config.temperature)
+        sampling = varied(ctx.sampling, self.config.temperature)
         candidates = await ctx.sample(messages, self.config.candidates, sampling)
         ctx.step("candidates", count=len(candidates))
         scoring = helper_sampling(ctx.sampling, self.config.score_tokens, 0.0)

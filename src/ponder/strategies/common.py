@@ -16,10 +16,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Annotated
+
+from pydantic import Field
 
 from ponder.types import ContentPart, Message, Sampling
 
 _FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+SampleTemperature = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=2,
+        description="Temperature of the strategy's samples when the client gave none or 0 "
+        "(independent samples must be able to differ)",
+    ),
+]
+"""The type of a strategy Config's `temperature` knob for its samples."""
+
+
+def varied(sampling: Sampling, temperature: float) -> Sampling:
+    """The client's sampling, with `temperature` when the client's would give identical
+    samples (none given, or 0)."""
+    return sampling if sampling.temperature else sampling.with_(temperature=temperature)
+
+
+def preview(text: str | None, limit: int) -> str:
+    """`text` on one line, cut to `limit` characters: for reasoning lines."""
+    return " ".join((text or "").split())[:limit]
 
 
 def last_user_index(messages: Sequence[Message]) -> int:

@@ -15,7 +15,13 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import followup, helper_sampling
+from ponder.strategies.common import (
+    SampleTemperature,
+    followup,
+    helper_sampling,
+    preview,
+    varied,
+)
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
@@ -31,22 +37,13 @@ SYNTHESIS_PROMPT = (
 
 class MixtureOfAgentsConfig(StrategyConfig):
     drafts: int = Field(3, ge=2, le=8, description="How many draft answers are sampled")
-    temperature: float = Field(
-        0.7,
-        gt=0,
-        le=2,
-        description="Sampling temperature of the drafts when the client gave none or 0",
-    )
+    temperature: SampleTemperature = 0.7
     critique_tokens: int = Field(512, ge=1, description="Token limit of the critique call")
 
 
 def drafts_text(drafts: Sequence[str]) -> str:
     """The drafts as "Draft 1: ...\\n\\nDraft 2: ..."."""
     return "\n\n".join(f"Draft {i}: {d}" for i, d in enumerate(drafts, start=1))
-
-
-def _line(text: str, limit: int) -> str:
-    return " ".join(text.split())[:limit]
 
 
 class MixtureOfAgents:
@@ -60,12 +57,10 @@ class MixtureOfAgents:
         self.config = config
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
-        sampling = ctx.sampling
-        if not sampling.temperature:
-            sampling = sampling.with_(temperature=self.config.temperature)
+        sampling = varied(ctx.sampling, self.config.temperature)
         drafts = [d.content or "" for d in await ctx.sample(messages, self.config.drafts, sampling)]
         for i, draft in enumerate(drafts, start=1):
-            ctx.reason(f"Draft {i}: {_line(draft, 80)}\n")
+            ctx.reason(f"Draft {i}: {preview(draft, 80)}\n")
         ctx.step("drafts", drafts=drafts)
         # The drafts and the critique come in as assistant turns, so user and assistant turns
         # keep alternating (some chat templates refuse two user turns in a row).
@@ -74,6 +69,6 @@ class MixtureOfAgents:
             asked, helper_sampling(ctx.sampling, self.config.critique_tokens, 0.0)
         )
         review = critique.content or ""
-        ctx.reason(f"Critique: {_line(review, 200)}\n")
+        ctx.reason(f"Critique: {preview(review, 200)}\n")
         ctx.step("critique", critique=review)
         return await ctx.final(followup(asked, review, SYNTHESIS_PROMPT), ctx.sampling)

@@ -238,9 +238,9 @@ def instructions(
 
 
 def step_sampling(sampling: Sampling, step_tokens: int) -> Sampling:
-    """The client's sampling for one step: no tools (described in the prompt instead), the
-    OBSERVATION_STOP and the client's stop sequences (4 at most), and the step's token limit. No response
-    format or logprobs either: a step is text the strategy parses."""
+    """The client's sampling for one step: no tools (described in the prompt instead),
+    OBSERVATION_STOP and the client's stop sequences (4 at most), the step's token limit, and
+    no response format or logprobs either: a step is text the strategy parses."""
     return sampling.with_(
         max_tokens=step_tokens,
         # OpenAI-compatible servers take at most 4 stop sequences: ours goes first

@@ -18,7 +18,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import followup, helper_sampling
+from ponder.strategies.common import followup, helper_sampling, preview
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
@@ -62,7 +62,7 @@ class SelfRefine:
             ctx.sampling, self.config.critique_tokens, self.config.temperature
         )
         (current,) = await ctx.complete(messages)
-        ctx.reason(f"Draft: {_preview(current.content)}\n")
+        ctx.reason(f"Draft: {preview(current.content, PREVIEW_CHARS)}\n")
         ctx.step("draft", answer=current.content)
 
         for r in range(1, rounds + 1):
@@ -71,7 +71,7 @@ class SelfRefine:
                 followup(messages, answer, CRITIQUE_PROMPT), critique_sampling
             )
             notes = (critique.content or "").strip()
-            ctx.reason(f"Critique {r}: {_preview(notes)}\n")
+            ctx.reason(f"Critique {r}: {preview(notes, PREVIEW_CHARS)}\n")
             done = finds_nothing(notes)
             ctx.step("critique", round=r, critique=notes, no_issues=done)
             if done:
@@ -85,10 +85,6 @@ class SelfRefine:
                 (current,) = await ctx.complete(revise)
             ctx.step("revision", round=r, answer=current.content)
         return [current]
-
-
-def _preview(text: str | None) -> str:
-    return " ".join((text or "").split())[:PREVIEW_CHARS]
 
 
 def finds_nothing(critique: str) -> bool:

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from ponder.answers import extract_answer, majority_vote
 from ponder.strategies.base import StrategyConfig
+from ponder.strategies.common import SampleTemperature, varied
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
@@ -24,12 +25,7 @@ NO_ANSWER = "(no answer)"
 
 class SelfConsistencyConfig(StrategyConfig):
     samples: int = Field(5, ge=1, le=64, description="How many answers are sampled and voted on")
-    temperature: float = Field(
-        0.7,
-        gt=0,
-        le=2,
-        description="Sampling temperature when the client gave none or 0 (samples must differ)",
-    )
+    temperature: SampleTemperature = 0.7
 
 
 class SelfConsistency:
@@ -43,9 +39,7 @@ class SelfConsistency:
         self.config = config
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
-        sampling = ctx.sampling
-        if not sampling.temperature:
-            sampling = sampling.with_(temperature=self.config.temperature)
+        sampling = varied(ctx.sampling, self.config.temperature)
         samples = await ctx.sample(messages, self.config.samples, sampling, tolerate_failures=True)
         answers = [extract_answer(s.content) for s in samples]
         for i, answer in enumerate(answers, start=1):

@@ -19,7 +19,14 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import followup, helper_sampling, parse_score, with_system
+from ponder.strategies.common import (
+    SampleTemperature,
+    followup,
+    helper_sampling,
+    parse_score,
+    preview,
+    with_system,
+)
 from ponder.strategies.context import RequestContext, gather
 from ponder.types import Completion, Message
 
@@ -41,12 +48,7 @@ class TreeOfThoughtsConfig(StrategyConfig):
     breadth: int = Field(3, ge=1, le=8, description="How many next steps each node proposes")
     depth: int = Field(2, ge=1, le=5, description="How many levels of steps are searched")
     beam: int = Field(2, ge=1, le=8, description="How many best-rated nodes each level keeps")
-    temperature: float = Field(
-        0.7,
-        gt=0,
-        le=2,
-        description="Temperature of the proposed steps when the client gave none or 0",
-    )
+    temperature: SampleTemperature = 0.7
     thought_tokens: int = Field(128, ge=1, description="Token limit of each proposed step")
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
 
@@ -54,10 +56,6 @@ class TreeOfThoughtsConfig(StrategyConfig):
 def steps_text(steps: Sequence[str]) -> str:
     """A node's steps as the text of an assistant turn: "Step 1: ...\\nStep 2: ..."."""
     return "\n".join(f"Step {i}: {step}" for i, step in enumerate(steps, start=1))
-
-
-def _line(text: str, limit: int) -> str:
-    return " ".join(text.split())[:limit]
 
 
 class TreeOfThoughts:
@@ -106,7 +104,7 @@ class TreeOfThoughts:
             kept = sorted(range(len(children)), key=lambda i: -scores[i])[: cfg.beam]
             beam = [children[i] for i in kept]
             best_score = scores[kept[0]]
-            ctx.reason(f"Level {level}: best score {best_score:g}: {_line(beam[0][-1], 80)}\n")
+            ctx.reason(f"Level {level}: best score {best_score:g}: {preview(beam[0][-1], 80)}\n")
             ctx.step(
                 "level",
                 depth=level,
