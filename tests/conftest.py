@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import ScriptedBackend, running_server
+from ponder.tokens import count_prompt_tokens, count_tokens
 
 if TYPE_CHECKING:
     from ponder.backends.llamacpp import EmbeddedBackend
@@ -26,6 +28,16 @@ def scripted(*args: object, **kwargs: object) -> ScriptedBackend:
 
 def user(text: str) -> dict[str, str]:
     return {"role": "user", "content": text}
+
+
+def conversation(system: str, *turns: str) -> list[dict[str, str]]:
+    """Request messages: a system prompt, then `turns` alternating user and assistant, the user
+    first."""
+    roles = ("user", "assistant")
+    return [
+        {"role": "system", "content": system},
+        *({"role": roles[i % 2], "content": text} for i, text in enumerate(turns)),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -73,20 +85,72 @@ async def chat(backend: ScriptedBackend, model: str, **fields: object) -> httpx.
         return await c.post("/v1/chat/completions", json={"model": model, **fields})
 
 
-def sse_events(raw: str) -> list[dict[str, object]]:
-    """The JSON events of an SSE body, without the final `[DONE]`."""
-    import json
+def usage_for(backend: ScriptedBackend, replies: Iterable[str]) -> dict[str, int]:
+    """The usage a response should report when every call to `backend` was answered and
+    `replies` are all the texts it answered with: prompt tokens counted once per backend call
+    (as ScriptedBackend does, whatever its `n`), completion tokens once per reply."""
+    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
+    completion = sum(count_tokens(reply) for reply in replies)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
-    lines = [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
+
+def trace_steps(body: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    """The entries of a response's `ponder.trace` whose step is `name`, in order."""
+    return [step for step in body["ponder"]["trace"] if step["step"] == name]
+
+
+def assert_error(response: httpx.Response, status: int, **expected: object) -> None:
+    """`response` is an OpenAI-shaped error with HTTP `status` whose error fields named in
+    `expected` have those values."""
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert {field: error[field] for field in expected} == expected
+
+
+def sse_data(raw: str) -> list[str]:
+    """The `data:` payloads of an SSE body, in order (`[DONE]` included when it came)."""
+    return [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
+
+
+def sse_events(raw: str) -> list[dict[str, Any]]:
+    """The JSON events of an SSE body, without the final `[DONE]`."""
+    lines = sse_data(raw)
     assert lines and lines[-1] == "[DONE]", f"stream did not end with [DONE]: {lines[-1:]}"
     return [json.loads(line) for line in lines[:-1]]
 
 
+def stream_error(raw: str) -> dict[str, Any]:
+    """The in-band error that ends an SSE body whose request failed after the stream began (such
+    a stream has no `[DONE]`)."""
+    data = sse_data(raw)
+    assert "[DONE]" not in data
+    error: dict[str, Any] = json.loads(data[-1])["error"]
+    return error
+
+
+def stream_choices(raw: str) -> list[dict[str, Any]]:
+    """Every choice entry of every chunk of an SSE body, in order."""
+    return [choice for event in sse_events(raw) for choice in event.get("choices", [])]
+
+
+def finish_reasons(raw: str) -> list[str]:
+    """The finish reasons an SSE body sent, in order."""
+    return [choice["finish_reason"] for choice in stream_choices(raw) if choice["finish_reason"]]
+
+
+def streamed_pieces(raw: str, field: str = "content", index: int = 0) -> list[str]:
+    """The non-empty `delta.<field>` pieces of choice `index` in an SSE body, in order."""
+    return [
+        choice["delta"][field]
+        for choice in stream_choices(raw)
+        if choice["index"] == index and choice["delta"].get(field)
+    ]
+
+
 def streamed_text(raw: str, field: str = "content", index: int = 0) -> str:
     """All `delta.<field>` text of choice `index` in an SSE body, joined."""
-    out = []
-    for event in sse_events(raw):
-        for choice in event.get("choices", []):  # type: ignore[attr-defined]
-            if choice["index"] == index:
-                out.append(choice["delta"].get(field) or "")
-    return "".join(out)
+    return "".join(streamed_pieces(raw, field, index))

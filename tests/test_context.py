@@ -22,7 +22,17 @@ from ponder.strategies.registry import Registry
 from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling
-from tests.conftest import MODEL, asgi_client, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    asgi_client,
+    assert_error,
+    finish_reasons,
+    scripted,
+    stream_choices,
+    stream_error,
+    streamed_text,
+    user,
+)
 
 HELLO = [Message("user", "hello")]
 
@@ -54,9 +64,19 @@ class Fanout:
         return await ctx.final(messages)
 
 
-def app_client(backend: ScriptedBackend):  # type: ignore[no-untyped-def]
+def app_client(backend: ScriptedBackend) -> httpx.AsyncClient:
     registry = Registry([PassThrough, Fanout])
     return asgi_client(create_app(Settings(), backend=backend, registry=registry))
+
+
+async def toy_chat(backend: ScriptedBackend, **fields: object) -> httpx.Response:
+    """POST one chat completion for `fanout-<MODEL>` ("hi") to an app with the toy strategies;
+    `fields` are added to the request body, and may replace its model."""
+    async with app_client(backend) as client:
+        return await client.post(
+            "/v1/chat/completions",
+            json={"model": f"fanout-{MODEL}", "messages": [user("hi")], **fields},
+        )
 
 
 async def test_sample_runs_k_calls_at_once_and_meters_them() -> None:
@@ -126,18 +146,8 @@ def test_a_client_budget_can_only_tighten_the_server_budget() -> None:
 
 async def test_budget_overrun_is_a_400_before_extra_calls() -> None:
     backend = scripted(lambda call, i: "x")
-    async with app_client(backend) as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={
-                "model": f"fanout-{MODEL}",
-                "messages": [user("hi")],
-                "ponder": {"max_backend_calls": 3},
-            },
-        )
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert error["code"] == "budget_exceeded" and error["param"] == "ponder.max_backend_calls"
+    response = await toy_chat(backend, ponder={"max_backend_calls": 3})
+    assert_error(response, 400, code="budget_exceeded", param="ponder.max_backend_calls")
     assert len(backend.calls) == 3
 
 
@@ -155,34 +165,15 @@ async def test_server_budget_applies_without_a_client_budget() -> None:
 
 async def test_deadline_cancels_calls_in_flight_and_answers_504() -> None:
     backend = scripted(lambda call, i: "x", latency_s=5)
-    async with app_client(backend) as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={
-                "model": f"fanout-{MODEL}",
-                "messages": [user("hi")],
-                "ponder": {"deadline_s": 0.2},
-            },
-        )
-    assert response.status_code == 504
-    assert response.json()["error"]["code"] == "deadline_exceeded"
+    response = await toy_chat(backend, ponder={"deadline_s": 0.2})
+    assert_error(response, 504, code="deadline_exceeded")
     assert backend.cancelled == 4 and backend.in_flight == 0
 
 
 async def test_deadline_in_a_stream_is_an_in_band_error() -> None:
     backend = scripted(lambda call, i: "x", latency_s=5)
-    async with app_client(backend) as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={
-                "model": f"fanout-{MODEL}",
-                "messages": [user("hi")],
-                "stream": True,
-                "ponder": {"deadline_s": 0.2},
-            },
-        )
-    lines = [line for line in response.text.split("\n") if line.startswith("data: ")]
-    assert '"deadline_exceeded"' in lines[-1]
+    response = await toy_chat(backend, stream=True, ponder={"deadline_s": 0.2})
+    assert stream_error(response.text)["code"] == "deadline_exceeded"
 
 
 @pytest.mark.parametrize(
@@ -196,29 +187,19 @@ async def test_deadline_in_a_stream_is_an_in_band_error() -> None:
     ],
 )
 async def test_bad_request_limits_are_400s(options: dict[str, object], param: str) -> None:
-    async with app_client(scripted()) as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={"model": f"fanout-{MODEL}", "messages": [user("hi")], "ponder": options},
-        )
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == param
+    response = await toy_chat(scripted(), ponder=options)
+    assert_error(response, 400, param=param)
 
 
 async def test_reasoning_streams_before_the_answer_and_can_be_turned_off() -> None:
     backend = scripted(lambda call, i: "final words")
-    body = {"model": f"fanout-{MODEL}", "messages": [user("hi")], "stream": True}
-    async with app_client(backend) as client:
-        on = await client.post("/v1/chat/completions", json=body)
-        off = await client.post(
-            "/v1/chat/completions", json={**body, "ponder": {"reasoning": False}}
-        )
+    on = await toy_chat(backend, stream=True)
+    off = await toy_chat(backend, stream=True, ponder={"reasoning": False})
     assert streamed_text(on.text, "reasoning_content") == "got 4 samples\n"
     assert streamed_text(on.text) == "final words"
     kinds = [
         "reasoning" if c["delta"].get("reasoning_content") else "content"
-        for e in sse_events(on.text)
-        for c in e["choices"]  # type: ignore[attr-defined]
+        for c in stream_choices(on.text)
         if c["delta"].get("reasoning_content") or c["delta"].get("content")
     ]
     assert kinds == ["reasoning", "content", "content"]
@@ -228,20 +209,10 @@ async def test_reasoning_streams_before_the_answer_and_can_be_turned_off() -> No
 
 async def test_pipeline_streams_the_first_answer_as_reasoning() -> None:
     backend = scripted(["first draft", "better answer"])
-    async with app_client(backend) as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={"model": f"none&none-{MODEL}", "messages": [user("hi")], "stream": True},
-        )
+    response = await toy_chat(backend, model=f"none&none-{MODEL}", stream=True)
     assert streamed_text(response.text, "reasoning_content") == "first draft"
     assert streamed_text(response.text) == "better answer"
-    finishes = [
-        c["finish_reason"]
-        for e in sse_events(response.text)
-        for c in e["choices"]  # type: ignore[attr-defined]
-        if c["finish_reason"]
-    ]
-    assert finishes == ["stop"]
+    assert finish_reasons(response.text) == ["stop"]
 
 
 def test_emit_offsets_the_choice_index() -> None:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.bon import SCORE_PROMPT
 from ponder.testing import Call, Reply, ScriptedBackend
-from ponder.tokens import count_prompt_tokens, count_tokens
-from tests.conftest import MODEL, chat, scripted, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    conversation,
+    scripted,
+    streamed_text,
+    usage_for,
+)
 
 BON = f"bon-{MODEL}"
 
@@ -43,25 +49,10 @@ def score_calls(backend: ScriptedBackend) -> list[Call]:
     return [c for c in backend.calls if c.prompt == SCORE_PROMPT]
 
 
-def usage_of(backend: ScriptedBackend, replied: list[str]) -> dict[str, int]:
-    prompt = sum(count_prompt_tokens(c.messages) for c in backend.calls)
-    completion = sum(count_tokens(r) for r in replied)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
 async def test_best_scored_candidate_wins_with_exact_calls_prompts_and_usage() -> None:
     reply, replied = judge(CANDIDATES, SCORES)
     backend = scripted(reply)
-    messages = [
-        {"role": "system", "content": "Answer in one sentence."},
-        user("Hi"),
-        {"role": "assistant", "content": "Hello!"},
-        user("Capital of France?"),
-    ]
+    messages = conversation("Answer in one sentence.", "Hi", "Hello!", "Capital of France?")
     response = await chat(
         backend, BON, messages=messages, max_tokens=40, stop=["\n\n"], ponder={"trace": True}
     )
@@ -70,10 +61,10 @@ async def test_best_scored_candidate_wins_with_exact_calls_prompts_and_usage() -
     assert body["choices"][0]["message"]["content"] == CANDIDATES[1]
     assert len(backend.calls) == 6
     assert response.headers["x-ponder-backend-calls"] == "6"
-    conversation = [(m["role"], m["content"]) for m in messages]
+    client_turns = [(m["role"], m["content"]) for m in messages]
     drafts = backend.calls[:3]
     for call in drafts:
-        assert [(m.role, m.text) for m in call.messages] == conversation
+        assert [(m.role, m.text) for m in call.messages] == client_turns
         assert call.n == 1
         assert call.sampling.temperature == 0.7  # the client gave none
         assert (call.sampling.max_tokens, call.sampling.stop) == (40, ("\n\n",))
@@ -82,14 +73,14 @@ async def test_best_scored_candidate_wins_with_exact_calls_prompts_and_usage() -
     assert sorted(c.messages[-2].text for c in scored) == sorted(CANDIDATES)
     for call in scored:
         assert [(m.role, m.text) for m in call.messages] == [
-            *conversation,
+            *client_turns,
             ("assistant", call.messages[-2].text),
             ("user", SCORE_PROMPT),
         ]
         assert call.sampling.temperature == 0.0
         assert call.sampling.max_tokens == 8
         assert call.sampling.stop == ()
-    assert body["usage"] == usage_of(backend, replied)
+    assert body["usage"] == usage_for(backend, replied)
     steps = {s["step"]: s for s in body["ponder"]["trace"]}
     assert steps["scores"]["scores"] == [6.0, 9.0, 0.0]
     assert steps["scores"]["best"] == 1
@@ -172,20 +163,14 @@ async def test_native_n_backend_draws_the_candidates_in_one_call() -> None:
     assert len(backend.calls) == 4
     assert response.headers["x-ponder-backend-calls"] == "4"
     assert [c.n for c in backend.calls] == [3, 1, 1, 1]
-    assert body["usage"] == usage_of(backend, replied)
+    assert body["usage"] == usage_for(backend, replied)
 
 
 async def test_a_failing_score_call_is_an_openai_shaped_error() -> None:
     reply, _ = judge(CANDIDATES, {**SCORES, CANDIDATES[2]: BackendUnavailable("scorer down")})
     backend = scripted(reply)
     response = await chat(backend, BON)
-    assert response.status_code == 503
-    error: dict[str, Any] = response.json()["error"]
-    assert (error["type"], error["code"], error["message"]) == (
-        "api_error",
-        "backend_unavailable",
-        "scorer down",
-    )
+    assert_error(response, 503, type="api_error", code="backend_unavailable", message="scorer down")
 
 
 async def test_a_budget_below_the_calls_needed_is_a_400() -> None:
@@ -193,9 +178,7 @@ async def test_a_budget_below_the_calls_needed_is_a_400() -> None:
         reply, _ = judge(CANDIDATES, SCORES)
         backend = scripted(reply)
         response = await chat(backend, BON, ponder={"max_backend_calls": limit})
-        assert response.status_code == 400
-        error = response.json()["error"]
-        assert (error["code"], error["param"]) == ("budget_exceeded", "ponder.max_backend_calls")
+        assert_error(response, 400, code="budget_exceeded", param="ponder.max_backend_calls")
         assert len(backend.calls) == limit
 
 
@@ -244,6 +227,5 @@ async def test_bad_options_are_400s_naming_the_field() -> None:
     ):
         backend = scripted()
         response = await chat(backend, BON, ponder={"bon": {field: value}})
-        assert response.status_code == 400
-        assert response.json()["error"]["param"] == f"ponder.bon.{field}"
+        assert_error(response, 400, param=f"ponder.bon.{field}")
         assert backend.calls == []

@@ -3,17 +3,27 @@ client gets the output as the answer and the rest as reasoning."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
 from ponder.errors import BackendUnavailable
 from ponder.strategies.cot_reflection import INSTRUCTIONS, Piece, TagSplitter
-from ponder.testing import Call, ScriptedBackend
-from ponder.tokens import count_prompt_tokens, count_tokens
+from ponder.testing import Call
 from ponder.types import Completion
-from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    conversation,
+    finish_reasons,
+    scripted,
+    sse_events,
+    stream_choices,
+    stream_error,
+    streamed_pieces,
+    streamed_text,
+    trace_steps,
+    usage_for,
+)
 
 COT = f"cot_reflection-{MODEL}"
 
@@ -27,12 +37,9 @@ REPLY = (
 )
 REASONING = f"{THINKING}\n\n{REFLECTION}"
 
-CONVERSATION = [
-    {"role": "system", "content": "Be precise."},
-    user("I have 3 apples."),
-    {"role": "assistant", "content": "Noted."},
-    user("I eat one and buy five. How many now?"),
-]
+CONVERSATION = conversation(
+    "Be precise.", "I have 3 apples.", "Noted.", "I eat one and buy five. How many now?"
+)
 
 
 def split(text: str, size: int) -> tuple[str, str, str, list[Piece]]:
@@ -43,11 +50,6 @@ def split(text: str, size: int) -> tuple[str, str, str, list[Piece]]:
         pieces += splitter.feed(text[i : i + size])
     pieces += splitter.finish()
     return splitter.answer(), splitter.output, splitter.reasoning, pieces
-
-
-def stream_choices(raw: str) -> list[dict[str, Any]]:
-    """Every choice entry of every chunk of an SSE body, in order."""
-    return [c for e in sse_events(raw) for c in e.get("choices", [])]  # type: ignore[attr-defined]
 
 
 def joined(pieces: list[Piece], kind: str) -> str:
@@ -120,18 +122,6 @@ def test_an_unclosed_output_runs_to_the_end() -> None:
 # ---- through the API ----------------------------------------------------------------------
 
 
-def expected_usage(backend: ScriptedBackend, replies: list[str]) -> tuple[int, int]:
-    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
-    return prompt, sum(count_tokens(r) for r in replies)
-
-
-def assert_usage(usage: Any, backend: ScriptedBackend, replies: list[str]) -> None:
-    prompt, completion = expected_usage(backend, replies)
-    assert usage["prompt_tokens"] == prompt
-    assert usage["completion_tokens"] == completion
-    assert usage["total_tokens"] == prompt + completion
-
-
 async def test_one_call_with_instructions_after_the_system_prompt() -> None:
     backend = scripted([REPLY])
     response = await chat(
@@ -151,8 +141,8 @@ async def test_one_call_with_instructions_after_the_system_prompt() -> None:
     ]
     assert (call.sampling.temperature, call.sampling.max_tokens) == (0.2, 500)
     assert not call.stream
-    assert_usage(body["usage"], backend, [REPLY])
-    (step,) = [s for s in body["ponder"]["trace"] if s["step"] == "cot_reflection"]
+    assert body["usage"] == usage_for(backend, [REPLY])
+    (step,) = trace_steps(body, "cot_reflection")
     assert step["tagged_output"] is True
 
 
@@ -189,8 +179,7 @@ async def test_finish_reason_of_the_generation_is_kept() -> None:
 
     backend = scripted([Completion("<thinking>long</thinking><output>cut", finish_reason="length")])
     response = await chat(backend, COT, stream=True)
-    finishes = [c["finish_reason"] for c in stream_choices(response.text) if c["finish_reason"]]
-    assert finishes == ["length"]
+    assert finish_reasons(response.text) == ["length"]
 
 
 async def test_streams_thinking_as_reasoning_and_only_the_output_as_content() -> None:
@@ -207,8 +196,7 @@ async def test_streams_thinking_as_reasoning_and_only_the_output_as_content() ->
     assert streamed_text(response.text, "reasoning_content") == REASONING
     events = sse_events(response.text)
     choices = stream_choices(response.text)
-    contents = [c["delta"]["content"] for c in choices if c["delta"].get("content")]
-    assert len(contents) > 3  # streamed word by word
+    assert len(streamed_pieces(response.text)) > 3  # streamed word by word
     reasoning_at = [i for i, c in enumerate(choices) if c["delta"].get("reasoning_content")]
     content_at = [i for i, c in enumerate(choices) if c["delta"].get("content")]
     assert max(reasoning_at) < min(content_at)
@@ -218,7 +206,7 @@ async def test_streams_thinking_as_reasoning_and_only_the_output_as_content() ->
     (call,) = backend.calls
     assert call.stream
     (usage,) = [e["usage"] for e in events if e.get("usage")]
-    assert_usage(usage, backend, [reply])
+    assert usage == usage_for(backend, [reply])
 
 
 async def test_streamed_reply_without_an_output_section_sends_the_fallback_as_content() -> None:
@@ -249,15 +237,12 @@ async def test_each_of_n_choices_is_parsed_on_its_own() -> None:
 async def test_a_failed_generation_is_an_openai_error() -> None:
     backend = scripted([BackendUnavailable("down")])
     response = await chat(backend, COT)
-    assert response.status_code == 503
-    assert response.json()["error"]["code"] == "backend_unavailable"
+    assert_error(response, 503, code="backend_unavailable")
 
     # streamed: the stream has started, so the error comes in-band, OpenAI-shaped
     backend = scripted([BackendUnavailable("down")])
     response = await chat(backend, COT, stream=True)
-    data = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
-    assert json.loads(data[-1])["error"]["code"] == "backend_unavailable"
-    assert "[DONE]" not in data
+    assert stream_error(response.text)["code"] == "backend_unavailable"
 
 
 async def test_a_budget_of_one_call_is_enough() -> None:
@@ -270,8 +255,7 @@ async def test_a_budget_of_one_call_is_enough() -> None:
 
 async def test_bad_option_is_a_400_naming_the_field() -> None:
     response = await chat(scripted(), COT, ponder={"cot_reflection": {"keep_reasoning": "maybe"}})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "ponder.cot_reflection.keep_reasoning"
+    assert_error(response, 400, param="ponder.cot_reflection.keep_reasoning")
 
 
 async def test_optillm_approach_selects_it() -> None:

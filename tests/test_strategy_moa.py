@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import pytest
 
@@ -12,8 +10,19 @@ from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.moa import CRITIQUE_PROMPT, SYNTHESIS_PROMPT, drafts_text
 from ponder.testing import Call, Reply, ScriptedBackend
-from ponder.tokens import count_prompt_tokens, count_tokens
-from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    conversation,
+    scripted,
+    sse_events,
+    stream_error,
+    streamed_pieces,
+    streamed_text,
+    trace_steps,
+    usage_for,
+)
 
 MOA = f"moa-{MODEL}"
 DRAFTS = [
@@ -29,12 +38,12 @@ DRAFTS = [
 CRITIQUE = "Draft 1 is right and short. Draft 2 adds a useful detail. Draft 3 is wrong."
 ANSWER = "The capital of France is Paris, which lies on the Seine."
 
-CONVERSATION = [
-    {"role": "system", "content": "Answer in one sentence."},
-    user("I am studying geography."),
-    {"role": "assistant", "content": "Great, ask away."},
-    user("What is the capital of France?"),
-]
+CONVERSATION = conversation(
+    "Answer in one sentence.",
+    "I am studying geography.",
+    "Great, ask away.",
+    "What is the capital of France?",
+)
 CLIENT = [
     ("system", "Answer in one sentence."),
     *[(m["role"], m["content"]) for m in CONVERSATION[1:]],
@@ -72,22 +81,8 @@ class Mixture:
         return text
 
 
-def expected_usage(backend: ScriptedBackend, mixture: Mixture) -> dict[str, int]:
-    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
-    completion = sum(count_tokens(r) for r in mixture.replies)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
 def calls_of(backend: ScriptedBackend, name: str) -> list[Call]:
     return [c for c in backend.calls if kind(c) == name]
-
-
-def trace_step(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return [s for s in body["ponder"]["trace"] if s["step"] == name]
 
 
 async def test_the_answer_is_the_synthesis_of_drafts_and_critique() -> None:
@@ -100,9 +95,9 @@ async def test_the_answer_is_the_synthesis_of_drafts_and_critique() -> None:
     assert len(backend.calls) == 5
     assert response.headers["x-ponder-backend-calls"] == "5"
     assert [kind(c) for c in backend.calls] == ["draft"] * 3 + ["critique", "synthesis"]
-    assert trace_step(body, "drafts")[0]["drafts"] == DRAFTS[:3]
-    assert trace_step(body, "critique")[0]["critique"] == CRITIQUE
-    assert body["usage"] == expected_usage(backend, mixture)
+    assert trace_steps(body, "drafts")[0]["drafts"] == DRAFTS[:3]
+    assert trace_steps(body, "critique")[0]["critique"] == CRITIQUE
+    assert body["usage"] == usage_for(backend, mixture.replies)
 
 
 async def test_prompts_keep_the_conversation_and_carry_drafts_and_critique() -> None:
@@ -138,7 +133,7 @@ async def test_the_number_of_drafts_is_configurable() -> None:
     assert response.headers["x-ponder-backend-calls"] == "7"
     (critique,) = calls_of(backend, "critique")
     assert critique.messages[-2].text == drafts_text(DRAFTS[:5])
-    assert response.json()["usage"] == expected_usage(backend, mixture)
+    assert response.json()["usage"] == usage_for(backend, mixture.replies)
 
 
 async def test_native_n_draws_the_drafts_in_one_call() -> None:
@@ -151,7 +146,7 @@ async def test_native_n_draws_the_drafts_in_one_call() -> None:
     assert [c.n for c in backend.calls] == [3, 1, 1]
     (critique,) = calls_of(backend, "critique")
     assert critique.messages[-2].text == drafts_text(DRAFTS[:3])
-    assert response.json()["usage"] == expected_usage(backend, mixture)
+    assert response.json()["usage"] == usage_for(backend, mixture.replies)
 
 
 async def test_the_drafts_are_in_flight_at_once() -> None:
@@ -213,15 +208,9 @@ async def test_streams_drafts_and_critique_as_reasoning_and_the_synthesis_as_con
         f"Draft 1: {DRAFTS[0]}\nDraft 2: {DRAFTS[1]}\nDraft 3: {DRAFTS[2]}\nCritique: {CRITIQUE}\n"
     )
     assert streamed_text(response.text) == ANSWER
-    pieces = [
-        choice["delta"]["content"]
-        for event in sse_events(response.text)
-        for choice in event.get("choices", [])  # type: ignore[attr-defined]
-        if choice["delta"].get("content")
-    ]
-    assert len(pieces) == len(ANSWER.split())
+    assert len(streamed_pieces(response.text)) == len(ANSWER.split())
     assert [c.stream for c in backend.calls] == [False] * 4 + [True]
-    assert sse_events(response.text)[-1]["usage"] == expected_usage(backend, mixture)
+    assert sse_events(response.text)[-1]["usage"] == usage_for(backend, mixture.replies)
 
 
 async def test_reasoning_lines_are_cut_to_one_short_line() -> None:
@@ -262,9 +251,7 @@ async def test_a_failed_critique_in_a_stream_ends_it_with_the_error() -> None:
     backend = scripted(Mixture(fail="critique"))
     response = await chat(backend, MOA, stream=True)
     assert response.status_code == 200  # the drafts' reasoning lines went out first
-    data = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
-    assert "[DONE]" not in data
-    assert json.loads(data[-1])["error"]["code"] == "backend_unavailable"
+    assert stream_error(response.text)["code"] == "backend_unavailable"
     assert not calls_of(backend, "synthesis")
 
 
@@ -272,9 +259,7 @@ async def test_a_failed_critique_in_a_stream_ends_it_with_the_error() -> None:
 async def test_a_budget_below_what_the_mixture_needs_is_a_400(limit: int) -> None:
     backend = scripted(Mixture())
     response = await chat(backend, MOA, ponder={"max_backend_calls": limit})
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert (error["code"], error["param"]) == ("budget_exceeded", "ponder.max_backend_calls")
+    assert_error(response, 400, code="budget_exceeded", param="ponder.max_backend_calls")
     assert len(backend.calls) == limit
 
 
@@ -299,8 +284,7 @@ async def test_a_budget_that_covers_the_mixture_is_enough() -> None:
 async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
     backend = scripted(Mixture())
     response = await chat(backend, MOA, ponder={"moa": {field: value}})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == f"ponder.moa.{field}"
+    assert_error(response, 400, param=f"ponder.moa.{field}")
     assert not backend.calls
 
 

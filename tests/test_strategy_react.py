@@ -27,9 +27,20 @@ from ponder.strategies.react import (
 )
 from ponder.strategies.tools import BUILTIN_TOOLS
 from ponder.testing import ScriptedBackend
-from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Message, Sampling, ToolCall
-from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    finish_reasons,
+    scripted,
+    sse_events,
+    stream_choices,
+    streamed_text,
+    trace_steps,
+    usage_for,
+    user,
+)
 
 REACT = f"react-{MODEL}"
 
@@ -49,13 +60,18 @@ WEATHER_TOOL = {
 CALL_WEATHER = 'Thought: I need the weather.\nAction: get_weather[{"city": "Paris"}]'
 
 
-def assert_usage(body: dict[str, Any], backend: ScriptedBackend, replies: list[str]) -> None:
-    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
-    completion = sum(count_tokens(reply) for reply in replies)
-    assert body["usage"] == {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+def weather_call(call_id: str, arguments: str, content: str | None = None) -> dict[str, Any]:
+    """A request's assistant turn that called the client's get_weather tool with `arguments`."""
+    return {
+        "role": "assistant",
+        "content": content,
+        "tool_calls": [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments},
+            }
+        ],
     }
 
 
@@ -110,9 +126,9 @@ async def test_calculator_observation_reaches_the_next_step_then_the_final_answe
         assert call.sampling.max_tokens == 256
         assert call.sampling.temperature == 0.2
         assert not call.stream
-    assert_usage(body, backend, replies)
+    assert body["usage"] == usage_for(backend, replies)
 
-    trace = [s for s in body["ponder"]["trace"] if s["step"] == "react_step"]
+    trace = trace_steps(body, "react_step")
     assert [(s["number"], s.get("action"), s.get("observation")) for s in trace] == [
         (1, "calculator", "395"),
         (2, None, None),
@@ -165,24 +181,14 @@ async def test_client_tool_call_then_its_result_continues_the_loop() -> None:
     system = call.messages[0].text
     assert "- get_weather: Current weather of a city." in system
     assert json.dumps(WEATHER_PARAMETERS) in system
-    assert_usage(response.json(), backend, [CALL_WEATHER])
+    assert response.json()["usage"] == usage_for(backend, [CALL_WEATHER])
 
     replies = ["Thought: I know it now.\nFinal Answer: 18C and sunny in Paris."]
     backend = scripted(replies)
     followup = [
         {"role": "system", "content": "You are a weather bot."},
         question,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": tool_call.id,
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": tool_call.function.arguments},
-                }
-            ],
-        },
+        weather_call(tool_call.id, tool_call.function.arguments),
         {"role": "tool", "tool_call_id": tool_call.id, "content": "18C sunny"},
     ]
     response = await chat(backend, REACT, messages=followup, tools=[WEATHER_TOOL])
@@ -199,7 +205,7 @@ async def test_client_tool_call_then_its_result_continues_the_loop() -> None:
         f"Action: get_weather[{tool_call.function.arguments}]\nObservation: 18C sunny"
     )
     assert call.prompt == CONTINUE
-    assert_usage(body, backend, replies)
+    assert body["usage"] == usage_for(backend, replies)
 
 
 async def test_a_repeated_client_tool_call_gets_the_earlier_result() -> None:
@@ -210,17 +216,7 @@ async def test_a_repeated_client_tool_call_gets_the_earlier_result() -> None:
     backend = scripted(replies)
     messages = [
         user("Weather in Paris?"),
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
+        weather_call("call_1", '{"city": "Paris"}'),
         {"role": "tool", "tool_call_id": "call_1", "content": "18C sunny"},
     ]
     response = await chat(backend, REACT, messages=messages, tools=[WEATHER_TOOL])
@@ -234,7 +230,7 @@ async def test_a_repeated_client_tool_call_gets_the_earlier_result() -> None:
         'Action: get_weather[{"city":"Paris"}]\n'
         f"Observation: {REPEATED_CALL}18C sunny"
     )
-    assert_usage(body, backend, replies)
+    assert body["usage"] == usage_for(backend, replies)
 
 
 async def test_earlier_turn_tool_exchanges_become_assistant_text() -> None:
@@ -242,17 +238,7 @@ async def test_earlier_turn_tool_exchanges_become_assistant_text() -> None:
     call_id = "call_abc"
     messages = [
         user("Weather in Paris?"),
-        {
-            "role": "assistant",
-            "content": "Let me check.",
-            "tool_calls": [
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
+        weather_call(call_id, '{"city": "Paris"}', content="Let me check."),
         {"role": "tool", "tool_call_id": call_id, "content": "12C windy"},
         {"role": "assistant", "content": "It is 12C and windy."},
         user("Do I need a jacket?"),
@@ -275,15 +261,13 @@ async def test_streamed_client_tool_call() -> None:
     backend = scripted([CALL_WEATHER])
     response = await chat(backend, REACT, tools=[WEATHER_TOOL], stream=True)
     assert response.status_code == 200
-    events = sse_events(response.text)  # ends with [DONE]
-    deltas = [c["delta"] for e in events for c in e["choices"]]  # type: ignore[attr-defined]
+    deltas = [c["delta"] for c in stream_choices(response.text)]  # ends with [DONE]
     calls = [tc for d in deltas for tc in d.get("tool_calls", [])]
     assert len(calls) == 1
     assert calls[0]["function"]["name"] == "get_weather"
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
     assert calls[0]["id"].startswith("call_")
-    finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]  # type: ignore[attr-defined]
-    assert finishes == ["tool_calls"]
+    assert finish_reasons(response.text) == ["tool_calls"]
     assert streamed_text(response.text) == ""
     assert streamed_text(response.text, "reasoning_content") == (
         'Thought: I need the weather.\nAction: get_weather[{"city": "Paris"}]\n'
@@ -328,7 +312,7 @@ async def test_max_steps_then_one_streamed_call_for_the_answer() -> None:
     assert [c.sampling.max_tokens for c in steps] == [256, 256]
     assert_no_tool_traffic(backend)
     usage = sse_events(response.text)[-1]["usage"]
-    assert_usage({"usage": usage}, backend, replies)
+    assert usage == usage_for(backend, replies)
 
 
 async def test_final_answer_of_a_step_is_streamed_once_and_reasoning_can_be_off() -> None:
@@ -364,7 +348,7 @@ async def test_response_format_answer_is_rewritten_by_one_call_with_the_clients_
     assert final.messages[1].text == 'Thought: simple.\nFinal Answer: {"capital": "Paris"}'
     assert final.prompt == SHAPE_FINAL
     assert_no_tool_traffic(backend)
-    assert_usage(body, backend, replies)
+    assert body["usage"] == usage_for(backend, replies)
 
 
 async def test_unknown_tool_gets_an_error_observation_listing_the_tools() -> None:
@@ -417,17 +401,14 @@ async def test_tool_choice_none_hides_the_client_tools() -> None:
 async def test_failure_mid_loop_is_an_openai_shaped_503() -> None:
     backend = scripted(["Action: calculator[2 + 2]", BackendUnavailable("down")])
     response = await chat(backend, REACT)
-    assert response.status_code == 503
-    error = response.json()["error"]
-    assert (error["message"], error["code"]) == ("down", "backend_unavailable")
+    assert_error(response, 503, message="down", code="backend_unavailable")
     assert len(backend.calls) == 2
 
 
 async def test_budget_below_the_steps_needed() -> None:
     backend = scripted(["Action: calculator[2 + 2]", "Final Answer: 4"])
     response = await chat(backend, REACT, ponder={"max_backend_calls": 1})
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert_error(response, 400, code="budget_exceeded")
     assert len(backend.calls) == 1
 
 
@@ -445,8 +426,7 @@ async def test_budget_below_the_steps_needed() -> None:
 async def test_bad_option_is_a_400_naming_the_field(options: dict[str, Any], param: str) -> None:
     backend = scripted()
     response = await chat(backend, REACT, ponder={"react": options})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == param
+    assert_error(response, 400, param=param)
     assert backend.calls == []
 
 

@@ -9,18 +9,25 @@ import pytest
 
 from ponder.errors import BackendUnavailable
 from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT, finds_nothing
-from ponder.testing import ScriptedBackend
-from ponder.tokens import count_prompt_tokens, count_tokens
-from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    conversation,
+    finish_reasons,
+    scripted,
+    sse_events,
+    streamed_pieces,
+    streamed_text,
+    trace_steps,
+    usage_for,
+)
 
 REFINE = f"refine-{MODEL}"
 
-CONVERSATION = [
-    {"role": "system", "content": "Be precise."},
-    user("I have 3 apples."),
-    {"role": "assistant", "content": "Noted."},
-    user("I eat one and buy five. How many now?"),
-]
+CONVERSATION = conversation(
+    "Be precise.", "I have 3 apples.", "Noted.", "I eat one and buy five. How many now?"
+)
 TURNS = [(m["role"], m["content"]) for m in CONVERSATION]
 
 DRAFT = "You have 8 apples."
@@ -31,29 +38,8 @@ REVISION_2 = "3 - 1 + 5 = 7.\nYou have 7 apples now."
 FULL = [DRAFT, CRITIQUE_1, REVISION_1, CRITIQUE_2, REVISION_2]
 
 
-def stream_choices(raw: str) -> list[dict[str, Any]]:
-    """Every choice entry of every chunk of an SSE body, in order."""
-    return [c for e in sse_events(raw) for c in e.get("choices", [])]  # type: ignore[attr-defined]
-
-
-def finishes(raw: str) -> list[str]:
-    return [c["finish_reason"] for c in stream_choices(raw) if c["finish_reason"]]
-
-
 def turns(call_messages: Any) -> list[tuple[str, str]]:
     return [(m.role, m.text) for m in call_messages]
-
-
-def expected_usage(backend: ScriptedBackend, replies: list[str]) -> tuple[int, int]:
-    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
-    return prompt, sum(count_tokens(r) for r in replies)
-
-
-def assert_usage(body: dict[str, Any], backend: ScriptedBackend, replies: list[str]) -> None:
-    prompt, completion = expected_usage(backend, replies)
-    assert body["usage"]["prompt_tokens"] == prompt
-    assert body["usage"]["completion_tokens"] == completion
-    assert body["usage"]["total_tokens"] == prompt + completion
 
 
 async def test_two_rounds_draft_critique_revise_with_the_conversation_kept() -> None:
@@ -88,7 +74,7 @@ async def test_two_rounds_draft_critique_revise_with_the_conversation_kept() -> 
         ("user", REVISE_PROMPT.format(critique=CRITIQUE_2)),
     ]
     assert NO_ISSUES in CRITIQUE_PROMPT
-    assert_usage(body, backend, FULL)
+    assert body["usage"] == usage_for(backend, FULL)
     steps = [(s["step"], s.get("round")) for s in body["ponder"]["trace"]]
     assert steps == [
         ("draft", None),
@@ -107,9 +93,9 @@ async def test_a_critique_with_nothing_to_fix_stops_at_once_with_the_draft() -> 
     assert len(backend.calls) == 2
     assert response.headers["x-ponder-backend-calls"] == "2"
     assert turns(backend.calls[1].messages)[-1] == ("user", CRITIQUE_PROMPT)
-    (critique,) = [s for s in body["ponder"]["trace"] if s["step"] == "critique"]
+    (critique,) = trace_steps(body, "critique")
     assert critique["no_issues"] is True
-    assert_usage(body, backend, [DRAFT, "no issues."])
+    assert body["usage"] == usage_for(backend, [DRAFT, "no issues."])
 
 
 @pytest.mark.parametrize(
@@ -137,7 +123,7 @@ async def test_a_clean_critique_in_round_two_keeps_the_first_revision() -> None:
         ("assistant", REVISION_1),
         ("user", CRITIQUE_PROMPT),
     ]
-    assert_usage(body, backend, replies)
+    assert body["usage"] == usage_for(backend, replies)
 
 
 async def test_rounds_option_sets_the_number_of_calls() -> None:
@@ -195,14 +181,11 @@ async def test_streams_reasoning_then_the_last_revision_token_by_token() -> None
         "Revision 2\n"
     )
     assert streamed_text(response.text) == REVISION_2
-    pieces = [
-        c["delta"]["content"] for c in stream_choices(response.text) if c["delta"].get("content")
-    ]
-    assert len(pieces) > 3  # word by word, not in one piece
+    assert len(streamed_pieces(response.text)) > 3  # word by word, not in one piece
     assert [c.stream for c in backend.calls] == [False, False, False, False, True]
-    assert finishes(response.text) == ["stop"]
+    assert finish_reasons(response.text) == ["stop"]
     (usage,) = [e["usage"] for e in sse_events(response.text) if e.get("usage")]
-    assert_usage({"usage": usage}, backend, FULL)
+    assert usage == usage_for(backend, FULL)
 
 
 async def test_streamed_early_stop_sends_the_answer_as_content() -> None:
@@ -212,7 +195,7 @@ async def test_streamed_early_stop_sends_the_answer_as_content() -> None:
     assert streamed_text(response.text, "reasoning_content") == (
         f"Draft: {DRAFT}\nCritique 1: {NO_ISSUES}\n"
     )
-    assert finishes(response.text) == ["stop"]
+    assert finish_reasons(response.text) == ["stop"]
 
 
 async def test_reasoning_off_streams_only_the_answer() -> None:
@@ -233,26 +216,21 @@ async def test_long_lines_are_cut_in_the_reasoning() -> None:
 async def test_a_failed_critique_is_an_openai_error() -> None:
     backend = scripted([DRAFT, BackendUnavailable("down")])
     response = await chat(backend, REFINE)
-    assert response.status_code == 503
-    error = response.json()["error"]
-    assert error["code"] == "backend_unavailable"
-    assert error["message"] == "down"
+    assert_error(response, 503, code="backend_unavailable", message="down")
     assert len(backend.calls) == 2
 
 
 async def test_budget_below_the_calls_needed_is_a_400() -> None:
     backend = scripted(list(FULL))
     response = await chat(backend, REFINE, ponder={"max_backend_calls": 2})
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert_error(response, 400, code="budget_exceeded")
     assert len(backend.calls) == 2
 
 
 async def test_bad_rounds_is_a_400_naming_the_field() -> None:
     backend = scripted()
     response = await chat(backend, REFINE, ponder={"refine": {"rounds": 6}})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "ponder.refine.rounds"
+    assert_error(response, 400, param="ponder.refine.rounds")
     assert backend.calls == []
 
 

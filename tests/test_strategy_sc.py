@@ -7,7 +7,6 @@ import itertools
 import random
 import time
 from collections import Counter
-from typing import Any
 
 from ponder.answers import extract_answer
 from ponder.backends.base import Capabilities
@@ -17,7 +16,18 @@ from ponder.strategies.sc import SelfConsistency, SelfConsistencyConfig
 from ponder.testing import Call, ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Message, Sampling
-from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    conversation,
+    finish_reasons,
+    scripted,
+    sse_events,
+    streamed_text,
+    trace_steps,
+    usage_for,
+)
 
 SC = f"sc-{MODEL}"
 
@@ -30,23 +40,11 @@ REPLIES = [
 ]
 
 
-def expected_usage(backend: ScriptedBackend, replies: list[str]) -> tuple[int, int]:
-    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
-    return prompt, sum(count_tokens(r) for r in replies)
-
-
-def trace_step(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return [s for s in body["ponder"]["trace"] if s["step"] == name]
-
-
 async def test_majority_answer_wins_and_its_first_sample_is_returned_whole() -> None:
     backend = scripted(list(REPLIES))
-    messages = [
-        {"role": "system", "content": "Count carefully."},
-        user("I have 40 apples."),
-        {"role": "assistant", "content": "Okay."},
-        user("I buy 2 more. How many?"),
-    ]
+    messages = conversation(
+        "Count carefully.", "I have 40 apples.", "Okay.", "I buy 2 more. How many?"
+    )
     response = await chat(
         backend, SC, messages=messages, max_tokens=50, stop=["###"], ponder={"trace": True}
     )
@@ -63,11 +61,8 @@ async def test_majority_answer_wins_and_its_first_sample_is_returned_whole() -> 
         assert call.n == 1
         assert call.sampling.temperature == 0.7  # the client gave none
         assert (call.sampling.max_tokens, call.sampling.stop) == (50, ("###",))
-    prompt, completion = expected_usage(backend, REPLIES)
-    assert body["usage"]["prompt_tokens"] == prompt
-    assert body["usage"]["completion_tokens"] == completion
-    assert body["usage"]["total_tokens"] == prompt + completion
-    (vote,) = trace_step(body, "vote")
+    assert body["usage"] == usage_for(backend, REPLIES)
+    (vote,) = trace_steps(body, "vote")
     assert vote["tally"] == {"41": 2, "42": 3}
     assert (vote["winner"], vote["samples"], vote["survivors"]) == ("42", 5, 5)
 
@@ -102,8 +97,7 @@ async def test_native_n_backend_draws_all_samples_in_one_call() -> None:
     (call,) = backend.calls
     assert call.n == 5
     assert response.headers["x-ponder-backend-calls"] == "1"
-    assert body["usage"]["prompt_tokens"] == count_prompt_tokens(call.messages)
-    assert body["usage"]["completion_tokens"] == sum(count_tokens(r) for r in REPLIES)
+    assert body["usage"] == usage_for(backend, REPLIES)  # the one prompt counted once
 
 
 # ---- statistics: the vote beats a single sample by as much as theory says ------------------
@@ -210,10 +204,10 @@ async def test_failed_samples_are_dropped_and_the_survivors_vote() -> None:
     assert body["choices"][0]["message"]["content"] == "The answer is 42."
     assert len(backend.calls) == 5
     assert response.headers["x-ponder-backend-calls"] == "5"
-    (vote,) = trace_step(body, "vote")
+    (vote,) = trace_steps(body, "vote")
     assert vote["tally"] == {"41": 1, "42": 2}
     assert (vote["survivors"], vote["samples"]) == (3, 5)
-    (failed,) = trace_step(body, "samples_failed")
+    (failed,) = trace_steps(body, "samples_failed")
     assert failed["count"] == 2
     survived = [r for r in replies if isinstance(r, str)]
     assert body["usage"]["prompt_tokens"] == 3 * count_prompt_tokens(backend.calls[0].messages)
@@ -223,13 +217,7 @@ async def test_failed_samples_are_dropped_and_the_survivors_vote() -> None:
 async def test_all_samples_failing_is_an_openai_shaped_503() -> None:
     backend = scripted(lambda call, i: BackendUnavailable("down"))
     response = await chat(backend, SC)
-    assert response.status_code == 503
-    error = response.json()["error"]
-    assert (error["type"], error["code"], error["message"]) == (
-        "api_error",
-        "backend_unavailable",
-        "down",
-    )
+    assert_error(response, 503, type="api_error", code="backend_unavailable", message="down")
     assert len(backend.calls) == 5
 
 
@@ -241,7 +229,7 @@ async def test_a_call_budget_below_the_samples_votes_over_what_it_allows() -> No
     assert body["choices"][0]["message"]["content"] == "The answer is 42."
     assert len(backend.calls) == 3
     assert response.headers["x-ponder-backend-calls"] == "3"
-    (vote,) = trace_step(body, "vote")
+    (vote,) = trace_steps(body, "vote")
     assert (vote["tally"], vote["survivors"]) == ({"42": 3}, 3)
 
 
@@ -265,21 +253,10 @@ async def test_streams_the_samples_as_reasoning_then_the_winner() -> None:
         "Sample 1: 41\nSample 2: 42\nSample 3: 42\nSample 4: 41\nSample 5: 42\nVote: 42 (3 of 5)\n"
     )
     assert streamed_text(response.text) == "Adding them up, the answer is 42."
-    finishes = [
-        c["finish_reason"]
-        for e in events
-        for c in e["choices"]  # type: ignore[attr-defined]
-        if c["finish_reason"]
-    ]
-    assert finishes == ["stop"]
+    assert finish_reasons(response.text) == ["stop"]
     usage = events[-1]["usage"]
     assert events[-1]["choices"] == []
-    prompt, completion = expected_usage(backend, REPLIES)
-    assert usage == {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    assert usage == usage_for(backend, REPLIES)
     assert len(backend.calls) == 5
 
 
@@ -326,7 +303,7 @@ async def test_request_n_runs_independent_votes() -> None:
     contents = [c["message"]["content"] for c in choices]
     assert all(extract_answer(c) == "42" for c in contents)
     assert contents[0] != contents[1]  # each vote returns its own first sample
-    votes = trace_step(body, "vote")
+    votes = trace_steps(body, "vote")
     assert [(v["tally"], v["survivors"]) for v in votes] == [({"42": 5}, 5)] * 2
 
 
@@ -334,6 +311,5 @@ async def test_bad_options_are_400s_naming_the_field() -> None:
     for field, value in (("samples", 0), ("samples", 65), ("temperature", 0), ("temperature", 3)):
         backend = scripted()
         response = await chat(backend, SC, ponder={"sc": {field: value}})
-        assert response.status_code == 400
-        assert response.json()["error"]["param"] == f"ponder.sc.{field}"
+        assert_error(response, 400, param=f"ponder.sc.{field}")
         assert backend.calls == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 
@@ -18,19 +17,28 @@ from ponder.strategies.tot import (
     steps_text,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
-from ponder.tokens import count_prompt_tokens, count_tokens
-from tests.conftest import MODEL, chat, scripted, sse_events, streamed_text, user
+from tests.conftest import (
+    MODEL,
+    assert_error,
+    chat,
+    conversation,
+    scripted,
+    sse_data,
+    sse_events,
+    stream_error,
+    streamed_pieces,
+    streamed_text,
+    trace_steps,
+    usage_for,
+)
 
 TOT = f"tot-{MODEL}"
 ANSWER = "The answer is 42 because six times seven is forty two."
 LETTERS = "abcdefgh"
 
-CONVERSATION = [
-    {"role": "system", "content": "Be careful."},
-    user("I have a puzzle."),
-    {"role": "assistant", "content": "Go ahead."},
-    user("What is six times seven?"),
-]
+CONVERSATION = conversation(
+    "Be careful.", "I have a puzzle.", "Go ahead.", "What is six times seven?"
+)
 CLIENT_TURNS = [(m["role"], m["content"]) for m in CONVERSATION[1:]]
 
 
@@ -84,22 +92,8 @@ class Tree:
         return text
 
 
-def expected_usage(backend: ScriptedBackend, tree: Tree) -> dict[str, int]:
-    prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
-    completion = sum(count_tokens(r) for r in tree.replies)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
 def calls_of(backend: ScriptedBackend, name: str) -> list[Call]:
     return [c for c in backend.calls if kind(c) == name]
-
-
-def trace_step(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return [s for s in body["ponder"]["trace"] if s["step"] == name]
 
 
 # ---- the search ----------------------------------------------------------------------------
@@ -127,11 +121,11 @@ async def test_defaults_make_19_calls_and_answer_from_the_best_path() -> None:
     # "ac" (10) beats "bb" (8): the final answer is written from the path a -> ac
     final = backend.calls[-1]
     assert final.messages[-2].text == steps_text(["a", "ac"])
-    levels = trace_step(body, "level")
+    levels = trace_steps(body, "level")
     assert levels[0]["scores"] == [7, 9, 2]
     assert levels[0]["kept"] == [1, 0]
-    assert trace_step(body, "best_path")[0]["steps"] == ["a", "ac"]
-    assert body["usage"] == expected_usage(backend, tree)
+    assert trace_steps(body, "best_path")[0]["steps"] == ["a", "ac"]
+    assert body["usage"] == usage_for(backend, tree.replies)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +146,7 @@ async def test_call_count_follows_breadth_depth_and_beam(
     assert response.json()["choices"][0]["message"]["content"] == ANSWER
     assert len(backend.calls) == calls
     assert response.headers["x-ponder-backend-calls"] == str(calls)
-    assert response.json()["usage"] == expected_usage(backend, tree)
+    assert response.json()["usage"] == usage_for(backend, tree.replies)
 
 
 async def test_native_n_expands_each_node_in_one_call() -> None:
@@ -164,7 +158,7 @@ async def test_native_n_expands_each_node_in_one_call() -> None:
     assert len(backend.calls) == 13
     assert response.headers["x-ponder-backend-calls"] == "13"
     assert [c.n for c in calls_of(backend, "expand")] == [3, 3, 3]
-    assert response.json()["usage"] == expected_usage(backend, tree)
+    assert response.json()["usage"] == usage_for(backend, tree.replies)
 
 
 async def test_the_beam_keeps_only_the_best_scored_node() -> None:
@@ -201,7 +195,7 @@ async def test_ties_keep_the_earlier_children_and_unparseable_scores_count_as_1(
     response = await chat(
         backend, TOT, ponder={"tot": {"breadth": 4, "depth": 1, "beam": 2}, "trace": True}
     )
-    (level,) = trace_step(response.json(), "level")
+    (level,) = trace_steps(response.json(), "level")
     assert level["scores"] == [1, 1, 5, 5]
     assert level["kept"] == [2, 3]
     (final,) = calls_of(backend, "final")
@@ -337,16 +331,10 @@ async def test_streams_levels_as_reasoning_and_the_answer_token_by_token() -> No
         "Level 1: best score 9: b\nLevel 2: best score 7: bc\n"
     )
     assert streamed_text(response.text) == ANSWER
-    pieces = [
-        choice["delta"]["content"]
-        for event in sse_events(response.text)
-        for choice in event.get("choices", [])  # type: ignore[attr-defined]
-        if choice["delta"].get("content")
-    ]
-    assert len(pieces) == len(ANSWER.split())
+    assert len(streamed_pieces(response.text)) == len(ANSWER.split())
     assert [c.stream for c in backend.calls] == [False] * 18 + [True]
     usage = sse_events(response.text)[-1]["usage"]
-    assert usage == expected_usage(backend, tree)
+    assert usage == usage_for(backend, tree.replies)
 
 
 async def test_the_reasoning_line_shows_the_first_80_characters_of_the_best_step() -> None:
@@ -375,13 +363,7 @@ async def test_reasoning_can_be_turned_off() -> None:
 async def test_a_failure_mid_search_is_an_openai_shaped_503() -> None:
     backend = scripted(Tree({"b": 9}, fail="b"))
     response = await chat(backend, TOT)
-    assert response.status_code == 503
-    error = response.json()["error"]
-    assert (error["type"], error["code"], error["message"]) == (
-        "api_error",
-        "backend_unavailable",
-        "down",
-    )
+    assert_error(response, 503, type="api_error", code="backend_unavailable", message="down")
     assert not calls_of(backend, "final")
 
 
@@ -390,9 +372,7 @@ async def test_a_failure_mid_search_in_a_stream_is_an_openai_shaped_error() -> N
     response = await chat(backend, TOT, stream=True)
     # level 1's reasoning line went out before the failure: the stream ends with the error
     assert response.status_code == 200
-    data = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
-    assert "[DONE]" not in data
-    assert json.loads(data[-1])["error"] == {
+    assert stream_error(response.text) == {
         "message": "down",
         "type": "api_error",
         "param": None,
@@ -400,7 +380,7 @@ async def test_a_failure_mid_search_in_a_stream_is_an_openai_shaped_error() -> N
     }
     reasoning = "".join(
         choice["delta"].get("reasoning_content") or ""
-        for event in map(json.loads, data[:-1])
+        for event in map(json.loads, sse_data(response.text)[:-1])
         for choice in event["choices"]
     )
     assert reasoning == "Level 1: best score 9: b\n"
@@ -409,9 +389,7 @@ async def test_a_failure_mid_search_in_a_stream_is_an_openai_shaped_error() -> N
 async def test_a_budget_below_what_the_search_needs_is_a_400() -> None:
     backend = scripted(Tree())
     response = await chat(backend, TOT, ponder={"max_backend_calls": 18})
-    assert response.status_code == 400
-    error = response.json()["error"]
-    assert (error["code"], error["param"]) == ("budget_exceeded", "ponder.max_backend_calls")
+    assert_error(response, 400, code="budget_exceeded", param="ponder.max_backend_calls")
     assert len(backend.calls) == 18
 
 
@@ -440,8 +418,7 @@ async def test_a_budget_that_covers_the_search_is_enough() -> None:
 async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
     backend = scripted(Tree())
     response = await chat(backend, TOT, ponder={"tot": {field: value}})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == f"ponder.tot.{field}"
+    assert_error(response, 400, param=f"ponder.tot.{field}")
     assert not backend.calls
 
 
