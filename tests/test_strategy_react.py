@@ -21,10 +21,9 @@ from ponder.strategies.react import (
     UNFORMATTED_STEP,
     ParsedStep,
     parse_step,
-    split_scratchpad,
     step_sampling,
-    tool_arguments,
 )
+from ponder.strategies.tool_exchange import split_scratchpad, tool_arguments
 from ponder.strategies.tools import BUILTIN_TOOLS
 from ponder.testing import ScriptedBackend
 from ponder.types import Message, Sampling, ToolCall

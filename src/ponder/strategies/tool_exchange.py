@@ -1,0 +1,103 @@
+"""The client's tool exchanges as ReAct text, for backends that take neither `tool` messages nor
+`tool_calls`: a tool call becomes "Action: name[arguments]" and its result "Observation: ...".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from ponder.types import Message
+
+
+def tool_arguments(text: str) -> str:
+    """The arguments of a client tool call as a JSON object: the model's JSON when it wrote an
+    object, else its text wrapped as {"input": text}."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        value = None
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps({"input": text}, ensure_ascii=False)
+
+
+def _turn_start(messages: Sequence[Message]) -> int:
+    """Where the model's part of the current turn starts: after the last user (or system)
+    message."""
+    cut = len(messages)
+    while cut > 0 and messages[cut - 1].role in ("assistant", "tool"):
+        cut -= 1
+    return cut
+
+
+def split_scratchpad(messages: Sequence[Message]) -> tuple[list[Message], str]:
+    """The conversation to send, and the scratchpad rebuilt from the tool exchange that follows
+    the last user (or system) message, if there is one. Earlier tool exchanges become plain
+    assistant turns: the backend never receives `tool` messages or `tool_calls`."""
+    cut = _turn_start(messages)
+    tail = messages[cut:]
+    if not _has_tool_traffic(tail):
+        return _without_tool_traffic(messages), ""
+    return _without_tool_traffic(messages[:cut]), render_exchange(tail)
+
+
+def answered_calls(messages: Sequence[Message]) -> dict[tuple[str, str], str]:
+    """The client's results of this turn's tool calls, by (name, arguments as tool_arguments()
+    writes them): a model that repeats a call gets the result again instead of sending the
+    client round the same loop."""
+    tail = messages[_turn_start(messages) :]
+    results = {m.tool_call_id: m.text for m in tail if m.role == "tool"}
+    return {
+        (call.name, tool_arguments(call.arguments)): results[call.id]
+        for m in tail
+        for call in m.tool_calls
+        if call.id in results
+    }
+
+
+def render_exchange(messages: Sequence[Message]) -> str:
+    """Assistant and tool messages as scratchpad text: a tool call becomes
+    "Action: name[arguments]", its result "Observation: content"."""
+    results = {m.tool_call_id: m.text for m in messages if m.role == "tool"}
+    used: set[str | None] = set()
+    lines: list[str] = []
+    for m in messages:
+        if m.role == "assistant":
+            if m.text.strip():
+                lines.append(m.text.strip())
+            for call in m.tool_calls:
+                lines.append(f"Action: {call.name}[{call.arguments}]")
+                if call.id in results and call.id not in used:  # its result, right after it
+                    used.add(call.id)
+                    lines.append(f"Observation: {results[call.id]}")
+        elif m.tool_call_id is None or m.tool_call_id not in used:
+            used.add(m.tool_call_id)
+            lines.append(f"Observation: {m.text}")
+    return "\n".join(lines)
+
+
+def _has_tool_traffic(messages: Sequence[Message]) -> bool:
+    return any(m.role == "tool" or m.tool_calls for m in messages)
+
+
+def _without_tool_traffic(messages: Sequence[Message]) -> list[Message]:
+    """Each run of assistant/tool messages that holds a tool exchange becomes one assistant
+    turn of text; everything else is kept as it is."""
+    out: list[Message] = []
+    i = 0
+    while i < len(messages):
+        if messages[i].role not in ("assistant", "tool"):
+            out.append(messages[i])
+            i += 1
+            continue
+        j = i
+        while j < len(messages) and messages[j].role in ("assistant", "tool"):
+            j += 1
+        run = messages[i:j]
+        if _has_tool_traffic(run):
+            out.append(Message("assistant", render_exchange(run)))
+        else:
+            out.extend(run)
+        i = j
+    return out
