@@ -40,14 +40,8 @@ def extract_answer(text: str | None) -> str | None:
     for candidate in (_last_boxed(text), _last(_HASHES, text), _last(_ANSWER_PHRASE, text)):
         if candidate is not None and candidate.strip(_END_PUNCT + " "):
             return _normalize(candidate)
-    stripped = text.strip()
-    letter = _LETTER_ALONE.match(stripped) or _LETTER_LEAD.match(stripped)
-    if letter:
-        return letter.group(1)
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        return normalize_number(numbers[-1])
-    return _normalize_text(text)
+    lead = _LETTER_LEAD.match(text.strip())
+    return lead.group(1) if lead else _normalize(text)
 
 
 def normalize_number(raw: str) -> str:
