@@ -75,7 +75,6 @@ async def ask(
     from ponder.protocol import ChatCompletionRequest
     from ponder.proxy.chat import ChatService
     from ponder.proxy.middleware import new_request_id
-    from ponder.strategies.context import Budget
     from ponder.strategies.engine import Engine
     from ponder.strategies.registry import default_registry
 
@@ -92,11 +91,7 @@ async def ask(
                 "max_tokens": max_tokens,
             }
         )
-        service = ChatService(
-            backend,
-            Engine(default_registry()),
-            Budget(settings.max_backend_calls, settings.deadline_s),
-        )
+        service = ChatService.for_settings(settings, backend, Engine(default_registry()))
         job = service.prepare(request, new_request_id())
         streamed = False
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from ponder.backends.base import Backend
+from ponder.config import Settings
 from ponder.errors import ClientDisconnected, DeadlineExceeded, InvalidRequest, UnknownModel
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
@@ -38,6 +39,11 @@ class ChatService:
     engine: Engine
     budget: Budget = field(default_factory=Budget)
     """The server's limits; a request may ask for tighter ones."""
+
+    @classmethod
+    def for_settings(cls, settings: Settings, backend: Backend, engine: Engine) -> ChatService:
+        """The service with the server's limits from `settings`."""
+        return cls(backend, engine, Budget(settings.max_backend_calls, settings.deadline_s))
 
     def route(self, request: ChatCompletionRequest) -> Route:
         route = resolve(request.model, self.engine.registry.canonical, request.optillm_approach)

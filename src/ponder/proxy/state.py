@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from ponder.backends.base import Backend
 from ponder.config import Settings
 from ponder.proxy.chat import ChatService
-from ponder.strategies.context import Budget
 from ponder.strategies.engine import Engine
 
 
@@ -22,8 +21,4 @@ class AppState:
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        self.chat = ChatService(
-            self.backend,
-            self.engine,
-            Budget(self.settings.max_backend_calls, self.settings.deadline_s),
-        )
+        self.chat = ChatService.for_settings(self.settings, self.backend, self.engine)

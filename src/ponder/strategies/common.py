@@ -99,19 +99,23 @@ def rewrite_last_user(messages: Sequence[Message], rewrite: Callable[[str], str]
     return [*messages[:i], Message("user", content, name=m.name), *messages[i + 1 :]]
 
 
-def helper_sampling(sampling: Sampling, max_tokens: int, temperature: float = 0.0) -> Sampling:
-    """Sampling for a helper call whose output only the strategy reads."""
+def text_sampling(sampling: Sampling, max_tokens: int) -> Sampling:
+    """The client's sampling for a call whose text the strategy parses: `max_tokens`, and no
+    tools, tool choice, response format or logprobs that would change what comes back."""
     return sampling.with_(
-        temperature=temperature,
-        top_p=None,
         max_tokens=max_tokens,
-        stop=(),
         logprobs=False,
         top_logprobs=None,
         tools=(),
         tool_choice=None,
         response_format=None,
     )
+
+
+def helper_sampling(sampling: Sampling, max_tokens: int, temperature: float = 0.0) -> Sampling:
+    """Sampling for a helper call whose output only the strategy reads: `text_sampling` at
+    the strategy's temperature, without the client's top_p and stop sequences."""
+    return text_sampling(sampling, max_tokens).with_(temperature=temperature, top_p=None, stop=())
 
 
 def parse_score(text: str | None, low: float, high: float) -> float | None:

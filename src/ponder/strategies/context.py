@@ -103,8 +103,10 @@ class RequestContext:
             self.limiter = asyncio.Semaphore(max(1, self.backend.capabilities.max_concurrency))
 
     @property
-    def streaming(self) -> bool:
-        return self.sink is not None
+    def shows_reasoning(self) -> bool:
+        """Whether the strategy's working streams to the client (off with
+        `ponder: {"reasoning": false}`, and when the client is not streaming)."""
+        return self.sink is not None and bool(self.options.get("reasoning", True))
 
     def for_choice(self, index: int, n: int = 1) -> RequestContext:
         """A context for one of several concurrent runs: shares the meter and the trace."""
@@ -117,7 +119,7 @@ class RequestContext:
 
     def reason(self, text: str) -> None:
         """Stream `text` as reasoning of this choice (unless `ponder: {"reasoning": false}`)."""
-        if self.sink is not None and text and self.options.get("reasoning", True):
+        if text and self.shows_reasoning and self.sink is not None:
             self.sink(Delta(index=self.choice_index, reasoning=text))
 
     def emit(self, delta: Delta) -> None:

@@ -71,8 +71,8 @@ async def _pipeline(
     """Each strategy reviews the previous one's answer. Only the last one streams its answer;
     the earlier ones' answers stream as reasoning."""
     current = list(messages)
-    talks = ctx.sink is not None and ctx.options.get("reasoning", True)
-    quiet = replace(ctx, sink=_as_reasoning(ctx.sink) if talks and ctx.sink else None)
+    shown = ctx.sink if ctx.shows_reasoning else None
+    quiet = replace(ctx, sink=_as_reasoning(shown) if shown is not None else None)
     for i, strategy in enumerate(strategies):
         last = i == len(strategies) - 1
         (answer,) = await strategy.run(ctx if last else quiet, current)

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import followup, with_system
+from ponder.strategies.common import followup, text_sampling, with_system
 from ponder.strategies.context import RequestContext
 from ponder.strategies.tool_exchange import answered_calls, split_scratchpad, tool_arguments
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
@@ -239,19 +239,11 @@ def instructions(
 
 
 def step_sampling(sampling: Sampling, step_tokens: int) -> Sampling:
-    """The client's sampling for one step: no tools (described in the prompt instead),
-    OBSERVATION_STOP and the client's stop sequences (4 at most), the step's token limit, and
-    no response format or logprobs either: a step is text the strategy parses."""
-    return sampling.with_(
-        max_tokens=step_tokens,
-        # OpenAI-compatible servers take at most 4 stop sequences: ours goes first
-        stop=tuple(dict.fromkeys((OBSERVATION_STOP, *sampling.stop)))[:4],
-        tools=(),
-        tool_choice=None,
-        response_format=None,
-        logprobs=False,
-        top_logprobs=None,
-    )
+    """The client's sampling for one step, as `text_sampling` makes it (the tools are described
+    in the prompt instead), with OBSERVATION_STOP before the client's stop sequences."""
+    # OpenAI-compatible servers take at most 4 stop sequences: ours goes first
+    stop = tuple(dict.fromkeys((OBSERVATION_STOP, *sampling.stop)))[:4]
+    return text_sampling(sampling, step_tokens).with_(stop=stop)
 
 
 def unknown_tool(name: str, available: Sequence[str]) -> str:
