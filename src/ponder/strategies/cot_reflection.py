@@ -86,7 +86,6 @@ class TagSplitter:
         self._depth = 0  # nesting of reasoning sections
         self._section_start = True
         self._pending_ws = ""
-        self._reasoning_started = False
         self._untagged: list[str] = []
         self._raw: list[str] = []
         self._output: list[str] = []
@@ -198,10 +197,8 @@ class TagSplitter:
             if not text:
                 return
             self._section_start = False
-            if kind == "reasoning" and self._reasoning_started:
+            if kind == "reasoning" and self._reasoning:  # not the first reasoning section
                 text = SECTION_SEPARATOR + text
-            if kind == "reasoning":
-                self._reasoning_started = True
         text = self._pending_ws + text
         kept = text.rstrip()
         self._pending_ws = text[len(kept) :]
