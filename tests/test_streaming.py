@@ -16,7 +16,7 @@ from ponder.errors import BackendUnavailable
 from ponder.proxy import create_app
 from ponder.testing import ScriptedBackend, running_server
 from ponder.types import Delta, Message, Sampling, Usage
-from tests.conftest import MODEL, asgi_client, scripted, user
+from tests.conftest import MODEL, asgi_client, scripted, sse_data, user
 
 
 @dataclass
@@ -48,10 +48,6 @@ class TokenBackend(ScriptedBackend):
             self.closed = True
 
 
-def events(raw: str) -> list[str]:
-    return [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
-
-
 def stream_body(**more: object) -> dict[str, object]:
     return {"model": MODEL, "messages": [user("go")], "stream": True, **more}
 
@@ -64,7 +60,7 @@ async def post_stream(backend: TokenBackend) -> httpx.Response:
 async def test_error_after_first_token_is_sent_in_band() -> None:
     response = await post_stream(TokenBackend(tokens=5, fail_after=2))
     assert response.status_code == 200
-    data = events(response.text)
+    data = sse_data(response.text)
     assert json.loads(data[0])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     contents = [json.loads(d)["choices"][0]["delta"].get("content") for d in data[1:-1]]
     assert contents == ["t0 ", "t1 "]
@@ -89,7 +85,7 @@ async def test_one_finish_reason_per_choice_and_done_last(client: httpx.AsyncCli
         "/v1/chat/completions",
         json=stream_body(n=2, stream_options={"include_usage": True}),
     )
-    data = events(response.text)
+    data = sse_data(response.text)
     assert data[-1] == "[DONE]"
     chunks = [json.loads(d) for d in data[:-1]]
     finishes = [
