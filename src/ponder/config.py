@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -44,6 +46,22 @@ class Settings(BaseSettings):
     deadline_s: float = Field(
         600.0, gt=0, description="Seconds a strategy may run before the request fails with 504"
     )
+    database_url: str | None = Field(
+        None,
+        description="SPL and memory store: sqlite:///PATH or postgresql://... "
+        "(default: ponder.db in the user's data directory)",
+    )
+    spl_client_learning: bool = Field(
+        False,
+        description="Let clients turn on SPL learning for one request (ponder.spl.learn); "
+        "otherwise only tenants switched on with `ponder spl learn` learn",
+    )
+    spl_promote_after: int = Field(3, ge=1, description="Successes before a candidate is active")
+    spl_retire_after: int = Field(10, ge=1, description="Attempts before a weak strategy retires")
+    spl_retire_rate: float = Field(0.3, ge=0, le=1, description="Success rate below which it does")
+    spl_max_per_type: int = Field(5, ge=1, description="Most active strategies per problem type")
+    memory_max_episodes: int = Field(1000, ge=1, description="Episodes kept per tenant")
+    memory_max_age_days: float = Field(90.0, gt=0, description="Episodes older than this go")
     log_level: str = "INFO"
 
     @field_validator("api_keys", mode="before")
@@ -53,6 +71,16 @@ class Settings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
+    def tenant_of(self, presented: str) -> str | None:
+        """The tenant of an API key, or None when no configured key matches. An entry
+        `tenant:key` names its tenant; a bare key belongs to `default`."""
+        found = None
+        for entry in self.api_keys:
+            tenant, key = split_key(entry.get_secret_value())
+            if hmac.compare_digest(presented.encode(), key.encode()):
+                found = tenant  # no early exit: the time taken does not depend on which key
+        return found
+
     def check_exposure(self) -> None:
         """Refuse to listen beyond loopback without API keys."""
         if self.api_keys or _is_loopback(self.host):
@@ -61,6 +89,18 @@ class Settings(BaseSettings):
             f"refusing to listen on {self.host} without API keys: set PONDER_API_KEYS "
             "or bind 127.0.0.1"
         )
+
+
+_TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+DEFAULT_TENANT = "default"
+
+
+def split_key(entry: str) -> tuple[str, str]:
+    """`tenant:key` -> (tenant, key); a bare key -> ("default", key)."""
+    tenant, sep, key = entry.partition(":")
+    if sep and key and _TENANT.fullmatch(tenant):
+        return tenant, key
+    return DEFAULT_TENANT, entry
 
 
 def _is_loopback(host: str) -> bool:

@@ -51,6 +51,26 @@ class AuthenticationError(PonderError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(PonderError):
+    status_code = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(PonderError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(PonderError):
+    """The change was based on a version of the data that someone else has changed since."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "version_conflict"
+
+
 class RateLimited(PonderError):
     status_code = 429
     type = "rate_limit_error"

@@ -15,6 +15,7 @@ from ponder.proxy import errors
 from ponder.proxy.middleware import RequestIdMiddleware
 from ponder.proxy.routes import health, v1
 from ponder.proxy.state import AppState
+from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
 from ponder.strategies.registry import Registry, default_registry
 
@@ -23,20 +24,26 @@ def create_app(
     settings: Settings | None = None,
     backend: Backend | None = None,
     registry: Registry | None = None,
+    store: Store | None = None,
 ) -> FastAPI:
     """Build the app. Without `backend`, the one `settings` names is built (and closed with the
-    app); a given backend stays the caller's to close."""
+    app); a given backend stays the caller's to close. Without `store`, the SPL and memory
+    store at `settings.database_url` is used (opened on first use, closed with the app)."""
     settings = settings or Settings()
     state = AppState(
         settings=settings,
         backend=backend or build_backend(settings),
         engine=Engine(registry or default_registry()),
         owns_backend=backend is None,
+        store=store or Store.for_settings(settings),
     )
+    owns_store = store is None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        if owns_store:
+            state.store.close()
         if state.owns_backend:
             await state.backend.aclose()
 

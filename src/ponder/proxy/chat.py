@@ -13,11 +13,12 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from ponder.backends.base import Backend
-from ponder.config import Settings
+from ponder.config import DEFAULT_TENANT, Settings
 from ponder.errors import ClientDisconnected, DeadlineExceeded, InvalidRequest, UnknownModel
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
 from ponder.proxy.streaming import ChunkFormat, stream_chunks
+from ponder.spl_store import Store
 from ponder.strategies.base import Strategy
 from ponder.strategies.context import Budget, RequestContext, Sink
 from ponder.strategies.engine import Engine
@@ -39,11 +40,15 @@ class ChatService:
     engine: Engine
     budget: Budget = field(default_factory=Budget)
     """The server's limits; a request may ask for tighter ones."""
+    store: Store | None = None
+    """The SPL and memory store (opened on first use)."""
 
     @classmethod
-    def for_settings(cls, settings: Settings, backend: Backend, engine: Engine) -> ChatService:
+    def for_settings(
+        cls, settings: Settings, backend: Backend, engine: Engine, store: Store | None = None
+    ) -> ChatService:
         """The service with the server's limits from `settings`."""
-        return cls(backend, engine, Budget(settings.max_backend_calls, settings.deadline_s))
+        return cls(backend, engine, Budget(settings.max_backend_calls, settings.deadline_s), store)
 
     def route(self, request: ChatCompletionRequest) -> Route:
         route = resolve(request.model, self.engine.registry.canonical, request.optillm_approach)
@@ -85,7 +90,9 @@ class ChatService:
             options[slug] = value
         return options
 
-    def prepare(self, request: ChatCompletionRequest, request_id: str) -> Job:
+    def prepare(
+        self, request: ChatCompletionRequest, request_id: str, tenant: str = DEFAULT_TENANT
+    ) -> Job:
         """Validate and resolve everything before the first backend call."""
         route = self.route(request)
         options = self.options(request)
@@ -104,15 +111,21 @@ class ChatService:
                 budget=self.budget.tighter(
                     Budget(options.get("max_backend_calls"), options.get("deadline_s"))
                 ),
+                tenant=tenant,
+                store=self.store,
             ),
         )
 
     async def handle(
-        self, request: ChatCompletionRequest, request_id: str, receive: Receive
+        self,
+        request: ChatCompletionRequest,
+        request_id: str,
+        receive: Receive,
+        tenant: str = DEFAULT_TENANT,
     ) -> Response:
-        """Answer `request`. `receive` is the ASGI channel: a client that disconnects before
-        the answer is ready cancels the run and every backend call in it."""
-        job = self.prepare(request, request_id)
+        """Answer `request` for `tenant`. `receive` is the ASGI channel: a client that
+        disconnects before the answer is ready cancels the run and every backend call in it."""
+        job = self.prepare(request, request_id, tenant)
         ctx = job.ctx
         completion_id = f"chatcmpl-{request_id}"
         created = int(time.time())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
+from ponder.config import DEFAULT_TENANT
 from ponder.errors import AuthenticationError, BackendUnavailable
 from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from ponder.proxy.state import AppState
@@ -36,15 +36,16 @@ def state_of(request: Request) -> AppState:
 
 
 async def require_key(request: Request) -> None:
-    keys = state_of(request).settings.api_keys
-    if not keys:
+    """Check the API key (when keys are configured) and set `request.state.tenant`."""
+    settings = state_of(request).settings
+    request.state.tenant = DEFAULT_TENANT
+    if not settings.api_keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    presented = token.strip().encode()
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(presented, k.get_secret_value().encode()) for k in keys
-    ):
+    tenant = settings.tenant_of(token.strip()) if scheme.lower() == "bearer" else None
+    if tenant is None:
         raise AuthenticationError("Missing or incorrect API key in 'Authorization: Bearer ...'.")
+    request.state.tenant = tenant
 
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
@@ -57,7 +58,9 @@ health = APIRouter(prefix="/health")
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    return await state_of(request).chat.handle(body, request.state.request_id, request.receive)
+    return await state_of(request).chat.handle(
+        body, request.state.request_id, request.receive, tenant=request.state.tenant
+    )
 
 
 @v1.get("/models", response_model=ModelList)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ponder.backends.base import Backend
 from ponder.config import Settings
 from ponder.proxy.chat import ChatService
+from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
 
 
@@ -17,8 +18,9 @@ class AppState:
     backend: Backend
     engine: Engine
     owns_backend: bool
+    store: Store
     chat: ChatService = field(init=False)
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        self.chat = ChatService.for_settings(self.settings, self.backend, self.engine)
+        self.chat = ChatService.for_settings(self.settings, self.backend, self.engine, self.store)

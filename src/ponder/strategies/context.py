@@ -18,12 +18,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Backend
-from ponder.errors import BudgetExceeded, PonderError
+from ponder.errors import BudgetExceeded, PonderError, Unsupported
 from ponder.types import Completion, Delta, Message, Sampling, Usage
+
+if TYPE_CHECKING:
+    from ponder.spl_store import Store
 
 T = TypeVar("T")
 
@@ -97,6 +100,10 @@ class RequestContext:
     trace: list[Step] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     limiter: asyncio.Semaphore | None = None
+    tenant: str = "default"
+    """Whose knowledge (SPL strategies, memories) this request may read and change."""
+    store: Store | None = None
+    """The SPL and memory store, for the strategies that keep knowledge."""
 
     def __post_init__(self) -> None:
         if self.limiter is None:
@@ -111,6 +118,11 @@ class RequestContext:
     def for_choice(self, index: int, n: int = 1) -> RequestContext:
         """A context for one of several concurrent runs: shares the meter and the trace."""
         return replace(self, choice_index=index, n=n)
+
+    def require_store(self) -> Store:
+        if self.store is None:
+            raise Unsupported("this strategy needs the SPL store, which this server has not set up")
+        return self.store
 
     # ---- trace and live reasoning ----------------------------------------------------------
 

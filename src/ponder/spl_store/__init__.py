@@ -1,0 +1,31 @@
+"""The SQL store of system prompt learning (strategies, outcomes) and episodic memory."""
+
+from ponder.spl_store.problem_types import FALLBACK_TYPE, PROBLEM_TYPES
+from ponder.spl_store.records import (
+    EpisodeRecord,
+    EventRecord,
+    ExampleRecord,
+    Lifecycle,
+    OutcomeResult,
+    Policy,
+    Status,
+    StrategyRecord,
+    TenantSettings,
+)
+from ponder.spl_store.store import Draft, Store
+
+__all__ = [
+    "FALLBACK_TYPE",
+    "PROBLEM_TYPES",
+    "Draft",
+    "EpisodeRecord",
+    "EventRecord",
+    "ExampleRecord",
+    "Lifecycle",
+    "OutcomeResult",
+    "Policy",
+    "Status",
+    "Store",
+    "StrategyRecord",
+    "TenantSettings",
+]
