@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -11,13 +12,37 @@ from fastapi import FastAPI
 
 from ponder.config import Settings
 from ponder.proxy import create_app
+from ponder.spl_store import Store
 from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
+from tests.services import postgres_server
 
 if TYPE_CHECKING:
     from ponder.backends.llamacpp import EmbeddedBackend
 
 MODEL = "smollm2-135m"
+
+
+@pytest.fixture(autouse=True)
+def _private_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's app keeps SPL and memory data in its own temporary SQLite file, never in the
+    user's data directory (the file is only created if the test uses the store)."""
+    monkeypatch.setenv("PONDER_DATABASE_URL", f"sqlite:///{tmp_path}/ponder.db")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server URL for the whole session (see tests/services.py)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An SPL and memory store in a fresh SQLite file."""
+    s = Store(f"sqlite:///{tmp_path}/store.db")
+    yield s
+    s.close()
 
 
 def scripted(*args: object, **kwargs: object) -> ScriptedBackend:
@@ -77,12 +102,24 @@ def server(app: FastAPI) -> Iterator[str]:
         yield base_url
 
 
-async def chat(backend: ScriptedBackend, model: str, **fields: object) -> httpx.Response:
-    """POST one chat completion to a fresh app over `backend` (default registry, in-process).
-    `messages` defaults to one user turn, "hello"."""
+async def chat(
+    backend: ScriptedBackend,
+    model: str,
+    *,
+    store: Store | None = None,
+    settings: Settings | None = None,
+    headers: Mapping[str, str] | None = None,
+    **fields: object,
+) -> httpx.Response:
+    """POST one chat completion to a fresh app over `backend` (default registry, in-process),
+    with `store` as its SPL and memory store when given. `messages` defaults to one user turn,
+    "hello"."""
     fields.setdefault("messages", [user("hello")])
-    async with asgi_client(create_app(Settings(), backend=backend)) as c:
-        return await c.post("/v1/chat/completions", json={"model": model, **fields})
+    app = create_app(settings or Settings(), backend=backend, store=store)
+    async with asgi_client(app) as c:
+        return await c.post(
+            "/v1/chat/completions", json={"model": model, **fields}, headers=headers
+        )
 
 
 def usage_for(backend: ScriptedBackend, replies: Iterable[str]) -> dict[str, int]:
