@@ -23,10 +23,19 @@ if TYPE_CHECKING:
 MODEL = "smollm2-135m"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Apps built by session- and module-scoped fixtures keep SPL and memory data in a
+    temporary SQLite file, never in the user's data directory."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('store')}/ponder.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PONDER_DATABASE_URL", url)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's app keeps SPL and memory data in its own temporary SQLite file, never in the
-    user's data directory (the file is only created if the test uses the store)."""
+    """Each test's own apps get their own temporary SQLite file (created only if used)."""
     monkeypatch.setenv("PONDER_DATABASE_URL", f"sqlite:///{tmp_path}/ponder.db")
 
 
