@@ -13,15 +13,13 @@ RUN python -m venv /opt/ponder \
 
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/* && useradd --create-home ponder
+    && rm -rf /var/lib/apt/lists/* && useradd --create-home ponder \
+    && mkdir /data && chown ponder /data
 COPY --from=build /opt/ponder /opt/ponder
 USER ponder
 ENV PATH=/opt/ponder/bin:$PATH PONDER_HOST=0.0.0.0 PONDER_PORT=8000 \
     PONDER_DATABASE_URL=sqlite:////data/ponder.db
 # the SPL strategies and memories (SQLite); PostgreSQL via PONDER_DATABASE_URL=postgresql://...
-USER root
-RUN mkdir /data && chown ponder /data
-USER ponder
 VOLUME /data
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/ready')"
