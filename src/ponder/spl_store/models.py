@@ -87,7 +87,7 @@ class StrategyExample(Base):
     strategy_id: Mapped[int] = mapped_column(
         ForeignKey("strategies.id", ondelete="CASCADE"), index=True
     )
-    request_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(128))
     query: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     correct: Mapped[bool] = mapped_column(Boolean)
@@ -102,7 +102,7 @@ class SplRequest(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(TENANT)
-    request_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(128))
     problem_type: Mapped[str] = mapped_column(ForeignKey("problem_types.name"))
     query: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
@@ -137,7 +137,7 @@ class LearningEvent(Base):
     strategy_id: Mapped[int | None] = mapped_column(
         ForeignKey("strategies.id", ondelete="CASCADE"), index=True
     )
-    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -152,7 +152,7 @@ class Episode(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(TENANT)
     conversation: Mapped[str] = mapped_column(String(128))
-    request_id: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(128))
     question: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     outcome: Mapped[bool | None] = mapped_column(Boolean)

@@ -8,6 +8,7 @@ from ponder.strategies.base import StrategyFactory
 def builtin() -> list[StrategyFactory]:
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
     from ponder.strategies.re2 import ReRead
@@ -26,4 +27,5 @@ def builtin() -> list[StrategyFactory]:
         SelfRefine,
         CoTReflection,
         ReAct,
+        EpisodicMemory,
     ]
