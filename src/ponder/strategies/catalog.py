@@ -6,6 +6,7 @@ from ponder.strategies.base import StrategyFactory
 
 
 def builtin() -> list[StrategyFactory]:
+    from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
     from ponder.strategies.mem import EpisodicMemory
@@ -27,5 +28,6 @@ def builtin() -> list[StrategyFactory]:
         SelfRefine,
         CoTReflection,
         ReAct,
+        SystemPromptLearning,
         EpisodicMemory,
     ]

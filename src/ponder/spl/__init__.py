@@ -1,0 +1,1 @@
+"""System prompt learning: classify a query, select learned strategies, learn from outcomes."""

@@ -1,0 +1,276 @@
+"""Learning from one request: its outcome, then at most one change to the strategies.
+
+1. Outcome, best signal first: the client's ground truth (`answer`), else one judge call
+   asking the model whether its answer is correct, else none now (feedback may come later).
+   `Store.record_outcome` applies it: counters, examples, promotion and retirement.
+2. Evolution, one change per request:
+   - a used strategy that keeps failing (the answer was wrong, it has at least `REFINE_AFTER`
+     attempts and a success rate below `REFINE_BELOW`, and it was not just retired) is refined:
+     one call;
+   - otherwise, when no strategy was used, or the answer was wrong and the correct answer is
+     known, a new strategy is written: one call. When it is as relevant as `MERGE_THRESHOLD`
+     to an existing active or candidate strategy of the type, the two are merged instead of
+     adding a near-duplicate: a second call. So evolution makes at most two calls.
+   Edits name the version they were based on; if someone changed the strategy meanwhile the
+   edit is dropped (traced as `spl_conflict`), never written over theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ponder.answers import same_answer
+from ponder.errors import Conflict
+from ponder.spl.select import strategy_vector
+from ponder.spl_store import Draft, Store, StrategyRecord
+from ponder.strategies.common import helper_sampling
+from ponder.strategies.context import RequestContext
+from ponder.types import Message
+from ponder.vectors import similarities
+
+JUDGE_MAX_TOKENS = 8
+EVOLVE_MAX_TOKENS = 200
+REFINE_AFTER = 5
+"""Attempts a strategy needs before a failure may refine it (fewer is not yet evidence)."""
+REFINE_BELOW = 0.5
+"""Success rate under which a failing strategy is refined."""
+MERGE_THRESHOLD = 0.5
+"""Relevance of a new strategy to an existing one from which the two are merged."""
+MAX_STRATEGY_CHARS = 1000
+MIN_STRATEGY_CHARS = 20
+PROMPT_TEXT_LIMIT = 2000
+"""Characters of a problem or an answer quoted in a learning prompt."""
+
+JUDGE_PROMPT = (
+    "Is the proposed answer to the problem below correct? Reply YES or NO only.\n\n"
+    "Problem:\n{query}\n\n"
+    "Proposed answer:\n{answer}"
+)
+WRITE_PROMPT = (
+    "Write a short, general strategy for solving problems of this type "
+    "({problem_type}: {description}), as 2 to 6 numbered steps. Keep it general: no numbers, "
+    "names or details specific to this problem.\n\n"
+    "Problem:\n{query}{solution}{truth}\n\n"
+    "Reply with the steps only."
+)
+MERGE_PROMPT = (
+    "Combine these two strategies for {problem_type} problems into one short, general strategy "
+    "of 2 to 6 numbered steps, keeping what is useful in each and dropping repetition.\n\n"
+    "Strategy A:\n{existing}\n\n"
+    "Strategy B:\n{new}\n\n"
+    "Reply with the steps only."
+)
+REFINE_PROMPT = (
+    "The strategy below for {problem_type} problems was followed and the answer was wrong. "
+    "Improve the strategy so that it avoids this mistake. Keep it short and general: 2 to 6 "
+    "numbered steps, no numbers or details specific to this problem.\n\n"
+    "Strategy:\n{strategy}\n\n"
+    "Problem:\n{query}\n\n"
+    "Wrong answer:\n{answer}{truth}\n\n"
+    "Reply with the improved steps only."
+)
+SOLUTION_SECTION = "\n\nA correct solution:\n{answer}"
+TRUTH_SECTION = "\n\nThe correct answer:\n{truth}"
+
+_VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_LABEL = re.compile(
+    r"^[\s*#_]*(?:(?:improved|merged|combined|new|general)\s+)?strategy[\s*_]*:[\s*_]*",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """What one learning request saw and produced."""
+
+    request_id: str
+    problem_type: str
+    query: str
+    answer: str
+    truth: str | None
+    used: tuple[int, ...]
+
+
+def _cut(text: str) -> str:
+    return text.strip()[:PROMPT_TEXT_LIMIT]
+
+
+def parse_verdict(reply: str | None) -> bool | None:
+    """YES -> True, NO -> False (the first of them in the reply), anything else -> None."""
+    match = _VERDICT.search(reply or "")
+    return None if match is None else match.group(1).lower() == "yes"
+
+
+def clean_strategy(reply: str | None) -> str | None:
+    """A model's strategy text without a leading "Strategy:" label, cut to
+    `MAX_STRATEGY_CHARS` (at a line end where there is one); None when too short to be one."""
+    text = _LABEL.sub("", (reply or "").strip(), count=1).strip()
+    if len(text) > MAX_STRATEGY_CHARS:
+        cut = text[:MAX_STRATEGY_CHARS]
+        line_end = cut.rfind("\n")
+        text = (cut[:line_end] if line_end >= MAX_STRATEGY_CHARS // 2 else cut).strip()
+    return text if len(text) >= MIN_STRATEGY_CHARS else None
+
+
+def judge_messages(query: str, answer: str) -> list[Message]:
+    return [Message("user", JUDGE_PROMPT.format(query=_cut(query), answer=_cut(answer)))]
+
+
+def write_messages(lesson: Lesson, description: str, correct: bool | None) -> list[Message]:
+    solution = SOLUTION_SECTION.format(answer=_cut(lesson.answer)) if correct else ""
+    truth = TRUTH_SECTION.format(truth=_cut(lesson.truth)) if lesson.truth is not None else ""
+    prompt = WRITE_PROMPT.format(
+        problem_type=lesson.problem_type,
+        description=description,
+        query=_cut(lesson.query),
+        solution=solution,
+        truth=truth,
+    )
+    return [Message("user", prompt)]
+
+
+def merge_messages(problem_type: str, existing: str, new: str) -> list[Message]:
+    prompt = MERGE_PROMPT.format(problem_type=problem_type, existing=existing, new=new)
+    return [Message("user", prompt)]
+
+
+def refine_messages(lesson: Lesson, strategy: str) -> list[Message]:
+    truth = TRUTH_SECTION.format(truth=_cut(lesson.truth)) if lesson.truth is not None else ""
+    prompt = REFINE_PROMPT.format(
+        problem_type=lesson.problem_type,
+        strategy=strategy,
+        query=_cut(lesson.query),
+        answer=_cut(lesson.answer),
+        truth=truth,
+    )
+    return [Message("user", prompt)]
+
+
+async def outcome(ctx: RequestContext, lesson: Lesson, judge: bool) -> tuple[bool | None, str]:
+    """Whether the answer was correct, and the source of that verdict ("none" when unknown)."""
+    if lesson.truth is not None:
+        return same_answer(lesson.answer, lesson.truth), "ground_truth"
+    if not judge:
+        return None, "none"
+    (reply,) = await ctx.complete(
+        judge_messages(lesson.query, lesson.answer), helper_sampling(ctx.sampling, JUDGE_MAX_TOKENS)
+    )
+    verdict = parse_verdict(reply.content)
+    return verdict, "judge" if verdict is not None else "none"
+
+
+async def evolve(
+    ctx: RequestContext, store: Store, lesson: Lesson, correct: bool | None, description: str
+) -> None:
+    """At most one change to the tenant's strategies (see the module docstring)."""
+    records = await asyncio.to_thread(store.strategies, ctx.tenant, lesson.problem_type)
+    by_id = {r.id: r for r in records}
+    used = [by_id[i] for i in lesson.used if i in by_id]
+    weak = [
+        s
+        for s in used
+        if correct is False
+        and s.status != "retired"
+        and s.attempts >= REFINE_AFTER
+        and (s.success_rate or 0.0) < REFINE_BELOW
+    ]
+    if weak:
+        target = min(weak, key=lambda s: (s.success_rate or 0.0, s.id))
+        await _refine(ctx, store, lesson, target)
+    elif not lesson.used or (correct is False and lesson.truth is not None):
+        peers = [r for r in records if r.status in ("active", "candidate")]
+        await _write(ctx, store, lesson, correct, description, peers)
+
+
+async def _write(
+    ctx: RequestContext,
+    store: Store,
+    lesson: Lesson,
+    correct: bool | None,
+    description: str,
+    peers: Sequence[StrategyRecord],
+) -> None:
+    text = await _ask(ctx, write_messages(lesson, description, correct))
+    if text is None:
+        ctx.step("spl_skipped", reason="the written strategy was too short")
+        return
+    if peers:
+        relevance = similarities(strategy_vector(text), [strategy_vector(p.text) for p in peers])
+        best = int(relevance.argmax())
+        if relevance[best] >= MERGE_THRESHOLD:
+            await _merge(ctx, store, lesson, peers[best], text, float(relevance[best]))
+            return
+    added = await asyncio.to_thread(
+        store.add_strategy,
+        ctx.tenant,
+        Draft(lesson.problem_type, text),
+        origin="learned",
+        request_id=lesson.request_id,
+    )
+    if added is None:
+        ctx.step("spl_skipped", reason="the problem type's candidate slots are full")
+    else:
+        ctx.step("spl_created", id=added.id)
+
+
+async def _merge(
+    ctx: RequestContext,
+    store: Store,
+    lesson: Lesson,
+    existing: StrategyRecord,
+    new: str,
+    relevance: float,
+) -> None:
+    merged = await _ask(ctx, merge_messages(lesson.problem_type, existing.text, new))
+    if merged is None:
+        ctx.step("spl_skipped", reason="the merged strategy was too short", id=existing.id)
+        return
+    detail = {"relevance": round(relevance, 3)}
+    await _edit(ctx, store, lesson, existing, merged, "merged", detail)
+
+
+async def _refine(
+    ctx: RequestContext, store: Store, lesson: Lesson, target: StrategyRecord
+) -> None:
+    refined = await _ask(ctx, refine_messages(lesson, target.text))
+    if refined is None:
+        ctx.step("spl_skipped", reason="the refined strategy was too short", id=target.id)
+        return
+    detail = {"attempts": target.attempts, "successes": target.successes}
+    await _edit(ctx, store, lesson, target, refined, "refined", detail)
+
+
+async def _edit(
+    ctx: RequestContext,
+    store: Store,
+    lesson: Lesson,
+    target: StrategyRecord,
+    text: str,
+    kind: str,
+    detail: dict[str, Any],
+) -> None:
+    """Replace the text if the strategy is still at the version it was read at."""
+    try:
+        edited = await asyncio.to_thread(
+            store.edit_text,
+            ctx.tenant,
+            target.id,
+            text,
+            expected_version=target.version,
+            kind=kind,
+            request_id=lesson.request_id,
+            detail=detail,
+        )
+    except Conflict as exc:
+        ctx.step("spl_conflict", id=target.id, kind=kind, error=exc.message)
+        return
+    ctx.step(f"spl_{kind}", id=edited.id, version=edited.version)
+
+
+async def _ask(ctx: RequestContext, messages: Sequence[Message]) -> str | None:
+    (reply,) = await ctx.complete(messages, helper_sampling(ctx.sampling, EVOLVE_MAX_TOKENS))
+    return clean_strategy(reply.content)

@@ -1,0 +1,174 @@
+"""`spl`: system prompt learning. The query is classified into a problem type, the tenant's
+best strategies for that type are added to the system prompt as a reference block, and the
+model answers. In learning mode the request then teaches the store: its outcome updates the
+strategies' records, and a new strategy is written (or merged, or a failing one refined).
+
+Calls: one classification (none when the query's type is cached), the answer (all `n` choices
+in one call); in learning mode also at most one judge call and at most two evolution calls
+(write + merge, or one refinement). All of them are metered and counted in the usage. The
+learning calls come after the answer (a streaming client has it by then); if one of them fails
+or the request's call budget runs out, learning stops (traced as `spl_learn_failed`) and the
+client still gets its answer.
+
+Learning mode: the tenant has learning on (`ponder spl learn --tenant T on`), or the request
+asks for it with `ponder: {"spl": {"learn": true}}` and the server lets clients do that
+(`spl_client_learning`). `learn: false` turns it off for one request. The ground truth
+(`answer`) is only accepted in learning mode. A learning request is recorded under its
+request id, so that feedback can reach it later; a retry with the same id is not learned from
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from ponder.errors import BackendError, BudgetExceeded, NotFound, PermissionDenied
+from ponder.spl.classify import classify
+from ponder.spl.learn import Lesson, evolve, outcome
+from ponder.spl.select import select, with_strategies
+from ponder.spl.starter import starter_drafts
+from ponder.spl_store import PROBLEM_TYPES, Status, Store, TenantSettings
+from ponder.strategies.base import StrategyConfig
+from ponder.strategies.common import last_user_text
+from ponder.strategies.context import RequestContext
+from ponder.types import Completion, Message
+
+
+class SplConfig(StrategyConfig):
+    answer: str | None = Field(
+        None, description="The correct answer, to learn from (learning mode only)"
+    )
+    learn: bool | None = Field(
+        None,
+        description="true: learn from this request (if the server allows clients to); "
+        "false: do not, even if the tenant learns",
+    )
+    judge: bool = Field(
+        True, description="Without an answer, ask the model whether its answer was correct"
+    )
+    max_strategies: int = Field(3, ge=0, le=10, description="Most strategies added to the prompt")
+
+
+class SystemPromptLearning:
+    slug: ClassVar[str] = "spl"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StrategyConfig]] = SplConfig
+    draws_n: ClassVar[bool] = True
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, SplConfig)
+        self.config = config
+
+    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+        store = ctx.require_store()
+        settings = await asyncio.to_thread(store.tenant, ctx.tenant)
+        learning = self.learning(settings, store)
+        if not settings.seeded:
+            seeded = await asyncio.to_thread(store.seed, ctx.tenant, starter_drafts())
+            ctx.step("spl_seed", strategies=seeded)
+
+        query = last_user_text(messages)
+        problem_type, cached = await classify(ctx, store, query)
+        ctx.step("spl_classify", problem_type=problem_type, cached=cached)
+
+        statuses: tuple[Status, ...] = ("active", "candidate") if learning else ("active",)
+        pool = await asyncio.to_thread(store.strategies, ctx.tenant, problem_type, statuses)
+        chosen = select(query, pool, self.config.max_strategies, learning)
+        ids = [r.strategy.id for r in chosen]
+        ctx.step(
+            "spl_select",
+            ids=ids,
+            scores=[round(r.score, 3) for r in chosen],
+            considered=len(pool),
+            learning=learning,
+        )
+        used = ", ".join(f"#{i}" for i in ids) or "none"
+        ctx.reason(f"Problem type: {problem_type}. Strategies used: {used}.\n")
+        prompt = with_strategies(messages, problem_type, [r.strategy.text for r in chosen])
+        choices = await ctx.final(prompt, n=ctx.n)
+
+        if learning:
+            answer = (choices[0].content or "") if choices else ""
+            try:
+                await self.learn(ctx, store, problem_type, query, answer, tuple(ids))
+            except (BackendError, BudgetExceeded) as exc:
+                # The answer is there; learning is best effort and must not cost the client it.
+                ctx.step("spl_learn_failed", error=exc.message)
+        return choices
+
+    def learning(self, settings: TenantSettings, store: Store) -> bool:
+        """Whether this request learns; refuses what the client may not ask for. A client's
+        `learn: true` needs the server's permission only where it changes anything (the
+        tenant does not learn anyway)."""
+        asked = self.config.learn
+        if asked is None:
+            learning = settings.learning
+        elif asked and not settings.learning:
+            if not store.policy.client_learning:
+                raise PermissionDenied(
+                    "this server does not let clients turn on SPL learning; an operator can "
+                    "turn it on for the tenant with `ponder spl learn`",
+                    param="ponder.spl.learn",
+                )
+            learning = True
+        else:
+            learning = asked
+        if self.config.answer is not None and not learning:
+            raise PermissionDenied(
+                "ponder.spl.answer is only accepted in learning mode", param="ponder.spl.answer"
+            )
+        return learning
+
+    async def learn(
+        self,
+        ctx: RequestContext,
+        store: Store,
+        problem_type: str,
+        query: str,
+        answer: str,
+        ids: tuple[int, ...],
+    ) -> None:
+        """Record the request, apply its outcome, and evolve the strategies (still inside the
+        request, so every call counts in its usage)."""
+        if not query.strip() or not answer.strip():
+            ctx.step("spl_learn", skipped="no question or no answer text")
+            return
+        # Runs of a compound route share the request id; each records its own.
+        request_id = ctx.request_id
+        if ctx.choice_index:
+            request_id = f"{request_id}.{ctx.choice_index}"
+        if await asyncio.to_thread(_recorded, store, ctx.tenant, request_id):
+            # A client retrying with the same x-request-id: the first attempt was learned from.
+            ctx.step("spl_learn", skipped="this request id was already learned from")
+            return
+        await asyncio.to_thread(
+            store.record_request, ctx.tenant, request_id, problem_type, query, answer, ids
+        )
+        lesson = Lesson(request_id, problem_type, query, answer, self.config.answer, ids)
+        correct, source = await outcome(ctx, lesson, self.config.judge)
+        if correct is None:
+            ctx.step("spl_outcome", correct=None, source=source)
+        else:
+            result = await asyncio.to_thread(
+                store.record_outcome, ctx.tenant, request_id, correct, source
+            )
+            ctx.step(
+                "spl_outcome",
+                correct=correct,
+                source=source,
+                promoted=list(result.promoted),
+                retired=list(result.retired),
+            )
+        await evolve(ctx, store, lesson, correct, PROBLEM_TYPES[problem_type])
+
+
+def _recorded(store: Store, tenant: str, request_id: str) -> bool:
+    try:
+        store.request_outcome(tenant, request_id)
+    except NotFound:
+        return False
+    return True

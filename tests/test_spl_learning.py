@@ -1,0 +1,454 @@
+"""`spl` in learning mode: outcomes, and the strategies it writes, merges and refines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ponder.errors import BackendUnavailable
+from ponder.spl.learn import (
+    JUDGE_PROMPT,
+    MERGE_PROMPT,
+    REFINE_PROMPT,
+    SOLUTION_SECTION,
+    TRUTH_SECTION,
+    WRITE_PROMPT,
+    clean_strategy,
+    parse_verdict,
+)
+from ponder.spl.select import select, strategy_vector
+from ponder.spl_store import PROBLEM_TYPES, Draft, Policy, Store, StrategyRecord
+from ponder.testing import Call, ScriptedBackend
+from ponder.types import Message
+from ponder.vectors import similarities
+from tests.conftest import chat, scripted, sse_events, streamed_text, trace_steps, usage_for, user
+from tests.test_spl import (
+    ANSWER,
+    QUESTION,
+    SPL,
+    STRATEGY,
+    TENANT,
+    Script,
+    answer_call,
+    kind_of,
+    kinds,
+    record,
+    seed,
+)
+
+TRUTH = "395"
+WRONG = "400"
+UNRELATED = "1. Draw a timeline of the events.\n2. Mark each deadline on it."
+
+
+def learning(store: Store, *drafts: Draft) -> list[StrategyRecord]:
+    """The tenant learns and has exactly `drafts`."""
+    store.configure_tenant(TENANT, learning=True)
+    return seed(store, *drafts)
+
+
+async def ask(
+    backend: ScriptedBackend, store: Store, spl: dict[str, Any] | None = None, **ponder: Any
+) -> httpx.Response:
+    """One request for QUESTION with a trace and these spl options."""
+    response = await chat(
+        backend,
+        SPL,
+        store=store,
+        messages=[user(QUESTION)],
+        ponder={"trace": True, "spl": spl or {}, **ponder},
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def call_of(backend: ScriptedBackend, kind: str) -> Call:
+    (call,) = [c for c in backend.calls if kind_of(c.prompt) == kind]
+    return call
+
+
+def write_prompt(truth: str | None = None, solution: str | None = None) -> str:
+    return WRITE_PROMPT.format(
+        problem_type="arithmetic",
+        description=PROBLEM_TYPES["arithmetic"],
+        query=QUESTION,
+        solution=SOLUTION_SECTION.format(answer=solution) if solution else "",
+        truth=TRUTH_SECTION.format(truth=truth) if truth else "",
+    )
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [
+        ("YES", True),
+        ("no.", False),
+        ("Yes, it is right", True),
+        ("NO - 17*23 is 391", False),
+        ("maybe", None),
+        ("", None),
+        (None, None),
+        ("Nobody knows", None),
+    ],
+)
+def test_parse_verdict(reply: str | None, verdict: bool | None) -> None:
+    assert parse_verdict(reply) is verdict
+
+
+@pytest.mark.parametrize(
+    ("reply", "cleaned"),
+    [
+        ("  Strategy: 1. Read it.\n2. Solve it.  ", "1. Read it.\n2. Solve it."),
+        ("**Improved strategy:**\n1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
+        ("1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
+        ("Strategy: too short", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_clean_strategy(reply: str | None, cleaned: str | None) -> None:
+    assert clean_strategy(reply) == cleaned
+
+
+def test_a_long_strategy_is_cut_at_a_line_end_within_the_limit() -> None:
+    text = "\n".join(f"{i}. " + " ".join(["word"] * 30) for i in range(1, 12))
+    cleaned = clean_strategy(text)
+    assert cleaned is not None and len(cleaned) <= 1000
+    assert text.startswith(cleaned) and text[len(cleaned)] == "\n"
+
+
+def test_step_numbers_do_not_count_as_relevance() -> None:
+    assert similarities(strategy_vector("What is 1 + 2 + 3?"), [strategy_vector(UNRELATED)])[0] == 0
+    picked = select("What is 1 + 2?", [record(1, UNRELATED)], 3, learning=False)
+    assert picked[0].relevance == 0
+
+
+# ---- outcomes -------------------------------------------------------------------------------
+
+
+async def test_ground_truth_success_updates_counters_events_and_examples(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    script = Script()
+    backend = scripted(script)
+    response = await ask(backend, store, {"answer": f"\\boxed{{{TRUTH}}}"})
+    rid = response.headers["x-request-id"]
+    body = response.json()
+
+    assert kinds(backend) == ["classify", "answer"]
+    assert body["usage"] == usage_for(backend, script.given)
+    assert body["choices"][0]["message"]["content"] == ANSWER
+    after = store.strategy(TENANT, s.id)
+    assert (after.attempts, after.successes, after.version, after.status) == (1, 1, 1, "active")
+    success = store.events(TENANT, s.id)[0]
+    assert (success.kind, success.request_id, success.detail) == (
+        "success",
+        rid,
+        {"source": "ground_truth"},
+    )
+    (example,) = store.examples(TENANT, s.id)
+    assert (example.request_id, example.query, example.answer, example.correct) == (
+        rid,
+        QUESTION,
+        ANSWER,
+        True,
+    )
+    assert store.request_outcome(TENANT, rid) == (True, "ground_truth")
+    (outcome,) = trace_steps(body, "spl_outcome")
+    assert (outcome["correct"], outcome["source"], outcome["promoted"]) == (
+        True,
+        "ground_truth",
+        [],
+    )
+    assert len(store.strategies(TENANT)) == 1
+
+
+async def test_a_wrong_answer_with_ground_truth_writes_a_new_candidate(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    script = Script(written=UNRELATED)
+    backend = scripted(script)
+    response = await ask(backend, store, {"answer": WRONG})
+    rid = response.headers["x-request-id"]
+
+    assert kinds(backend) == ["classify", "answer", "write"]
+    write = call_of(backend, "write")
+    assert write.messages == (Message("user", write_prompt(truth=WRONG)),)
+    assert (write.sampling.temperature, write.sampling.max_tokens) == (0.0, 200)
+    assert response.json()["usage"] == usage_for(backend, script.given)
+    old, new = store.strategies(TENANT)
+    assert (old.id, old.attempts, old.successes) == (s.id, 1, 0)
+    assert (new.text, new.status, new.origin, new.problem_type) == (
+        UNRELATED,
+        "candidate",
+        "learned",
+        "arithmetic",
+    )
+    (created,) = store.events(TENANT, new.id)
+    assert (created.kind, created.request_id) == ("created", rid)
+    assert trace_steps(response.json(), "spl_created")[0]["id"] == new.id
+    assert store.events(TENANT, s.id)[0].kind == "failure"
+
+
+async def test_without_strategies_the_judge_decides_and_a_strategy_is_written(
+    store: Store,
+) -> None:
+    learning(store, Draft("geometry", "1. Draw the shape.\n2. Label it.", status="active"))
+    script = Script(written=UNRELATED)
+    backend = scripted(script)
+    response = await ask(backend, store)
+    rid = response.headers["x-request-id"]
+
+    assert kinds(backend) == ["classify", "answer", "judge", "write"]
+    judge = call_of(backend, "judge")
+    assert judge.messages == (Message("user", JUDGE_PROMPT.format(query=QUESTION, answer=ANSWER)),)
+    assert (judge.sampling.temperature, judge.sampling.max_tokens) == (0.0, 8)
+    assert call_of(backend, "write").prompt == write_prompt(solution=ANSWER)
+    assert answer_call(backend).messages == (Message("user", QUESTION),)
+    assert store.request_outcome(TENANT, rid) == (True, "judge")
+    new = store.strategies(TENANT, "arithmetic")
+    assert [(s.text, s.status, s.attempts) for s in new] == [(UNRELATED, "candidate", 0)]
+    assert response.json()["usage"] == usage_for(backend, script.given)
+
+
+@pytest.mark.parametrize(("verdict", "calls"), [("maybe", 3), ("skip", 2)])
+async def test_no_outcome_without_a_verdict_and_nothing_to_evolve(
+    store: Store, verdict: str, calls: int
+) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    backend = scripted(Script(verdict=verdict))
+    spl = {"judge": False} if verdict == "skip" else {}
+    response = await ask(backend, store, spl)
+    assert len(backend.calls) == calls
+    assert store.request_outcome(TENANT, response.headers["x-request-id"]) == (None, None)
+    after = store.strategy(TENANT, s.id)
+    assert (after.attempts, after.successes) == (0, 0)
+    assert len(store.strategies(TENANT)) == 1
+    (outcome,) = trace_steps(response.json(), "spl_outcome")
+    assert (outcome["correct"], outcome["source"]) == (None, "none")
+
+
+# ---- lifecycle through the strategy ----------------------------------------------------------
+
+
+async def test_three_ground_truth_successes_promote_a_learned_candidate(store: Store) -> None:
+    learning(store)
+    cand = store.add_strategy(TENANT, Draft("arithmetic", STRATEGY), origin="learned")
+    assert cand is not None and cand.status == "candidate"
+    backend = scripted(Script())
+    for i in range(3):
+        response = await ask(backend, store, {"answer": TRUTH})
+        (outcome,) = trace_steps(response.json(), "spl_outcome")
+        assert trace_steps(response.json(), "spl_select")[0]["ids"] == [cand.id]
+        assert outcome["promoted"] == ([cand.id] if i == 2 else [])
+        assert store.strategy(TENANT, cand.id).status == ("active" if i == 2 else "candidate")
+    assert kinds(backend) == ["classify", "answer", "answer", "answer"]
+    promoted = store.events(TENANT, cand.id)[0]
+    assert (promoted.kind, promoted.detail["before"]) == ("promoted", "candidate")
+    # Once active it is used in inference mode too.
+    store.configure_tenant(TENANT, learning=False)
+    backend = scripted(Script())
+    await chat(backend, SPL, store=store, messages=[user(QUESTION)])
+    assert STRATEGY in answer_call(backend).messages[0].text
+
+
+async def test_a_failing_strategy_retires_and_a_replacement_is_written(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active", attempts=9, successes=1))
+    backend = scripted(Script(written=UNRELATED))
+    response = await ask(backend, store, {"answer": WRONG})
+    assert kinds(backend) == ["classify", "answer", "write"]  # no refinement of a retired one
+    (outcome,) = trace_steps(response.json(), "spl_outcome")
+    assert outcome["retired"] == [s.id]
+    old = store.strategy(TENANT, s.id)
+    assert (old.status, old.attempts, old.successes) == ("retired", 10, 1)
+    retired = store.events(TENANT, s.id)[0]
+    assert (retired.kind, retired.detail["reason"]) == ("retired", "low success rate")
+    assert [x.text for x in store.strategies(TENANT, statuses=["candidate"])] == [UNRELATED]
+
+
+# ---- merge and refine -----------------------------------------------------------------------
+
+
+async def test_a_similar_new_strategy_is_merged_into_the_existing_one(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    similar = "1. Write the calculation as one expression.\n2. Multiply before adding."
+    script = Script(written=similar)
+    backend = scripted(script)
+    response = await ask(backend, store, {"answer": WRONG})
+    rid = response.headers["x-request-id"]
+
+    assert kinds(backend) == ["classify", "answer", "write", "merge"]
+    merge = call_of(backend, "merge")
+    assert merge.prompt == MERGE_PROMPT.format(
+        problem_type="arithmetic", existing=STRATEGY, new=similar
+    )
+    assert (merge.sampling.temperature, merge.sampling.max_tokens) == (0.0, 200)
+    assert response.json()["usage"] == usage_for(backend, script.given)
+    (after,) = store.strategies(TENANT)
+    assert (after.id, after.text, after.version) == (s.id, script.merged, 2)
+    merged = store.events(TENANT, s.id)[0]
+    assert (merged.kind, merged.request_id, merged.detail["version"]) == ("merged", rid, 2)
+    assert merged.detail["relevance"] >= 0.5
+    assert trace_steps(response.json(), "spl_merged")[0]["version"] == 2
+
+
+@pytest.mark.parametrize("truth", [WRONG, None])
+async def test_a_weak_used_strategy_is_refined(store: Store, truth: str | None) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active", attempts=6, successes=2))
+    script = Script(verdict="NO")
+    backend = scripted(script)
+    response = await ask(backend, store, {"answer": truth} if truth else {})
+
+    judged = [] if truth else ["judge"]
+    assert kinds(backend) == ["classify", "answer", *judged, "refine"]
+    assert call_of(backend, "refine").prompt == REFINE_PROMPT.format(
+        problem_type="arithmetic",
+        strategy=STRATEGY,
+        query=QUESTION,
+        answer=ANSWER,
+        truth=TRUTH_SECTION.format(truth=truth) if truth else "",
+    )
+    assert response.json()["usage"] == usage_for(backend, script.given)
+    (after,) = store.strategies(TENANT)
+    assert (after.text, after.version, after.attempts, after.successes) == (
+        script.refined,
+        2,
+        7,
+        2,
+    )
+    refined = store.events(TENANT, s.id)[0]
+    assert (refined.kind, refined.request_id) == ("refined", response.headers["x-request-id"])
+
+
+async def test_a_refinement_never_overwrites_an_edit_made_meanwhile(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active", attempts=6, successes=2))
+    operator_text = "1. An operator's careful rewrite.\n2. Keep it."
+
+    def edit_meanwhile(kind: str) -> None:
+        if kind == "refine":
+            store.edit_text(TENANT, s.id, operator_text, expected_version=1, kind="edited")
+
+    backend = scripted(Script(on_call=edit_meanwhile))
+    response = await ask(backend, store, {"answer": WRONG})
+
+    assert kinds(backend) == ["classify", "answer", "refine"]
+    (after,) = store.strategies(TENANT)
+    assert (after.text, after.version) == (operator_text, 2)
+    assert [e.kind for e in store.events(TENANT, s.id)][:2] == ["edited", "failure"]
+    (conflict,) = trace_steps(response.json(), "spl_conflict")
+    assert (conflict["id"], conflict["kind"]) == (s.id, "refined")
+    assert trace_steps(response.json(), "spl_refined") == []
+
+
+async def test_full_candidate_slots_refuse_a_new_strategy(store: Store) -> None:
+    texts = [f"1. Candidate idea {w}.\n2. Apply {w} again." for w in ("alpha", "beta", "gamma")]
+    cands = learning(store, *(Draft("arithmetic", t) for t in texts))
+    backend = scripted(Script(written=UNRELATED))
+    response = await ask(backend, store, {"answer": WRONG})
+    assert kinds(backend) == ["classify", "answer", "write"]
+    assert [x.id for x in store.strategies(TENANT)] == [c.id for c in cands]
+    (skipped,) = trace_steps(response.json(), "spl_skipped")
+    assert "candidate slots" in skipped["reason"]
+
+
+async def test_a_too_short_written_strategy_is_dropped(store: Store) -> None:
+    learning(store)
+    backend = scripted(Script(written="Think."))
+    response = await ask(backend, store, {"answer": TRUTH})
+    assert kinds(backend) == ["classify", "answer", "write"]
+    assert store.strategies(TENANT) == []
+    assert trace_steps(response.json(), "spl_skipped")[0]["reason"].endswith("too short")
+
+
+# ---- who may learn ----------------------------------------------------------------------------
+
+
+async def test_a_client_may_learn_where_the_server_allows_it(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/open.db", policy=Policy(client_learning=True))
+    (s,) = seed(store, Draft("arithmetic", STRATEGY, status="active"))
+    backend = scripted(Script())
+    response = await ask(backend, store, {"learn": True, "answer": TRUTH})
+    assert store.request_outcome(TENANT, response.headers["x-request-id"]) == (
+        True,
+        "ground_truth",
+    )
+    assert store.strategy(TENANT, s.id).successes == 1
+    store.close()
+
+
+async def test_learn_false_opts_a_request_out_of_a_learning_tenant(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    backend = scripted(Script())
+    response = await ask(backend, store, {"learn": False})
+    assert kinds(backend) == ["classify", "answer"]
+    assert store.strategy(TENANT, s.id).attempts == 0
+    assert trace_steps(response.json(), "spl_select")[0]["learning"] is False
+    assert store.events(TENANT, s.id)[0].kind == "created"
+
+
+# ---- failures -------------------------------------------------------------------------------
+
+
+async def test_a_failed_learning_call_does_not_cost_the_answer(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    backend = scripted(Script(verdict=BackendUnavailable("down")))
+    response = await ask(backend, store)
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert kinds(backend) == ["classify", "answer", "judge"]
+    (failed,) = trace_steps(response.json(), "spl_learn_failed")
+    assert failed["error"] == "down"
+    assert store.request_outcome(TENANT, response.headers["x-request-id"]) == (None, None)
+    assert store.strategy(TENANT, s.id).attempts == 0
+
+
+async def test_the_call_budget_stops_learning_but_not_the_answer(store: Store) -> None:
+    learning(store)
+    backend = scripted(Script())
+    response = await ask(backend, store, max_backend_calls=2)
+    assert kinds(backend) == ["classify", "answer"]
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert "max_backend_calls=2" in trace_steps(response.json(), "spl_learn_failed")[0]["error"]
+
+
+async def test_a_retried_request_id_is_learned_from_once(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    backend = scripted(Script())
+    for _ in range(2):
+        response = await chat(
+            backend,
+            SPL,
+            store=store,
+            messages=[user(QUESTION)],
+            headers={"x-request-id": "retry-1"},
+            ponder={"trace": True, "spl": {"answer": TRUTH}},
+        )
+        assert response.status_code == 200
+    assert store.strategy(TENANT, s.id).attempts == 1
+    assert trace_steps(response.json(), "spl_learn")[0]["skipped"].startswith("this request id")
+
+
+async def test_a_streamed_learning_request_streams_the_answer_then_learns(store: Store) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    script = Script(written=UNRELATED)
+    backend = scripted(script)
+    response = await chat(
+        backend,
+        SPL,
+        store=store,
+        messages=[user(QUESTION)],
+        stream=True,
+        stream_options={"include_usage": True},
+        ponder={"spl": {"answer": WRONG}},
+    )
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert streamed_text(response.text) == ANSWER
+    assert streamed_text(response.text, "reasoning_content").startswith("Problem type: arithmetic")
+    assert kinds(backend) == ["classify", "answer", "write"]
+    assert [c.stream for c in backend.calls] == [False, True, False]
+    assert events[-1]["usage"] == usage_for(backend, script.given)
+    assert store.strategy(TENANT, s.id).attempts == 1
+    assert [x.text for x in store.strategies(TENANT, statuses=["candidate"])] == [UNRELATED]
