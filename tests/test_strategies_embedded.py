@@ -36,6 +36,9 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 5, 5),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),
+    # classification (cached after the first request) and the answer
+    "spl": ({}, 1, 2),
+    "mem": ({}, 1, 1),
 }
 
 
