@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ponder import cli_store
 from ponder.config import Settings
 from ponder.errors import PonderError
 from ponder.types import Delta
@@ -47,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-tokens", type=int, default=512)
     _backend_flags(ask)
     ask.add_argument("--model-path", dest="model", help="embedded: GGUF file; vllm: model path")
+    cli_store.add_parsers(sub)
     return root
 
 
@@ -126,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        if args.command in ("spl", "memory"):
+            return cli_store.run(args, settings)
         if args.command == "serve":
             serve(settings)
             return 0

@@ -12,9 +12,11 @@ from ponder.backends import build_backend
 from ponder.backends.base import Backend
 from ponder.config import Settings
 from ponder.proxy import errors
+from ponder.proxy.knowledge import knowledge
 from ponder.proxy.middleware import RequestIdMiddleware
 from ponder.proxy.routes import health, v1
 from ponder.proxy.state import AppState
+from ponder.proxy.ui import ui
 from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
 from ponder.strategies.registry import Registry, default_registry
@@ -56,6 +58,8 @@ def create_app(
     app.state.ponder = state
     errors.install(app)
     app.include_router(v1)
+    app.include_router(knowledge)
+    app.include_router(ui)
     app.include_router(health)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -53,6 +53,34 @@ class Draft:
     successes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ImportEntry:
+    """One strategy of an imported file: `id` and `version` as exported (None for a new one)."""
+
+    problem_type: str
+    text: str
+    status: Status = "candidate"
+    attempts: int = 0
+    successes: int = 0
+    id: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """The ids an import added, updated and left unchanged, and any active strategies it
+    retired because a type then had more than `max_per_type`."""
+
+    added: tuple[int, ...]
+    updated: tuple[int, ...]
+    unchanged: tuple[int, ...]
+    capped: tuple[int, ...] = ()
+
+
+STATUS_KINDS: dict[str, str] = {"active": "approved", "retired": "retired", "candidate": "reopened"}
+"""The event an operator's status change records."""
+
+
 class Store:
     def __init__(
         self,
@@ -250,30 +278,8 @@ class Store:
         changed it meanwhile and `Conflict` is raised (nothing is overwritten)."""
         new_text = clean_text(new_text)
         with write_session(self.engine, tenant) as s:
-            done = s.execute(
-                update(m.Strategy)
-                .where(
-                    m.Strategy.id == strategy_id,
-                    m.Strategy.tenant == tenant,
-                    m.Strategy.version == expected_version,
-                )
-                .values(text=new_text, version=m.Strategy.version + 1, updated_at=m.utcnow())
-            )
-            if done.rowcount == 0:  # type: ignore[attr-defined]
-                current = _strategy_row(s, tenant, strategy_id)  # NotFound if it is not there
-                raise Conflict(
-                    f"strategy {strategy_id} is at version {current.version}, "
-                    f"not {expected_version}: reload it and apply the change again",
-                    param="version",
-                )
-            _event_row(
-                s,
-                tenant,
-                strategy_id,
-                request_id,
-                kind,
-                version=expected_version + 1,
-                **(detail or {}),
+            _edit_text(
+                s, tenant, strategy_id, new_text, expected_version, kind, request_id, detail or {}
             )
             return _strategy(_strategy_row(s, tenant, strategy_id, fresh=True))
 
@@ -284,15 +290,123 @@ class Store:
         if status not in STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
         with write_session(self.engine, tenant) as s:
-            row = _strategy_row(s, tenant, strategy_id)
-            if row.status != status:
-                before = row.status
-                row.status = status
-                row.updated_at = m.utcnow()
-                _event_row(s, tenant, strategy_id, None, kind, before=before, **detail)
-                if status == "active":
-                    self._cap_active(s, tenant, row.problem_type)
+            self._set_status(s, tenant, strategy_id, status, kind, detail)
             return _strategy(_strategy_row(s, tenant, strategy_id, fresh=True))
+
+    def history(
+        self, tenant: str, strategy_ids: Sequence[int], per_strategy: int = 50
+    ) -> dict[int, list[EventRecord]]:
+        """The newest `per_strategy` events of each of `strategy_ids`, newest first, in one
+        query (a page showing many strategies' histories needs no query per strategy)."""
+        if not strategy_ids:
+            return {}
+        rank = (
+            func.row_number()
+            .over(partition_by=m.LearningEvent.strategy_id, order_by=m.LearningEvent.id.desc())
+            .label("rank")
+        )
+        ranked = (
+            select(m.LearningEvent.id, rank)
+            .where(
+                m.LearningEvent.tenant == tenant,
+                m.LearningEvent.strategy_id.in_(list(strategy_ids)),
+            )
+            .subquery()
+        )
+        query = (
+            select(m.LearningEvent)
+            .join(ranked, ranked.c.id == m.LearningEvent.id)
+            .where(ranked.c.rank <= per_strategy)
+            .order_by(m.LearningEvent.id.desc())
+        )
+        out: dict[int, list[EventRecord]] = {i: [] for i in strategy_ids}
+        with read_session(self.engine) as s:
+            for row in s.scalars(query):
+                if row.strategy_id is not None:
+                    out[row.strategy_id].append(_event(row))
+        return out
+
+    def import_strategies(self, tenant: str, entries: Sequence[ImportEntry]) -> ImportResult:
+        """Apply an edited export in ONE write transaction: all of it or, on any error
+        (`Conflict`, `NotFound`, `InvalidRequest`), none of it.
+
+        An entry whose id is one of the tenant's strategies changes its text (a versioned edit,
+        event "edited") and its status when they differ, and only if the entry's `version` is
+        the stored one, so that a change made since the export is never overwritten. Any other
+        entry is added with origin "imported" and its counters. Imported candidates are not
+        held back by `max_candidates_per_type`: an operator chose them."""
+        added: list[int] = []
+        updated: list[int] = []
+        unchanged: list[int] = []
+        touched: set[str] = set()
+        with write_session(self.engine, tenant) as s:
+            for entry in entries:
+                if entry.status not in STATUSES:
+                    raise InvalidRequest(
+                        f"status must be one of {', '.join(STATUSES)}", param="status"
+                    )
+                current = None
+                if entry.id is not None:
+                    current = s.scalar(
+                        select(m.Strategy).where(
+                            m.Strategy.id == entry.id, m.Strategy.tenant == tenant
+                        )
+                    )
+                if current is None:
+                    draft = Draft(
+                        entry.problem_type,
+                        entry.text,
+                        entry.status,
+                        entry.attempts,
+                        entry.successes,
+                    )
+                    row = self._insert(s, tenant, draft, origin="imported", kind="imported")
+                    added.append(row.id)
+                    touched.add(row.problem_type)
+                    continue
+                text_changed = clean_text(entry.text) != current.text
+                status_changed = entry.status != current.status
+                if entry.problem_type != current.problem_type:
+                    raise InvalidRequest(
+                        f"strategy {current.id}: its problem type is {current.problem_type!r}; "
+                        "a strategy's problem type cannot be changed (add a new one instead)",
+                        param="problem_type",
+                    )
+                if not (text_changed or status_changed):
+                    unchanged.append(current.id)
+                    continue
+                if entry.version != current.version:
+                    given = "no version" if entry.version is None else f"version {entry.version}"
+                    raise Conflict(
+                        f"strategy {current.id} is at version {current.version}, but the file "
+                        f"has {given}: it changed since the export; export again and reapply "
+                        "the edit",
+                        param="version",
+                    )
+                if text_changed:
+                    _edit_text(
+                        s,
+                        tenant,
+                        current.id,
+                        clean_text(entry.text),
+                        current.version,
+                        "edited",
+                        None,
+                        {"source": "import"},
+                    )
+                if status_changed:
+                    self._set_status(
+                        s,
+                        tenant,
+                        current.id,
+                        entry.status,
+                        STATUS_KINDS[entry.status],
+                        {"source": "import"},
+                    )
+                updated.append(current.id)
+                touched.add(current.problem_type)
+            capped = [r for t in sorted(touched) for r in self._cap_active(s, tenant, t)]
+        return ImportResult(tuple(added), tuple(updated), tuple(unchanged), tuple(capped))
 
     # ---- outcomes --------------------------------------------------------------------------
 
@@ -492,6 +606,24 @@ class Store:
         )
         return row
 
+    def _set_status(
+        self,
+        s: Session,
+        tenant: str,
+        strategy_id: int,
+        status: Status,
+        kind: str,
+        detail: dict[str, Any],
+    ) -> None:
+        row = _strategy_row(s, tenant, strategy_id)
+        if row.status != status:
+            before = row.status
+            row.status = status
+            row.updated_at = m.utcnow()
+            _event_row(s, tenant, strategy_id, None, kind, before=before, **detail)
+            if status == "active":
+                self._cap_active(s, tenant, row.problem_type)
+
     def _lifecycle(
         self, s: Session, tenant: str, ids: Sequence[int]
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -599,6 +731,36 @@ def _strategy_row(s: Session, tenant: str, strategy_id: int, fresh: bool = False
     if row is None:
         raise NotFound(f"no strategy {strategy_id} for this tenant", param="id")
     return row
+
+
+def _edit_text(
+    s: Session,
+    tenant: str,
+    strategy_id: int,
+    new_text: str,
+    expected_version: int,
+    kind: str,
+    request_id: str | None,
+    detail: dict[str, Any],
+) -> None:
+    """The versioned text update: `Conflict` when the row is no longer at `expected_version`."""
+    done = s.execute(
+        update(m.Strategy)
+        .where(
+            m.Strategy.id == strategy_id,
+            m.Strategy.tenant == tenant,
+            m.Strategy.version == expected_version,
+        )
+        .values(text=new_text, version=m.Strategy.version + 1, updated_at=m.utcnow())
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        current = _strategy_row(s, tenant, strategy_id)  # NotFound if it is not there
+        raise Conflict(
+            f"strategy {strategy_id} is at version {current.version}, "
+            f"not {expected_version}: reload it and apply the change again",
+            param="version",
+        )
+    _event_row(s, tenant, strategy_id, request_id, kind, version=expected_version + 1, **detail)
 
 
 def _set(s: Session, row: m.Strategy, status: Status, kind: str, **detail: Any) -> None:

@@ -1,0 +1,122 @@
+"""`/v1/ponder/...`: a tenant's learned strategies, and feedback on earlier answers.
+
+Behind the same API-key check as the chat routes: the key decides the tenant, and every store
+call is made for that tenant only, so one tenant can neither read nor rate another's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from ponder.errors import InvalidRequest, NotFound
+from ponder.proxy.routes import require_key, state_of
+from ponder.spl_store import PROBLEM_TYPES, OutcomeResult, Status
+from ponder.spl_store.portable import strategy_fields
+from ponder.spl_store.store import STATUSES
+
+COMPLETION_PREFIX = "chatcmpl-"
+MAX_REQUEST_ID = 128
+"""As long as the `x-request-id` the server accepts and the store keeps."""
+
+knowledge = APIRouter(prefix="/v1/ponder", dependencies=[Depends(require_key)])
+
+
+def filters(problem_type: str | None, status: str | None) -> tuple[str | None, list[Status] | None]:
+    """The store's filters from query parameters (an empty one means none); 400 naming the
+    parameter for an unknown type or status. The UI shares it."""
+    problem_type, status = problem_type or None, status or None
+    if problem_type is not None and problem_type not in PROBLEM_TYPES:
+        raise InvalidRequest(
+            f"unknown problem_type {problem_type!r}; one of: {', '.join(PROBLEM_TYPES)}",
+            param="problem_type",
+        )
+    if status is None:
+        return problem_type, None
+    if status not in STATUSES:
+        raise InvalidRequest(
+            f"unknown status {status!r}; one of: {', '.join(STATUSES)}", param="status"
+        )
+    return problem_type, [status]
+
+
+@knowledge.get("/spl/strategies")
+async def list_strategies(
+    request: Request, problem_type: str | None = None, status: str | None = None
+) -> dict[str, Any]:
+    """The tenant's strategies, by problem type then id."""
+    store = state_of(request).store
+    rows = await asyncio.to_thread(
+        store.strategies, request.state.tenant, *filters(problem_type, status)
+    )
+    return {
+        "object": "list",
+        "data": [{"object": "ponder.spl.strategy", **strategy_fields(r)} for r in rows],
+    }
+
+
+class Feedback(BaseModel):
+    """Whether an earlier answer was correct. `request_id` is the response's `id` (with or
+    without its `chatcmpl-` prefix) or its `x-request-id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[
+        str, Field(min_length=1, max_length=MAX_REQUEST_ID + len(COMPLETION_PREFIX))
+    ]
+    correct: StrictBool
+
+    @field_validator("request_id")
+    @classmethod
+    def _bare(cls, value: str) -> str:
+        value = value.strip().removeprefix(COMPLETION_PREFIX)
+        if not value:
+            raise ValueError("must name a request")
+        return value
+
+
+@knowledge.post("/feedback")
+async def feedback(body: Feedback, request: Request) -> dict[str, Any]:
+    """Apply the feedback to the SPL learning request (counters, promotion, retirement) and to
+    the memory episodes with this id. 404 when neither is known for the tenant.
+
+    `applied`, `outcome` and `source` describe the learning request when there is one (feedback
+    does not override ground truth, and the same outcome twice changes nothing); otherwise the
+    episodes, which always take the feedback."""
+    store = state_of(request).store
+    tenant: str = request.state.tenant
+    learned: OutcomeResult | None
+    try:
+        learned = await asyncio.to_thread(
+            store.record_outcome, tenant, body.request_id, body.correct, "feedback"
+        )
+    except NotFound:
+        learned = None
+    episodes = await asyncio.to_thread(store.episode_outcome, tenant, body.request_id, body.correct)
+    if learned is None and episodes == 0:
+        raise NotFound(
+            f"no request {body.request_id!r} of this tenant is known to SPL or memory",
+            param="request_id",
+        )
+    if learned is None:
+        return {
+            "request_id": body.request_id,
+            "applied": True,
+            "outcome": body.correct,
+            "source": "feedback",
+            "promoted": [],
+            "retired": [],
+            "episodes": episodes,
+        }
+    return {
+        "request_id": body.request_id,
+        "applied": learned.applied,
+        "outcome": learned.outcome,
+        "source": learned.source,
+        "promoted": list(learned.promoted),
+        "retired": list(learned.retired),
+        "episodes": episodes,
+    }
