@@ -107,6 +107,9 @@ def test_parse_verdict(reply: str | None, verdict: bool | None) -> None:
         ("**Improved strategy:**\n1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
         ("1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
         ("Strategy: too short", None),
+        ("1. 1. 1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14.", None),
+        ("Add add add add add add add add.", None),
+        ("1) 12 + 7 = 19; 19 * 3 = 57; 57 - 4 = 53 so x", None),
         ("", None),
         (None, None),
     ],
@@ -116,7 +119,7 @@ def test_clean_strategy(reply: str | None, cleaned: str | None) -> None:
 
 
 def test_a_long_strategy_is_cut_at_a_line_end_within_the_limit() -> None:
-    text = "\n".join(f"{i}. " + " ".join(["word"] * 30) for i in range(1, 12))
+    text = "\n".join(f"{i}. " + " ".join(["read", "each", "line"] * 10) for i in range(1, 12))
     cleaned = clean_strategy(text)
     assert cleaned is not None and len(cleaned) <= 1000
     assert text.startswith(cleaned) and text[len(cleaned)] == "\n"

@@ -42,6 +42,7 @@ MERGE_THRESHOLD = 0.5
 """Relevance of a new strategy to an existing one from which the two are merged."""
 MAX_STRATEGY_CHARS = 1000
 MIN_STRATEGY_CHARS = 20
+MIN_DISTINCT_WORDS = 3
 PROMPT_TEXT_LIMIT = 2000
 """Characters of a problem or an answer quoted in a learning prompt."""
 
@@ -76,6 +77,7 @@ REFINE_PROMPT = (
 SOLUTION_SECTION = "\n\nA correct solution:\n{answer}"
 TRUTH_SECTION = "\n\nThe correct answer:\n{truth}"
 
+_WORD = re.compile(r"[^\W\d_]{2,}")
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _LABEL = re.compile(
     r"^[\s*#_]*(?:(?:improved|merged|combined|new|general)\s+)?strategy[\s*_]*:[\s*_]*",
@@ -107,13 +109,22 @@ def parse_verdict(reply: str | None) -> bool | None:
 
 def clean_strategy(reply: str | None) -> str | None:
     """A model's strategy text without a leading "Strategy:" label, cut to
-    `MAX_STRATEGY_CHARS` (at a line end where there is one); None when too short to be one."""
+    `MAX_STRATEGY_CHARS` (at a line end where there is one); None when it is too short or not
+    prose (a weak model may answer with a run of step numbers or one word repeated)."""
     text = _LABEL.sub("", (reply or "").strip(), count=1).strip()
     if len(text) > MAX_STRATEGY_CHARS:
         cut = text[:MAX_STRATEGY_CHARS]
         line_end = cut.rfind("\n")
         text = (cut[:line_end] if line_end >= MAX_STRATEGY_CHARS // 2 else cut).strip()
-    return text if len(text) >= MIN_STRATEGY_CHARS else None
+    return text if len(text) >= MIN_STRATEGY_CHARS and _is_prose(text) else None
+
+
+def _is_prose(text: str) -> bool:
+    """At least `MIN_DISTINCT_WORDS` different words, and letters for most of the text."""
+    words = {w.lower() for w in _WORD.findall(text)}
+    visible = [c for c in text if not c.isspace()]
+    letters = sum(c.isalpha() for c in visible)
+    return len(words) >= MIN_DISTINCT_WORDS and letters >= 0.5 * len(visible)
 
 
 def judge_messages(query: str, answer: str) -> list[Message]:
