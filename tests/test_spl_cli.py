@@ -12,8 +12,7 @@ import yaml
 
 from ponder.cli import main
 from ponder.errors import Conflict
-from ponder.spl_store import Lifecycle, Store
-from ponder.spl_store.store import Draft, ImportEntry
+from ponder.spl_store import Draft, ImportEntry, Lifecycle, Store
 from tests.services import fresh_database
 
 ARITH = "Write down every intermediate result.\nCheck the units at the end."

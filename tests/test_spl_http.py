@@ -12,8 +12,7 @@ import pytest
 
 from ponder.config import Settings
 from ponder.proxy import create_app
-from ponder.spl_store import Lifecycle, Store
-from ponder.spl_store.store import Draft
+from ponder.spl_store import Draft, Lifecycle, Store
 from tests.conftest import asgi_client, assert_error, scripted
 
 KEYS = Settings(api_keys=["a:key-a", "b:key-b"])

@@ -16,8 +16,7 @@ import pytest
 
 from ponder.config import Settings
 from ponder.proxy import create_app
-from ponder.spl_store import Store
-from ponder.spl_store.store import Draft
+from ponder.spl_store import Draft, Store
 from ponder.testing import running_server
 from tests import services
 from tests.conftest import scripted

@@ -28,7 +28,7 @@ from ponder.spl_store import (
     TenantSettings,
     portable,
 )
-from ponder.spl_store.store import STATUSES
+from ponder.spl_store.rows import STATUSES
 
 STATUS_ORDER = {"active": 0, "candidate": 1, "retired": 2}
 PREVIEW = 60

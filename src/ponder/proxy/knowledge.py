@@ -16,7 +16,7 @@ from ponder.errors import InvalidRequest, NotFound
 from ponder.proxy.routes import require_key, state_of
 from ponder.spl_store import PROBLEM_TYPES, OutcomeResult, Status
 from ponder.spl_store.portable import strategy_fields
-from ponder.spl_store.store import STATUSES
+from ponder.spl_store.rows import STATUSES
 
 COMPLETION_PREFIX = "chatcmpl-"
 MAX_REQUEST_ID = 128

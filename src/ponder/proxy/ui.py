@@ -24,7 +24,7 @@ from ponder.proxy.knowledge import filters
 from ponder.proxy.routes import state_of
 from ponder.spl_store import PROBLEM_TYPES, EventRecord, StrategyRecord
 from ponder.spl_store.portable import iso, rate_label
-from ponder.spl_store.store import STATUSES
+from ponder.spl_store.rows import STATUSES
 
 HISTORY = 50
 """Events shown per strategy, newest first."""

@@ -2,9 +2,12 @@
 
 from ponder.spl_store.problem_types import FALLBACK_TYPE, PROBLEM_TYPES
 from ponder.spl_store.records import (
+    Draft,
     EpisodeRecord,
     EventRecord,
     ExampleRecord,
+    ImportEntry,
+    ImportResult,
     Lifecycle,
     OutcomeResult,
     Policy,
@@ -12,7 +15,7 @@ from ponder.spl_store.records import (
     StrategyRecord,
     TenantSettings,
 )
-from ponder.spl_store.store import Draft, Store
+from ponder.spl_store.store import Store
 
 __all__ = [
     "FALLBACK_TYPE",
@@ -21,6 +24,8 @@ __all__ = [
     "EpisodeRecord",
     "EventRecord",
     "ExampleRecord",
+    "ImportEntry",
+    "ImportResult",
     "Lifecycle",
     "OutcomeResult",
     "Policy",

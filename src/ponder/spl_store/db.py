@@ -15,11 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 BUSY_TIMEOUT_MS = 30_000
+MIGRATIONS = "ponder.spl_store:migrations"
 WRITE = "ponder_write"
 
 
@@ -88,3 +91,14 @@ def read_session(engine: Engine) -> Iterator[Session]:
 def lock_key(tenant: str) -> int:
     """A stable 63-bit advisory lock key for a tenant."""
     return zlib.crc32(f"ponder-tenant:{tenant}".encode())
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there)."""
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    with engine.execution_options(ponder_write=True).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("migrations")})
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")

@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ponder.errors import InvalidRequest
 from ponder.spl_store.problem_types import PROBLEM_TYPES
-from ponder.spl_store.records import EventRecord, Status, StrategyRecord
-from ponder.spl_store.store import MAX_TEXT, ImportEntry
+from ponder.spl_store.records import EventRecord, ImportEntry, Status, StrategyRecord
+from ponder.spl_store.rows import MAX_TEXT
 
 FORMATS = (".yaml", ".yml", ".json")
 

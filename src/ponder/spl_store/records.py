@@ -124,3 +124,42 @@ class OutcomeResult:
     promoted: tuple[int, ...] = ()
     retired: tuple[int, ...] = ()
     strategy_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A strategy to add: its problem type and text (and, for imports, its counters)."""
+
+    problem_type: str
+    text: str
+    status: Status = "candidate"
+    attempts: int = 0
+    successes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportEntry:
+    """One strategy of an imported file: `id` and `version` as exported (None for a new one)."""
+
+    problem_type: str
+    text: str
+    status: Status = "candidate"
+    attempts: int = 0
+    successes: int = 0
+    id: int | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """The ids an import added, updated and left unchanged, and any active strategies it
+    retired because a type then had more than `max_per_type`."""
+
+    added: tuple[int, ...]
+    updated: tuple[int, ...]
+    unchanged: tuple[int, ...]
+    capped: tuple[int, ...] = ()
+
+
+STATUS_KINDS: dict[str, str] = {"active": "approved", "retired": "retired", "candidate": "reopened"}
+"""The event an operator's status change records."""

@@ -1,0 +1,359 @@
+"""Row-level operations shared by `Store`'s methods. Each runs inside the caller's
+transaction (`Session`), so one method can combine several atomically (an import, an outcome
+with its promotions)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ponder.errors import Conflict, InvalidRequest, NotFound
+from ponder.spl_store import models as m
+from ponder.spl_store.problem_types import PROBLEM_TYPES
+from ponder.spl_store.records import (
+    STATUS_KINDS,
+    Draft,
+    EpisodeRecord,
+    EventRecord,
+    ExampleRecord,
+    ImportEntry,
+    ImportResult,
+    Lifecycle,
+    Status,
+    StrategyRecord,
+    TenantSettings,
+)
+
+MAX_TEXT = 4000
+STATUSES: tuple[Status, ...] = ("candidate", "active", "retired")
+
+
+def check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
+
+
+def insert_strategy(
+    s: Session,
+    tenant: str,
+    draft: Draft,
+    *,
+    origin: str,
+    request_id: str | None = None,
+    kind: str = "created",
+    **detail: Any,
+) -> m.Strategy:
+    check_type(draft.problem_type)
+    check_status(draft.status)
+    row = m.Strategy(
+        tenant=tenant,
+        problem_type=draft.problem_type,
+        text=clean_text(draft.text),
+        status=draft.status,
+        origin=origin,
+        version=1,
+        attempts=draft.attempts,
+        successes=draft.successes,
+    )
+    s.add(row)
+    s.flush()  # the database gives the id
+    event_row(s, tenant, row.id, request_id, kind, status=draft.status, origin=origin, **detail)
+    return row
+
+
+def set_status(
+    s: Session,
+    tenant: str,
+    strategy_id: int,
+    status: Status,
+    kind: str,
+    detail: dict[str, Any],
+    max_per_type: int,
+) -> None:
+    """Change a strategy's status with its event; a new active one may retire the weakest."""
+    row = strategy_row(s, tenant, strategy_id)
+    if row.status != status:
+        before = row.status
+        row.status = status
+        row.updated_at = m.utcnow()
+        event_row(s, tenant, strategy_id, None, kind, before=before, **detail)
+        if status == "active":
+            cap_active(s, tenant, row.problem_type, max_per_type)
+
+
+def lifecycle(
+    s: Session, tenant: str, ids: Sequence[int], rules: Lifecycle
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Promote and retire among `ids` (after their counters changed), then cap each type."""
+    if not ids:
+        return (), ()
+    review = bool(s.scalar(select(m.Tenant.review).where(m.Tenant.name == tenant)))
+    promoted: list[int] = []
+    retired: list[int] = []
+    rows = s.scalars(
+        select(m.Strategy)
+        .where(m.Strategy.tenant == tenant, m.Strategy.id.in_(ids))
+        .execution_options(populate_existing=True)
+    ).all()
+    for row in rows:
+        rate = row.successes / row.attempts if row.attempts else 0.0
+        if (
+            row.status != "retired"
+            and row.attempts >= rules.retire_after
+            and rate < rules.retire_rate
+        ):
+            set_row_status(
+                s, row, "retired", "retired", reason="low success rate", rate=round(rate, 3)
+            )
+            retired.append(row.id)
+        elif (
+            row.status == "candidate"
+            and not review
+            and row.successes >= rules.promote_after
+            and rate >= rules.promote_rate
+        ):
+            set_row_status(s, row, "active", "promoted", rate=round(rate, 3))
+            promoted.append(row.id)
+    for problem_type in sorted({r.problem_type for r in rows}):
+        retired.extend(cap_active(s, tenant, problem_type, rules.max_per_type))
+    return tuple(promoted), tuple(retired)
+
+
+def cap_active(s: Session, tenant: str, problem_type: str, max_per_type: int) -> list[int]:
+    """Retire the weakest active strategies of a type beyond `max_per_type`."""
+    active = s.scalars(
+        select(m.Strategy)
+        .where(
+            m.Strategy.tenant == tenant,
+            m.Strategy.problem_type == problem_type,
+            m.Strategy.status == "active",
+        )
+        .execution_options(populate_existing=True)
+    ).all()
+    ranked = sorted(active, key=lambda r: (-(r.successes + 1) / (r.attempts + 2), r.id))
+    over = ranked[max_per_type:]
+    for row in over:
+        set_row_status(s, row, "retired", "retired", reason="over max_per_type")
+    return [r.id for r in over]
+
+
+def apply_import(
+    s: Session, tenant: str, entries: Sequence[ImportEntry], max_per_type: int
+) -> ImportResult:
+    """The body of `Store.import_strategies`, inside its transaction."""
+    added: list[int] = []
+    updated: list[int] = []
+    unchanged: list[int] = []
+    touched: set[str] = set()
+    for entry in entries:
+        check_status(entry.status)
+        current = None
+        if entry.id is not None:
+            current = s.scalar(
+                select(m.Strategy).where(m.Strategy.id == entry.id, m.Strategy.tenant == tenant)
+            )
+        if current is None:
+            draft = Draft(
+                entry.problem_type,
+                entry.text,
+                entry.status,
+                entry.attempts,
+                entry.successes,
+            )
+            row = insert_strategy(s, tenant, draft, origin="imported", kind="imported")
+            added.append(row.id)
+            touched.add(row.problem_type)
+            continue
+        text_changed = clean_text(entry.text) != current.text
+        status_changed = entry.status != current.status
+        if entry.problem_type != current.problem_type:
+            raise InvalidRequest(
+                f"strategy {current.id}: its problem type is {current.problem_type!r}; "
+                "a strategy's problem type cannot be changed (add a new one instead)",
+                param="problem_type",
+            )
+        if not (text_changed or status_changed):
+            unchanged.append(current.id)
+            continue
+        if entry.version != current.version:
+            given = "no version" if entry.version is None else f"version {entry.version}"
+            raise Conflict(
+                f"strategy {current.id} is at version {current.version}, but the file "
+                f"has {given}: it changed since the export; export again and reapply "
+                "the edit",
+                param="version",
+            )
+        if text_changed:
+            edit_text(
+                s,
+                tenant,
+                current.id,
+                clean_text(entry.text),
+                current.version,
+                "edited",
+                None,
+                {"source": "import"},
+            )
+        if status_changed:
+            set_status(
+                s,
+                tenant,
+                current.id,
+                entry.status,
+                STATUS_KINDS[entry.status],
+                {"source": "import"},
+                max_per_type,
+            )
+        updated.append(current.id)
+        touched.add(current.problem_type)
+    capped = [r for t in sorted(touched) for r in cap_active(s, tenant, t, max_per_type)]
+    return ImportResult(tuple(added), tuple(updated), tuple(unchanged), tuple(capped))
+
+
+def query_hash(query: str) -> str:
+    """Identical queries up to whitespace and case share a hash."""
+    return hashlib.sha256(" ".join(query.lower().split()).encode()).hexdigest()
+
+
+def check_type(problem_type: str) -> None:
+    if problem_type not in PROBLEM_TYPES:
+        raise InvalidRequest(
+            f"unknown problem type {problem_type!r}; one of: {', '.join(PROBLEM_TYPES)}",
+            param="problem_type",
+        )
+
+
+def clean_text(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidRequest("a strategy's text must not be empty", param="text")
+    if len(value) > MAX_TEXT:
+        raise InvalidRequest(f"a strategy's text is limited to {MAX_TEXT} characters", param="text")
+    return value
+
+
+def tenant_row(s: Session, name: str) -> m.Tenant:
+    row = s.get(m.Tenant, name)
+    if row is None:
+        row = m.Tenant(name=name, learning=False, review=False, updated_at=m.utcnow())
+        s.add(row)
+        s.flush()
+    return row
+
+
+def strategy_row(s: Session, tenant: str, strategy_id: int, fresh: bool = False) -> m.Strategy:
+    query = select(m.Strategy).where(m.Strategy.id == strategy_id, m.Strategy.tenant == tenant)
+    if fresh:
+        query = query.execution_options(populate_existing=True)
+    row = s.scalar(query)
+    if row is None:
+        raise NotFound(f"no strategy {strategy_id} for this tenant", param="id")
+    return row
+
+
+def edit_text(
+    s: Session,
+    tenant: str,
+    strategy_id: int,
+    new_text: str,
+    expected_version: int,
+    kind: str,
+    request_id: str | None,
+    detail: dict[str, Any],
+) -> None:
+    """The versioned text update: `Conflict` when the row is no longer at `expected_version`."""
+    done = s.execute(
+        update(m.Strategy)
+        .where(
+            m.Strategy.id == strategy_id,
+            m.Strategy.tenant == tenant,
+            m.Strategy.version == expected_version,
+        )
+        .values(text=new_text, version=m.Strategy.version + 1, updated_at=m.utcnow())
+    )
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        current = strategy_row(s, tenant, strategy_id)  # NotFound if it is not there
+        raise Conflict(
+            f"strategy {strategy_id} is at version {current.version}, "
+            f"not {expected_version}: reload it and apply the change again",
+            param="version",
+        )
+    event_row(s, tenant, strategy_id, request_id, kind, version=expected_version + 1, **detail)
+
+
+def set_row_status(s: Session, row: m.Strategy, status: Status, kind: str, **detail: Any) -> None:
+    before = row.status
+    row.status = status
+    row.updated_at = m.utcnow()
+    event_row(s, row.tenant, row.id, None, kind, before=before, **detail)
+
+
+def event_row(
+    s: Session,
+    tenant: str,
+    strategy_id: int | None,
+    request_id: str | None,
+    kind: str,
+    **detail: Any,
+) -> None:
+    s.add(
+        m.LearningEvent(
+            tenant=tenant, strategy_id=strategy_id, request_id=request_id, kind=kind, detail=detail
+        )
+    )
+
+
+def to_tenant(row: m.Tenant) -> TenantSettings:
+    return TenantSettings(row.name, row.learning, row.review, row.seeded_at is not None)
+
+
+def to_strategy(row: m.Strategy) -> StrategyRecord:
+    return StrategyRecord(
+        id=row.id,
+        tenant=row.tenant,
+        problem_type=row.problem_type,
+        text=row.text,
+        status=row.status,  # type: ignore[arg-type]
+        origin=row.origin,
+        version=row.version,
+        attempts=row.attempts,
+        successes=row.successes,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def to_event(row: m.LearningEvent) -> EventRecord:
+    return EventRecord(
+        row.id,
+        row.tenant,
+        row.strategy_id,
+        row.request_id,
+        row.kind,
+        dict(row.detail),
+        row.created_at,
+    )
+
+
+def to_example(row: m.StrategyExample) -> ExampleRecord:
+    return ExampleRecord(
+        row.id, row.strategy_id, row.request_id, row.query, row.answer, row.correct, row.created_at
+    )
+
+
+def to_episode(row: m.Episode) -> EpisodeRecord:
+    return EpisodeRecord(
+        row.id,
+        row.tenant,
+        row.conversation,
+        row.request_id,
+        row.question,
+        row.answer,
+        row.outcome,
+        row.vector,
+        row.created_at,
+    )
