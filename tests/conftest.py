@@ -15,7 +15,7 @@ from ponder.proxy import create_app
 from ponder.spl_store import Store
 from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
-from tests.services import postgres_server
+from tests.services import fresh_database, postgres_server
 
 if TYPE_CHECKING:
     from ponder.backends.llamacpp import EmbeddedBackend
@@ -44,6 +44,14 @@ def postgres() -> Iterator[str]:
     """A PostgreSQL server URL for the whole session (see tests/services.py)."""
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each real engine: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ponder.db"
+    return fresh_database(request.getfixturevalue("postgres"))
 
 
 @pytest.fixture

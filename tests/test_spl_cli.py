@@ -13,7 +13,6 @@ import yaml
 from ponder.cli import main
 from ponder.errors import Conflict
 from ponder.spl_store import Draft, ImportEntry, Lifecycle, Store
-from tests.services import fresh_database
 
 ARITH = "Write down every intermediate result.\nCheck the units at the end."
 LOGIC = "List the known facts before deducing anything."
@@ -467,13 +466,9 @@ def test_memory_list_and_clear(capsys: pytest.CaptureFixture[str], store: Store)
 # ---- the Store methods behind import and the UI, on both databases ------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/ponder.db"
-    else:
-        url = fresh_database(request.getfixturevalue("postgres"))
-    s = Store(url, Lifecycle(max_per_type=2))
+@pytest.fixture
+def db_store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url, Lifecycle(max_per_type=2))
     yield s
     s.close()
 

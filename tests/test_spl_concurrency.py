@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from ponder.spl_store import Store
 from ponder.spl_store import models as m
 from ponder.testing import Call, running_server
 from tests.conftest import MODEL, scripted, user
-from tests.services import fresh_database
 
 WORKERS, ROUNDS = 32, 20
 
@@ -37,13 +35,9 @@ def reply(call: Call, _: int) -> str:
     return f"The answer is {number if number % 2 == 0 else number + 1}."
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/ponder.db"
-    else:
-        url = fresh_database(request.getfixturevalue("postgres"))
-    s = Store(url)
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
     s.configure_tenant("default", learning=True)
     yield s
     s.close()

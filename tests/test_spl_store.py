@@ -17,17 +17,14 @@ from sqlalchemy import event, select, text, update
 from ponder.errors import Conflict, InvalidRequest, NotFound
 from ponder.spl_store import PROBLEM_TYPES, Draft, Lifecycle, Store
 from ponder.spl_store import models as m
-from tests.services import fresh_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture
+def any_store(database_url: str) -> Iterator[Store]:
     """A fresh store on each real database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/ponder.db"
-    else:
-        url = fresh_database(request.getfixturevalue("postgres"))
-    s = Store(url, Lifecycle(promote_after=2, retire_after=4, retire_rate=0.3, max_per_type=2))
+    s = Store(
+        database_url, Lifecycle(promote_after=2, retire_after=4, retire_rate=0.3, max_per_type=2)
+    )
     yield s
     s.close()
 
