@@ -207,7 +207,7 @@ async def _write(
 ) -> None:
     text = await _ask(ctx, write_messages(lesson, description, correct))
     if text is None:
-        ctx.step("spl_skipped", reason="the written strategy was too short")
+        ctx.step("spl_skipped", reason="the written strategy was too short or not prose")
         return
     if peers:
         relevance = similarities(strategy_vector(text), [strategy_vector(p.text) for p in peers])
@@ -238,7 +238,7 @@ async def _merge(
 ) -> None:
     merged = await _ask(ctx, merge_messages(lesson.problem_type, existing.text, new))
     if merged is None:
-        ctx.step("spl_skipped", reason="the merged strategy was too short", id=existing.id)
+        ctx.step("spl_skipped", reason="the merged strategy was too short or not prose", id=existing.id)
         return
     detail = {"relevance": round(relevance, 3)}
     await _edit(ctx, store, lesson, existing, merged, "merged", detail)
@@ -249,7 +249,7 @@ async def _refine(
 ) -> None:
     refined = await _ask(ctx, refine_messages(lesson, target.text))
     if refined is None:
-        ctx.step("spl_skipped", reason="the refined strategy was too short", id=target.id)
+        ctx.step("spl_skipped", reason="the refined strategy was too short or not prose", id=target.id)
         return
     detail = {"attempts": target.attempts, "successes": target.successes}
     await _edit(ctx, store, lesson, target, refined, "refined", detail)
