@@ -363,7 +363,9 @@ async def test_a_too_short_written_strategy_is_dropped(store: Store) -> None:
     response = await ask(backend, store, {"answer": TRUTH})
     assert kinds(backend) == ["classify", "answer", "write"]
     assert store.strategies(TENANT) == []
-    assert trace_steps(response.json(), "spl_skipped")[0]["reason"].endswith("too short or not prose")
+    assert trace_steps(response.json(), "spl_skipped")[0]["reason"].endswith(
+        "too short or not prose"
+    )
 
 
 # ---- who may learn ----------------------------------------------------------------------------

@@ -238,7 +238,9 @@ async def _merge(
 ) -> None:
     merged = await _ask(ctx, merge_messages(lesson.problem_type, existing.text, new))
     if merged is None:
-        ctx.step("spl_skipped", reason="the merged strategy was too short or not prose", id=existing.id)
+        ctx.step(
+            "spl_skipped", reason="the merged strategy was too short or not prose", id=existing.id
+        )
         return
     detail = {"relevance": round(relevance, 3)}
     await _edit(ctx, store, lesson, existing, merged, "merged", detail)
@@ -249,7 +251,9 @@ async def _refine(
 ) -> None:
     refined = await _ask(ctx, refine_messages(lesson, target.text))
     if refined is None:
-        ctx.step("spl_skipped", reason="the refined strategy was too short or not prose", id=target.id)
+        ctx.step(
+            "spl_skipped", reason="the refined strategy was too short or not prose", id=target.id
+        )
         return
     detail = {"attempts": target.attempts, "successes": target.successes}
     await _edit(ctx, store, lesson, target, refined, "refined", detail)
