@@ -16,8 +16,10 @@ from ponder.spl.learn import (
     SOLUTION_SECTION,
     TRUTH_SECTION,
     WRITE_PROMPT,
+    Lesson,
     clean_strategy,
     parse_verdict,
+    specific_to,
 )
 from ponder.spl.select import select, strategy_vector
 from ponder.spl_store import PROBLEM_TYPES, Draft, Policy, Store, StrategyRecord
@@ -107,6 +109,7 @@ def test_parse_verdict(reply: str | None, verdict: bool | None) -> None:
         ("**Improved strategy:**\n1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
         ("1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
         ("Strategy: too short", None),
+        ("The answer was 460.\nThe answer was 460.\nThe answer was 460.\nCheck it.", None),
         ("1. 1. 1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14.", None),
         ("Add add add add add add add add.", None),
         ("1) 12 + 7 = 19; 19 * 3 = 57; 57 - 4 = 53 so x", None),
@@ -357,15 +360,59 @@ async def test_full_candidate_slots_refuse_a_new_strategy(store: Store) -> None:
     assert "candidate slots" in skipped["reason"]
 
 
-async def test_a_too_short_written_strategy_is_dropped(store: Store) -> None:
+@pytest.mark.parametrize(
+    ("text", "truth", "why"),
+    [
+        ("1. Multiply first.\n2. Then add.", TRUTH, None),
+        ("1. Multiply the two numbers.\n2. Add 4 at the end.", TRUTH, None),  # one digit: fine
+        ("The correct answer is 7.", None, "states an answer"),
+        ("Work it out: the answer is 12 apples.", None, "states an answer"),
+        ("1. Multiply 17 by 23.\n2. Add the rest.", None, "repeats numbers"),
+        ("1. Expect a result near 395.\n2. Check it.", TRUTH, "repeats numbers"),
+        ("1. Expect a result near 1,200.\n2. Check it.", "1200", "repeats numbers"),
+    ],
+)
+def test_a_strategy_about_this_one_problem_is_refused(
+    text: str, truth: str | None, why: str | None
+) -> None:
+    lesson = Lesson("r1", "arithmetic", QUESTION, ANSWER, truth, ())
+    reason = specific_to(text, lesson)
+    assert (reason is None) if why is None else (reason is not None and why in reason)
+
+
+@pytest.mark.parametrize(
+    ("written", "why"),
+    [("Think.", "too short or not prose"), ("The correct answer is 395.", "states an answer")],
+)
+async def test_an_unusable_written_strategy_is_kept_only_as_a_rejected_event(
+    store: Store, written: str, why: str
+) -> None:
     learning(store)
-    backend = scripted(Script(written="Think."))
+    backend = scripted(Script(written=written))
     response = await ask(backend, store, {"answer": TRUTH})
     assert kinds(backend) == ["classify", "answer", "write"]
     assert store.strategies(TENANT) == []
-    assert trace_steps(response.json(), "spl_skipped")[0]["reason"].endswith(
-        "too short or not prose"
+    (skipped,) = trace_steps(response.json(), "spl_skipped")
+    assert (
+        skipped["reason"].startswith("the written strategy was not used")
+        and why in (skipped["reason"])
     )
+    (event,) = [e for e in store.events(TENANT) if e.kind == "rejected"]
+    assert (event.strategy_id, event.request_id) == (None, response.headers["x-request-id"])
+    assert event.detail == {"reason": skipped["reason"], "proposed": written}
+
+
+async def test_a_rejected_refinement_leaves_the_strategy_and_shows_in_its_history(
+    store: Store,
+) -> None:
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active", attempts=6, successes=2))
+    backend = scripted(Script(refined="1. Remember that 17 * 23 + 4 makes 395.\n2. Say it."))
+    await ask(backend, store, {"answer": WRONG})
+    assert kinds(backend) == ["classify", "answer", "refine"]
+    (after,) = store.strategies(TENANT)
+    assert (after.text, after.version) == (STRATEGY, 1)
+    latest = store.events(TENANT, s.id)[0]
+    assert latest.kind == "rejected" and "repeats numbers" in latest.detail["reason"]
 
 
 # ---- who may learn ----------------------------------------------------------------------------

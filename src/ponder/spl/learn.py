@@ -13,6 +13,9 @@
      adding a near-duplicate: a second call. So evolution makes at most two calls.
    Edits name the version they were based on; if someone changed the strategy meanwhile the
    edit is dropped (traced as `spl_conflict`), never written over theirs.
+   A proposal that is not a usable strategy (too short, not prose, one line repeated, or about
+   this one problem: it states an answer or repeats the problem's numbers) is not used; it is
+   kept as a "rejected" learning event for the operator to see.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ MERGE_THRESHOLD = 0.5
 MAX_STRATEGY_CHARS = 1000
 MIN_STRATEGY_CHARS = 20
 MIN_DISTINCT_WORDS = 3
+MIN_DISTINCT_LINES = 0.7
+"""Share of a strategy's lines that must differ from each other."""
+REJECTED_PREVIEW = 300
+"""Characters of a rejected proposal kept in its learning event."""
 PROMPT_TEXT_LIMIT = 2000
 """Characters of a problem or an answer quoted in a learning prompt."""
 
@@ -78,6 +85,11 @@ SOLUTION_SECTION = "\n\nA correct solution:\n{answer}"
 TRUTH_SECTION = "\n\nThe correct answer:\n{truth}"
 
 _WORD = re.compile(r"[^\W\d_]{2,}")
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_STATES_ANSWER = re.compile(
+    r"\b(?:correct|final|original|right|wrong)\s+answer\s+(?:is|was|=)|\banswer\s+is\s+\$?\d",
+    re.IGNORECASE,
+)
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _LABEL = re.compile(
     r"^[\s*#_]*(?:(?:improved|merged|combined|new|general)\s+)?strategy[\s*_]*:[\s*_]*",
@@ -120,11 +132,36 @@ def clean_strategy(reply: str | None) -> str | None:
 
 
 def _is_prose(text: str) -> bool:
-    """At least `MIN_DISTINCT_WORDS` different words, and letters for most of the text."""
+    """At least `MIN_DISTINCT_WORDS` different words, letters for most of the text, and no
+    line said over and over."""
     words = {w.lower() for w in _WORD.findall(text)}
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
-    return len(words) >= MIN_DISTINCT_WORDS and letters >= 0.5 * len(visible)
+    lines = [line.strip().lower() for line in text.splitlines() if line.strip()]
+    return (
+        len(words) >= MIN_DISTINCT_WORDS
+        and letters >= 0.5 * len(visible)
+        and len(set(lines)) >= MIN_DISTINCT_LINES * len(lines)
+    )
+
+
+def specific_to(text: str, lesson: Lesson) -> str | None:
+    """Why `text` is about this one problem rather than a general method, or None: it states
+    an answer, or it repeats the correct answer or a number of two or more digits from the
+    problem (a strategy that leaks an answer would mislead every later problem)."""
+    if _STATES_ANSWER.search(text):
+        return "it states an answer instead of a method"
+    numbers = _numbers(text)
+    copied = {n for n in _numbers(lesson.query) if len(n.replace(".", "")) >= 2}
+    if lesson.truth is not None:
+        copied |= _numbers(lesson.truth)
+    if numbers & copied:
+        return "it repeats numbers of this problem"
+    return None
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "").rstrip(".") for n in _NUMBER.findall(text)}
 
 
 def judge_messages(query: str, answer: str) -> list[Message]:
@@ -205,9 +242,8 @@ async def _write(
     description: str,
     peers: Sequence[StrategyRecord],
 ) -> None:
-    text = await _ask(ctx, write_messages(lesson, description, correct))
+    text = await _ask(ctx, store, lesson, write_messages(lesson, description, correct), "written")
     if text is None:
-        ctx.step("spl_skipped", reason="the written strategy was too short or not prose")
         return
     if peers:
         relevance = similarities(strategy_vector(text), [strategy_vector(p.text) for p in peers])
@@ -236,11 +272,9 @@ async def _merge(
     new: str,
     relevance: float,
 ) -> None:
-    merged = await _ask(ctx, merge_messages(lesson.problem_type, existing.text, new))
+    messages = merge_messages(lesson.problem_type, existing.text, new)
+    merged = await _ask(ctx, store, lesson, messages, "merged", existing.id)
     if merged is None:
-        ctx.step(
-            "spl_skipped", reason="the merged strategy was too short or not prose", id=existing.id
-        )
         return
     detail = {"relevance": round(relevance, 3)}
     await _edit(ctx, store, lesson, existing, merged, "merged", detail)
@@ -249,11 +283,9 @@ async def _merge(
 async def _refine(
     ctx: RequestContext, store: Store, lesson: Lesson, target: StrategyRecord
 ) -> None:
-    refined = await _ask(ctx, refine_messages(lesson, target.text))
+    messages = refine_messages(lesson, target.text)
+    refined = await _ask(ctx, store, lesson, messages, "refined", target.id)
     if refined is None:
-        ctx.step(
-            "spl_skipped", reason="the refined strategy was too short or not prose", id=target.id
-        )
         return
     detail = {"attempts": target.attempts, "successes": target.successes}
     await _edit(ctx, store, lesson, target, refined, "refined", detail)
@@ -286,6 +318,31 @@ async def _edit(
     ctx.step(f"spl_{kind}", id=edited.id, version=edited.version)
 
 
-async def _ask(ctx: RequestContext, messages: Sequence[Message]) -> str | None:
+async def _ask(
+    ctx: RequestContext,
+    store: Store,
+    lesson: Lesson,
+    messages: Sequence[Message],
+    what: str,
+    strategy_id: int | None = None,
+) -> str | None:
+    """The model's strategy text for `messages`, or None when it is not usable: then the
+    refusal is traced and kept as a "rejected" learning event, so an operator can see what
+    the model proposed and why it was not used."""
     (reply,) = await ctx.complete(messages, helper_sampling(ctx.sampling, EVOLVE_MAX_TOKENS))
-    return clean_strategy(reply.content)
+    text = clean_strategy(reply.content)
+    why = "it is too short or not prose" if text is None else specific_to(text, lesson)
+    if text is not None and why is None:
+        return text
+    reason = f"the {what} strategy was not used: {why}"
+    ctx.step("spl_skipped", reason=reason, id=strategy_id)
+    await asyncio.to_thread(
+        store.note,
+        ctx.tenant,
+        "rejected",
+        request_id=lesson.request_id,
+        strategy_id=strategy_id,
+        reason=reason,
+        proposed=(reply.content or "").strip()[:REJECTED_PREVIEW],
+    )
+    return None

@@ -249,6 +249,22 @@ class Store:
             )
             return rows.to_strategy(rows.strategy_row(s, tenant, strategy_id, fresh=True))
 
+    def note(
+        self,
+        tenant: str,
+        kind: str,
+        *,
+        request_id: str | None = None,
+        strategy_id: int | None = None,
+        **detail: Any,
+    ) -> None:
+        """Record a learning event that changed no strategy (e.g. a proposal that was rejected),
+        so the history shows it. A `strategy_id` must be one of the tenant's strategies."""
+        with write_session(self.engine, tenant) as s:
+            if strategy_id is not None:
+                rows.strategy_row(s, tenant, strategy_id)
+            rows.event_row(s, tenant, strategy_id, request_id, kind, **detail)
+
     def history(
         self, tenant: str, strategy_ids: Sequence[int], per_strategy: int = 50
     ) -> dict[int, list[EventRecord]]:
