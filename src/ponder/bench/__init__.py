@@ -1,0 +1,1 @@
+"""`ponder bench`: what each strategy buys, in accuracy, tokens, backend calls and time."""

@@ -1,0 +1,302 @@
+"""The bench report: one summary per approach, written as Markdown, JSON and two PNG plots.
+
+The numbers come from the per-item results alone, so a resumed or re-reported run summarizes
+exactly what its `items.jsonl` holds. Every file is written under a temporary name and renamed
+into place: an interrupted report never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from ponder.bench.stats import difference_interval, percentile, wilson
+from ponder.bench.types import ItemResult, Results, Summary
+
+SUMMARY_MD = "summary.md"
+SUMMARY_JSON = "summary.json"
+ACCURACY_PNG = "accuracy_vs_tokens.png"
+LATENCY_PNG = "latency.png"
+BASELINE = "none"
+SPL = "spl"
+_CURVE_POINTS = 10
+
+_META_LABELS = {
+    "suite": "Suite",
+    "model": "Model",
+    "items": "Items",
+    "seed": "Seed",
+    "date": "Date",
+    "base_url": "Server",
+}
+
+
+def eval_results(results: Iterable[ItemResult]) -> list[ItemResult]:
+    """The eval-phase results, one per (approach, item): when an item appears twice (a retried
+    line after a resume) the later line is the one that counts."""
+    latest: dict[tuple[str, str], ItemResult] = {}
+    for result in results:
+        if result.phase == "eval":
+            key = (result.approach, result.item_id)
+            latest.pop(key, None)  # re-insert so the order is that of the last line
+            latest[key] = result
+    return list(latest.values())
+
+
+def _by_approach(results: Iterable[ItemResult]) -> dict[str, list[ItemResult]]:
+    groups: dict[str, list[ItemResult]] = {}
+    for result in results:
+        groups.setdefault(result.approach, []).append(result)
+    return groups
+
+
+def summarize(results: Results) -> list[Summary]:
+    """One summary per approach over the eval items, approaches in first-seen order. A failed
+    request counts as a wrong answer, and its tokens and latency count too: they were spent."""
+    first_seen: dict[str, None] = {}
+    for result in results:
+        if result.phase == "eval":
+            first_seen.setdefault(result.approach)
+    groups = _by_approach(eval_results(results))
+    return [_summary(approach, groups[approach]) for approach in first_seen]
+
+
+def _summary(approach: str, rows: list[ItemResult]) -> Summary:
+    correct = sum(r.correct for r in rows)
+    low, high = wilson(correct, len(rows))
+    latencies = [r.latency_s for r in rows]
+    calls = [r.backend_calls for r in rows if r.backend_calls is not None]
+    return Summary(
+        approach=approach,
+        items=len(rows),
+        correct=correct,
+        accuracy=correct / len(rows),
+        ci_low=low,
+        ci_high=high,
+        mean_tokens=fmean(r.total_tokens for r in rows),
+        mean_backend_calls=fmean(calls) if calls else None,
+        mean_latency_s=fmean(latencies),
+        p50_latency_s=percentile(latencies, 50),
+        p95_latency_s=percentile(latencies, 95),
+        errors=sum(r.error is not None for r in rows),
+    )
+
+
+def spl_curve(results: Results) -> dict[str, Any] | None:
+    """What SPL learning bought on a `--spl-train` run, or None for any other run.
+
+    The shape: {"train_items", "train_correct", "train_accuracy", "train_curve": [[items seen,
+    cumulative accuracy], ...] (up to 10 points), "test_items", "baseline" and "spl" (each
+    {"approach", "items", "correct", "accuracy", "ci_low", "ci_high"} on the test split),
+    "difference" (spl minus baseline accuracy), "difference_ci_low", "difference_ci_high"}."""
+    train = [r for r in results if r.phase == "train"]
+    groups = _by_approach(eval_results(results))
+    if not train or BASELINE not in groups or SPL not in groups:
+        return None
+    baseline, spl = _summary(BASELINE, groups[BASELINE]), _summary(SPL, groups[SPL])
+    low, high = difference_interval(baseline.correct, baseline.items, spl.correct, spl.items)
+    train_correct = sum(r.correct for r in train)
+    return {
+        "train_items": len(train),
+        "train_correct": train_correct,
+        "train_accuracy": train_correct / len(train),
+        "train_curve": _cumulative(train),
+        "test_items": max(baseline.items, spl.items),
+        "baseline": _arm(baseline),
+        "spl": _arm(spl),
+        "difference": spl.accuracy - baseline.accuracy,
+        "difference_ci_low": low,
+        "difference_ci_high": high,
+    }
+
+
+def _arm(summary: Summary) -> dict[str, Any]:
+    keys = ("approach", "items", "correct", "accuracy", "ci_low", "ci_high")
+    return {key: getattr(summary, key) for key in keys}
+
+
+def _cumulative(train: list[ItemResult]) -> list[list[float]]:
+    """Cumulative training accuracy at up to 10 evenly spaced points, ending at the last item."""
+    step = max(1, -(-len(train) // _CURVE_POINTS))
+    marks = sorted({*range(step, len(train), step), len(train)})
+    return [[n, sum(r.correct for r in train[:n]) / n] for n in marks]
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}"
+
+
+def _accuracy_cell(s: Summary) -> str:
+    return f"{_pct(s.accuracy)}% [{_pct(s.ci_low)}, {_pct(s.ci_high)}]"
+
+
+def _row(s: Summary) -> str:
+    calls = "-" if s.mean_backend_calls is None else f"{s.mean_backend_calls:.2f}"
+    cells = [
+        s.approach,
+        _accuracy_cell(s),
+        f"{s.mean_tokens:.1f}",
+        calls,
+        f"{s.mean_latency_s:.2f}",
+        f"{s.p50_latency_s:.2f}",
+        f"{s.p95_latency_s:.2f}",
+        str(s.errors),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+TABLE_HEADER = (
+    "| Approach | Accuracy (95% CI) | Mean tokens | Mean backend calls | Mean latency (s) "
+    "| p50 latency (s) | p95 latency (s) | Errors |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def _full_meta(meta: dict[str, Any], summaries: list[Summary]) -> dict[str, Any]:
+    """The run's meta with the header's defaults filled in when the caller did not give them:
+    the date (the run's "started" time, else now) and the item count."""
+    full = dict(meta)
+    if not full.get("date"):
+        full["date"] = full.get("started") or datetime.now(UTC).isoformat(timespec="seconds")
+    full.setdefault("items", max((s.items for s in summaries), default=0))
+    return full
+
+
+def _meta_value(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def render_markdown(
+    summaries: list[Summary], meta: dict[str, Any], curve: dict[str, Any] | None = None
+) -> str:
+    """summary.md: the run's meta, the table, and the SPL comparison when there is one."""
+    title = meta.get("suite", "run")
+    lines = [f"# Ponder bench: {title}", ""]
+    for key, label in _META_LABELS.items():
+        value = meta.get(key)
+        if key == "base_url" and not value:
+            value = "in-process"
+        if value is not None:
+            lines.append(f"- {label}: {value}")
+    lines += [
+        f"- {key}: {_meta_value(value)}"
+        for key, value in meta.items()
+        if key not in _META_LABELS and value is not None
+    ]
+    lines += ["", TABLE_HEADER, *(_row(s) for s in summaries), ""]
+    if curve is not None:
+        base, spl = curve["baseline"], curve["spl"]
+        lines += [
+            "## SPL learning curve",
+            "",
+            f"- Trained on {curve['train_items']} items "
+            f"(accuracy while learning {_pct(curve['train_accuracy'])}%).",
+            f"- Test split: {curve['test_items']} items.",
+            f"- {base['approach']}: {_pct(base['accuracy'])}% "
+            f"[{_pct(base['ci_low'])}, {_pct(base['ci_high'])}]",
+            f"- {spl['approach']}: {_pct(spl['accuracy'])}% "
+            f"[{_pct(spl['ci_low'])}, {_pct(spl['ci_high'])}]",
+            f"- Difference: {curve['difference'] * 100:+.1f} points "
+            f"[{curve['difference_ci_low'] * 100:+.1f}, {curve['difference_ci_high'] * 100:+.1f}]",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def render_json(
+    summaries: list[Summary], meta: dict[str, Any], curve: dict[str, Any] | None = None
+) -> str:
+    """summary.json: {"meta", "summaries", "spl_curve" (only for --spl-train runs)}."""
+    body: dict[str, Any] = {"meta": meta, "summaries": [asdict(s) for s in summaries]}
+    if curve is not None:
+        body["spl_curve"] = curve
+    return json.dumps(body, indent=2, default=str) + "\n"
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_report(
+    out_dir: Path, summaries: list[Summary], meta: dict[str, Any], results: Results
+) -> list[Path]:
+    """Write summary.md, summary.json, accuracy_vs_tokens.png and latency.png into `out_dir`
+    (the SPL comparison joins the first two on `--spl-train` runs); return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = _full_meta(meta, summaries)
+    curve = spl_curve(results)
+    paths = [
+        _write_text(out_dir / SUMMARY_MD, render_markdown(summaries, full, curve)),
+        _write_text(out_dir / SUMMARY_JSON, render_json(summaries, full, curve)),
+    ]
+    latencies = _by_approach(eval_results(results))
+    title = " / ".join(str(full[k]) for k in ("suite", "model") if full.get(k))
+    paths.append(_atomic(out_dir / ACCURACY_PNG, lambda tmp: _plot_accuracy(tmp, summaries, title)))
+    groups = [(s.approach, [r.latency_s for r in latencies.get(s.approach, [])]) for s in summaries]
+    paths.append(_atomic(out_dir / LATENCY_PNG, lambda tmp: _plot_latency(tmp, groups, title)))
+    return paths
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _plot_accuracy(path: Path, summaries: list[Summary], title: str) -> None:
+    """Accuracy (with its 95% interval) against mean tokens: what each approach costs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for s in summaries:
+        y = s.accuracy * 100
+        errors = [[y - s.ci_low * 100], [s.ci_high * 100 - y]]
+        axes.errorbar([s.mean_tokens], [y], yerr=errors, fmt="o", capsize=4)
+        axes.annotate(s.approach, (s.mean_tokens, y), textcoords="offset points", xytext=(6, 6))
+    axes.set_xlabel("Mean tokens per item")
+    axes.set_ylabel("Accuracy (%), 95% CI")
+    axes.set_ylim(-5, 108)  # room for a point and its label at 0% or 100%
+    axes.set_title(f"Accuracy vs tokens — {title}" if title else "Accuracy vs tokens")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def _plot_latency(path: Path, groups: list[tuple[str, list[float]]], title: str) -> None:
+    """The spread of per-item latency for each approach, as box plots."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    if groups:
+        axes.boxplot([values for _, values in groups])
+        axes.set_xticks(range(1, len(groups) + 1), labels=[name for name, _ in groups])
+    axes.set_xlabel("Approach")
+    axes.set_ylabel("Latency per item (s)")
+    axes.set_title(f"Latency — {title}" if title else "Latency")
+    axes.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, format="png")

@@ -1,0 +1,60 @@
+"""The statistics a bench report needs, small enough to write out and test against known values.
+
+Accuracy intervals use the Wilson score interval: unlike the normal approximation it stays
+inside [0, 1] and is sensible for the small samples and near-0/near-1 accuracies a quick bench
+produces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Z95 = 1.96
+"""The normal quantile of a two-sided 95% interval."""
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of `correct` successes out of `n`.
+
+    With no items nothing is known, so the interval is the whole range (0.0, 1.0)."""
+    if n < 0 or not 0 <= correct <= max(n, 0):
+        raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(
+    correct_a: int, n_a: int, correct_b: int, n_b: int, z: float = Z95
+) -> tuple[float, float]:
+    """A 95% interval of accuracy(b) - accuracy(a), by Newcombe's method from the two Wilson
+    intervals. It treats the two samples as independent, which for two approaches run on the
+    same items makes it somewhat wider (more cautious) than a paired interval."""
+    p_a = correct_a / n_a if n_a else 0.0
+    p_b = correct_b / n_b if n_b else 0.0
+    low_a, high_a = wilson(correct_a, n_a, z)
+    low_b, high_b = wilson(correct_b, n_b, z)
+    diff = p_b - p_a
+    low = diff - math.sqrt((p_b - low_b) ** 2 + (high_a - p_a) ** 2)
+    high = diff + math.sqrt((high_b - p_b) ** 2 + (p_a - low_a) ** 2)
+    return max(-1.0, low), min(1.0, high)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between the closest ranks (the
+    usual definition, as numpy's default). No values: 0.0."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0-100, got {q}")
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    fraction = position - below
+    return float(ordered[below] + (ordered[above] - ordered[below]) * fraction)
