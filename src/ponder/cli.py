@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ponder import cli_store
+from ponder.bench import cli as bench_cli
 from ponder.config import Settings
 from ponder.errors import PonderError
 from ponder.types import Delta
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     _backend_flags(ask)
     ask.add_argument("--model-path", dest="model", help="embedded: GGUF file; vllm: model path")
     cli_store.add_parsers(sub)
+    bench_cli.add_parser(sub)
     return root
 
 
@@ -130,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("spl", "memory"):
             return cli_store.run(args, settings)
+        if args.command == "bench":
+            return bench_cli.run(args)
         if args.command == "serve":
             serve(settings)
             return 0

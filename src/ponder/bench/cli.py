@@ -1,0 +1,124 @@
+"""`ponder bench`: run a suite through approaches and report accuracy, tokens, calls and time.
+
+Errors are `PonderError`s; `ponder.cli.main` prints them as `ponder: ...` and exits 1. An
+interrupted run (Ctrl-C) keeps what it finished: the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ponder.errors import Unsupported
+
+if TYPE_CHECKING:
+    from ponder.bench.runner import BenchConfig
+
+INTERRUPTED = 130
+QUIET_LOGGERS = ("httpx", "httpx2")
+"""The HTTP clients the `openai` package logs each request through (by version)."""
+EXTRA = ("openai", "tqdm", "matplotlib")
+"""What the `bench` extra installs; checked before a run, so a missing one does not surface
+only when the report is drawn at the end."""
+
+
+def add_parser(sub: Any) -> None:
+    """Register `bench` on the root parser's subcommands. Its destinations start with `bench_`
+    where a name would collide with the server flags `ponder.cli.settings_from` reads."""
+    p = sub.add_parser("bench", help="measure what each strategy buys on a problem suite")
+    p.add_argument("--suite", default="arith", help="arith, gsm8k, mcq or a plug-in (%(default)s)")
+    p.add_argument("--path", type=Path, help="the suite's JSONL file (gsm8k, mcq)")
+    p.add_argument("--limit", type=int, help="most items to evaluate (arith default: 100)")
+    p.add_argument(
+        "--approaches",
+        default="none",
+        help="comma-separated strategy routes; none is the model itself (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model", dest="bench_model", metavar="MODEL", help="default: the endpoint's first model"
+    )
+    p.add_argument(
+        "--base-url",
+        dest="bench_base_url",
+        metavar="URL",
+        help="an OpenAI-compatible endpoint (Ponder or not); default: Ponder in-process",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY") or "unused",
+        help="the endpoint's key (default: OPENAI_API_KEY)",
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="requests at once (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="item draw and sampling seed (%(default)s)")
+    p.add_argument("--out", type=Path, help="run directory (default: results/<suite>-<time>)")
+    p.add_argument("--max-tokens", type=int, default=256, help="per reply (%(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument(
+        "--spl-train",
+        type=int,
+        default=0,
+        metavar="N",
+        help="learn with spl on the first N items (one at a time, with the ground truth), "
+        "then compare none and spl on the rest",
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from(args: argparse.Namespace) -> BenchConfig:
+    from ponder.bench.runner import BenchConfig
+
+    return BenchConfig(
+        suite=args.suite,
+        path=args.path,
+        limit=args.limit,
+        approaches=[a.strip() for a in args.approaches.split(",") if a.strip()],
+        model=args.bench_model,
+        base_url=args.bench_base_url,
+        api_key=args.api_key,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        out=args.out,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        spl_train=args.spl_train,
+        timeout=args.timeout,
+    )
+
+
+def require_extra() -> None:
+    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise Unsupported(
+            f"ponder bench needs {', '.join(missing)}: pip install 'ponder[bench]'",
+            param="bench",
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ponder bench`: run or resume, then print the summary and where the run is."""
+    require_extra()
+    from ponder.bench import report, runner
+
+    config = config_from(args)
+    # One INFO line per HTTP request would bury the progress bars.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        asyncio.run(runner.run(config, progress=not args.no_progress))
+    except KeyboardInterrupt:
+        print(
+            f"\nponder: interrupted; the same command resumes the run in {config.out_dir}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    # summary.md: the table, and on a --spl-train run the difference SPL made
+    print((config.out_dir / report.SUMMARY_MD).read_text(encoding="utf-8"))
+    print(f"Results: {config.out_dir}")
+    return 0

@@ -1,0 +1,399 @@
+"""The bench runner: asks every item of a suite through each approach, one result per line.
+
+A run lives in one directory (`--out`): `meta.json` says what was run, `items.jsonl` gets one
+`ItemResult` per line, appended and flushed as each item finishes, so an interrupted run loses
+at most the items in flight. Running again with the same settings and `--out` resumes: what is
+already in `items.jsonl` is not asked again (more approaches may be added). The report is
+written from every result there, old and new.
+
+Every request goes over HTTP through the `openai` client, so Ponder and a plain
+OpenAI-compatible upstream are measured the same way. Without `base_url` Ponder is started
+in-process (on the embedded model unless the PONDER_* settings say otherwise), with its SPL
+store in the run directory so what `--spl-train` learns stays with the run.
+
+`--spl-train N`: the first N items are the training split, the rest the test split (disjoint
+by construction). The `spl` approach first learns on the training split, one item after the
+other with the ground truth (learning depends on order; a sequential pass is reproducible),
+then `none` and `spl` (plus any other approaches) are evaluated on the test split with
+learning off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import ExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from ponder.backends.base import Backend
+from ponder.bench import report
+from ponder.bench.results import (
+    ITEMS_FILE,
+    ResultWriter,
+    check_resumable,
+    read_meta,
+    read_results,
+    write_meta,
+)
+from ponder.bench.suites import get_suite
+from ponder.bench.types import Item, ItemResult, Suite, Summary
+from ponder.errors import InvalidRequest
+
+DB_FILE = "ponder.db"
+RESULTS_DIR = Path("results")
+BACKEND_CALLS_HEADER = "x-ponder-backend-calls"
+SPL = "spl"
+NONE = "none"
+
+
+def default_out(suite: str) -> Path:
+    return RESULTS_DIR / f"{suite}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+
+
+@dataclass
+class BenchConfig:
+    """One bench run. `approaches` are strategy routes ("none" is the model itself);
+    `base_url` None starts Ponder in-process; `model` None takes the endpoint's first model."""
+
+    suite: str = "arith"
+    path: Path | None = None
+    limit: int | None = None
+    approaches: list[str] = field(default_factory=lambda: [NONE])
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    concurrency: int = 8
+    seed: int = 0
+    out: Path | None = None
+    """Default: results/<suite>-<UTC timestamp>."""
+    max_tokens: int = 256
+    temperature: float = 0.0
+    spl_train: int = 0
+    """Training items for the SPL learning curve (0: no training split)."""
+    timeout: float = 600.0
+    """Seconds one request may take (Ponder's own default deadline)."""
+    retries: int = 2
+    """How often the client retries a connection error, a 429 or a 5xx."""
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = default_out(self.suite)
+
+    @property
+    def out_dir(self) -> Path:
+        assert self.out is not None  # set in __post_init__
+        return self.out
+
+    def eval_approaches(self) -> list[str]:
+        """The approaches evaluated, in order, each once; an SPL run always has none and spl."""
+        asked = [NONE, SPL, *self.approaches] if self.spl_train else list(self.approaches)
+        return list(dict.fromkeys(asked))
+
+    def check(self, suite: Suite) -> None:
+        """Refuse settings that cannot run, before anything is started."""
+        if suite.needs_path and self.path is None:
+            raise InvalidRequest(
+                f"The {suite.name} suite reads a JSONL file: give --path.", param="--path"
+            )
+        if self.path is not None and not self.path.is_file():
+            raise InvalidRequest(f"{self.path} is not a file.", param="--path")
+        if self.limit is not None and self.limit < 1:
+            raise InvalidRequest("--limit must be at least 1.", param="--limit")
+        if self.concurrency < 1:
+            raise InvalidRequest("--concurrency must be at least 1.", param="--concurrency")
+        if self.max_tokens < 1:
+            raise InvalidRequest("--max-tokens must be at least 1.", param="--max-tokens")
+        if self.spl_train < 0:
+            raise InvalidRequest("--spl-train must not be negative.", param="--spl-train")
+        if not self.approaches or not all(a.strip() for a in self.approaches):
+            raise InvalidRequest("--approaches names no approach.", param="--approaches")
+
+
+def model_for(approach: str, model: str) -> str:
+    """The request's model name: `<approach>-<model>`, or the model itself for "none"."""
+    return model if approach == NONE else f"{approach}-{model}"
+
+
+def split(items: Sequence[Item], train: int) -> tuple[list[Item], list[Item]]:
+    """(training split, test split): the first `train` items, then the rest."""
+    return list(items[:train]), list(items[train:])
+
+
+def _meta(config: BenchConfig, model: str | None) -> dict[str, Any]:
+    return {
+        "suite": config.suite,
+        "path": str(config.path.resolve()) if config.path is not None else None,
+        "limit": config.limit,
+        "seed": config.seed,
+        "model": model,
+        "approaches": config.eval_approaches(),
+        "base_url": config.base_url,
+        "max_tokens": config.max_tokens,
+        "temperature": config.temperature,
+        "spl_train": config.spl_train,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --- the endpoint ----------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def endpoint(config: BenchConfig, backend: Backend | None = None) -> AsyncIterator[str]:
+    """The base URL to ask: `config.base_url`, or Ponder served in-process for the run (over
+    `backend` when given, else the one the settings name), its store in the run directory."""
+    if config.base_url is not None:
+        yield config.base_url
+        return
+    from ponder.config import Settings
+    from ponder.proxy import create_app
+    from ponder.testing import running_server
+
+    settings = Settings(
+        database_url=f"sqlite:///{(config.out_dir / DB_FILE).resolve()}",
+        spl_client_learning=True,
+        api_keys=[],  # loopback only, for this run's client alone
+    )
+    app = await asyncio.to_thread(create_app, settings, backend)
+    # Starting and stopping the server block (the model loads, the thread joins): off the loop.
+    stack = ExitStack()
+    url = await asyncio.to_thread(stack.enter_context, running_server(app))
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
+async def first_model(client: openai.AsyncOpenAI) -> str:
+    try:
+        page = await client.models.list()
+    except openai.APIError as exc:
+        raise InvalidRequest(f"Cannot list the models at {client.base_url}: {exc}") from exc
+    if not page.data:
+        raise InvalidRequest(f"{client.base_url} lists no models: give --model.", param="--model")
+    return page.data[0].id
+
+
+# --- asking ----------------------------------------------------------------------------------
+
+
+def _error_text(exc: openai.APIError) -> str:
+    body = exc.body
+    message = body.get("message") if isinstance(body, dict) else None
+    text = message if isinstance(message, str) else exc.message
+    if isinstance(exc, openai.APIStatusError):
+        return f"{exc.status_code}: {text}"
+    return text
+
+
+def _backend_calls(headers: Any) -> int | None:
+    value = headers.get(BACKEND_CALLS_HEADER)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+@dataclass
+class Asker:
+    """Asks items through one endpoint and writes each result as it comes."""
+
+    client: openai.AsyncOpenAI
+    suite: Suite
+    config: BenchConfig
+    model: str
+    writer: ResultWriter
+    done: set[tuple[str, str, str]]
+    results: list[ItemResult]
+    progress: bool
+
+    async def ask(
+        self, approach: str, item: Item, phase: str, ponder: dict[str, Any] | None
+    ) -> ItemResult:
+        """One request; an API error is the item's result (scored wrong), never the run's end.
+        Latency is the whole request as the client saw it, retries included."""
+        request: dict[str, Any] = {
+            "model": model_for(approach, self.model),
+            "messages": self.suite.messages(item),
+            "max_tokens": self.config.max_tokens,
+            "temperature": self.config.temperature,
+            "seed": self.config.seed,
+        }
+        if ponder is not None:
+            request["extra_body"] = {"ponder": ponder}
+        base = {
+            "approach": approach,
+            "item_id": item.id,
+            "question": item.question,
+            "expected": item.expected,
+            "phase": phase,
+        }
+        started = time.perf_counter()
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(**request)
+            completion = raw.parse()
+        except openai.APIError as exc:
+            headers = exc.response.headers if isinstance(exc, openai.APIStatusError) else {}
+            return ItemResult(
+                **base,
+                answer="",
+                extracted=None,
+                correct=False,
+                prompt_tokens=0,
+                completion_tokens=0,
+                backend_calls=_backend_calls(headers),
+                latency_s=time.perf_counter() - started,
+                error=_error_text(exc),
+            )
+        latency = time.perf_counter() - started
+        answer = (completion.choices[0].message.content or "") if completion.choices else ""
+        extracted, correct = self.suite.score(item, answer)
+        usage = completion.usage
+        return ItemResult(
+            **base,
+            answer=answer,
+            extracted=extracted,
+            correct=correct,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            backend_calls=_backend_calls(raw.headers),
+            latency_s=latency,
+        )
+
+    async def phase(
+        self,
+        phase: str,
+        approach: str,
+        items: Sequence[Item],
+        concurrency: int,
+        ponder: dict[str, Any] | None = None,
+        truth: bool = False,
+    ) -> None:
+        """Ask the items not yet done, `concurrency` at a time; with `truth`, each request
+        carries its item's expected answer for SPL to learn from."""
+        from tqdm import tqdm
+
+        todo = [item for item in items if (phase, approach, item.id) not in self.done]
+        mine = [r for r in self.results if r.phase == phase and r.approach == approach]
+        finished, correct = len(mine), sum(r.correct for r in mine)
+        bar = tqdm(
+            total=len(items),
+            initial=len(items) - len(todo),
+            desc=approach if phase == "eval" else f"{approach} ({phase})",
+            unit="item",
+            file=sys.stderr,
+            disable=not self.progress,
+        )
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(item: Item) -> None:
+            nonlocal finished, correct
+            options = ponder
+            if truth:
+                options = {SPL: {"learn": True, "answer": item.expected}}
+            async with gate:
+                result = await self.ask(approach, item, phase, options)
+            self.writer.write(result)
+            self.results.append(result)
+            self.done.add((phase, approach, item.id))
+            finished += 1
+            correct += result.correct
+            bar.update(1)
+            bar.set_postfix(acc=f"{correct / finished:.1%}")
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in todo:
+                    group.create_task(one(item))
+        finally:
+            bar.close()
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+async def run(
+    config: BenchConfig, progress: bool = True, backend: Backend | None = None
+) -> list[Summary]:
+    """Run (or resume) the bench, write the report into `config.out`, return its summary.
+    `backend` serves the in-process Ponder instead of the settings' backend (for tests)."""
+    suite = get_suite(config.suite)
+    config.check(suite)
+    train_n = config.spl_train
+    load_limit = None if config.limit is None else config.limit + train_n
+    items = suite.load(config.path, load_limit, config.seed)
+    train, test = split(items, train_n)
+    if not test:
+        raise InvalidRequest(
+            f"No items to evaluate: the suite gave {len(items)}, --spl-train takes {train_n}.",
+            param="--spl-train" if train_n else "--limit",
+        )
+
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _meta(config, config.model)
+    previous = read_meta(out)
+    if previous is not None:
+        check_resumable(previous, meta, out)
+    results = read_results(out / ITEMS_FILE, repair=True)
+    done: set[tuple[str, str, str]] = set()
+    unique = []
+    for r in results:
+        if (r.phase, r.approach, r.item_id) not in done:
+            done.add((r.phase, r.approach, r.item_id))
+            unique.append(r)
+
+    async with (
+        endpoint(config, backend) as base_url,
+        openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=config.api_key or "unused",
+            max_retries=config.retries,
+            timeout=config.timeout,
+        ) as client,
+    ):
+        model = config.model or await first_model(client)
+        meta["model"] = model
+        if previous is not None:
+            check_resumable(previous, meta, out)
+            grown = [*previous.get("approaches", []), *meta["approaches"]]
+            meta = {**previous, "approaches": list(dict.fromkeys(grown))}
+        write_meta(out, meta)
+
+        writer = ResultWriter(out / ITEMS_FILE)
+        asker = Asker(client, suite, config, model, writer, done, unique, progress)
+        try:
+            if train:
+                await asker.phase("train", SPL, train, concurrency=1, truth=True)
+            for approach in config.eval_approaches():
+                # On an SPL run the test split must not teach the store what it is tested on.
+                ponder = {SPL: {"learn": False}} if train_n and approach == SPL else None
+                await asker.phase("eval", approach, test, config.concurrency, ponder)
+        finally:
+            writer.close()
+
+    ordered = _ordered(asker.results, meta["approaches"], items)
+    summaries = report.summarize(ordered)
+    report.write_report(out, summaries, meta, ordered)
+    return summaries
+
+
+def _ordered(
+    results: Sequence[ItemResult], approaches: Sequence[str], items: Sequence[Item]
+) -> list[ItemResult]:
+    """Results in a stable order (training first, then the approaches as run, items in suite
+    order), however the requests finished or the run was resumed."""
+    approach_rank = {a: i for i, a in enumerate(approaches)}
+    item_rank = {item.id: i for i, item in enumerate(items)}
+    return sorted(
+        results,
+        key=lambda r: (
+            r.phase != "train",
+            approach_rank.get(r.approach, len(approach_rank)),
+            item_rank.get(r.item_id, len(item_rank)),
+        ),
+    )
