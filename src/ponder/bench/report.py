@@ -37,6 +37,10 @@ _META_LABELS = {
 }
 
 
+_SHOWN_AS = {"started": "date"}
+"""Meta keys already in the header under another label."""
+
+
 def eval_results(results: Iterable[ItemResult]) -> list[ItemResult]:
     """The eval-phase results, one per (approach, item): when an item appears twice (a retried
     line after a resume) the later line is the one that counts."""
@@ -192,7 +196,7 @@ def render_markdown(
     lines += [
         f"- {key}: {_meta_value(value)}"
         for key, value in meta.items()
-        if key not in _META_LABELS and value is not None
+        if key not in _META_LABELS and key not in _SHOWN_AS and value is not None
     ]
     lines += ["", TABLE_HEADER, *(_row(s) for s in summaries), ""]
     if curve is not None:
