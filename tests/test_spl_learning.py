@@ -110,6 +110,7 @@ def test_parse_verdict(reply: str | None, verdict: bool | None) -> None:
         ("1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
         ("Strategy: too short", None),
         ("The answer was 460.\nThe answer was 460.\nThe answer was 460.\nCheck it.", None),
+        ("1. 2 to 6 numbered steps:\n2. 3 to 6 numbered steps:\n3. 4 to 6 numbered steps:", None),
         ("1. 1. 1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14.", None),
         ("Add add add add add add add add.", None),
         ("1) 12 + 7 = 19; 19 * 3 = 57; 57 - 4 = 53 so x", None),
@@ -122,7 +123,22 @@ def test_clean_strategy(reply: str | None, cleaned: str | None) -> None:
 
 
 def test_a_long_strategy_is_cut_at_a_line_end_within_the_limit() -> None:
-    text = "\n".join(f"{i}. " + " ".join(["read", "each", "line"] * 10) for i in range(1, 12))
+    steps = [
+        "read",
+        "write",
+        "check",
+        "draw",
+        "count",
+        "compare",
+        "sort",
+        "label",
+        "plan",
+        "test",
+        "sum",
+    ]
+    text = "\n".join(
+        f"{i}. {step} " + " ".join(["each", "line"] * 15) for i, step in enumerate(steps)
+    )
     cleaned = clean_strategy(text)
     assert cleaned is not None and len(cleaned) <= 1000
     assert text.startswith(cleaned) and text[len(cleaned)] == "\n"

@@ -85,6 +85,7 @@ SOLUTION_SECTION = "\n\nA correct solution:\n{answer}"
 TRUTH_SECTION = "\n\nThe correct answer:\n{truth}"
 
 _WORD = re.compile(r"[^\W\d_]{2,}")
+_NOT_WORD = re.compile(r"[\d\W_]+")
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _STATES_ANSWER = re.compile(
     r"\b(?:correct|final|original|right|wrong)\s+answer\s+(?:is|was|=)|\banswer\s+is\s+\$?\d",
@@ -133,11 +134,13 @@ def clean_strategy(reply: str | None) -> str | None:
 
 def _is_prose(text: str) -> bool:
     """At least `MIN_DISTINCT_WORDS` different words, letters for most of the text, and no
-    line said over and over."""
+    line said over and over (numbers aside)."""
     words = {w.lower() for w in _WORD.findall(text)}
     visible = [c for c in text if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
-    lines = [line.strip().lower() for line in text.splitlines() if line.strip()]
+    # lines compared without their numbers: "2 to 6 steps", "3 to 6 steps" is one line repeated
+    lines = [_NOT_WORD.sub(" ", line).strip().lower() for line in text.splitlines()]
+    lines = [line for line in lines if line]
     return (
         len(words) >= MIN_DISTINCT_WORDS
         and letters >= 0.5 * len(visible)
