@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ponder.errors import InvalidRequest, NotFound
-from ponder.proxy.routes import require_key, state_of
+from ponder.proxy.routes import error_responses, require_key, state_of
 from ponder.spl_store import PROBLEM_TYPES, OutcomeResult, Status
 from ponder.spl_store.portable import strategy_fields
 from ponder.spl_store.rows import STATUSES
@@ -22,7 +22,11 @@ COMPLETION_PREFIX = "chatcmpl-"
 MAX_REQUEST_ID = 128
 """As long as the `x-request-id` the server accepts and the store keeps."""
 
-knowledge = APIRouter(prefix="/v1/ponder", dependencies=[Depends(require_key)])
+knowledge = APIRouter(
+    prefix="/v1/ponder",
+    dependencies=[Depends(require_key)],
+    responses=error_responses(400, 401, 404),
+)
 
 
 def filters(problem_type: str | None, status: str | None) -> tuple[str | None, list[Status] | None]:

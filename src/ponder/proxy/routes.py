@@ -16,18 +16,24 @@ from ponder.proxy.state import AppState
 
 READY_TIMEOUT_S = 5.0
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "Invalid request",
-        401: "Missing or wrong API key",
-        404: "Unknown model or strategy",
-        429: "Rate limited",
-        502: "Backend failure",
-        503: "Backend unavailable",
-        504: "Backend timeout",
-    }.items()
+ERROR_STATUSES = {
+    400: "Invalid request",
+    401: "Missing or wrong API key",
+    403: "Not allowed for this key",
+    404: "Unknown model, strategy or request",
+    409: "Changed meanwhile (version conflict)",
+    429: "Rate limited",
+    502: "Backend failure",
+    503: "Backend unavailable",
+    504: "Backend timeout",
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting OpenAI-shaped errors with these statuses."""
+    return {
+        code: {"model": ErrorResponse, "description": ERROR_STATUSES[code]} for code in statuses
+    }
 
 
 def state_of(request: Request) -> AppState:
@@ -48,7 +54,11 @@ async def require_key(request: Request) -> None:
     request.state.tenant = tenant
 
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=_ERRORS)
+v1 = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(require_key)],
+    responses=error_responses(400, 401, 403, 404, 429, 502, 503, 504),
+)
 health = APIRouter(prefix="/health")
 
 
