@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     deadline_s: float = Field(
         600.0, gt=0, description="Seconds a strategy may run before the request fails with 504"
     )
+    stream_keepalive_s: float = Field(
+        15.0, gt=0, description="Seconds of silence after which a stream sends ': keep-alive'"
+    )
     database_url: str | None = Field(
         None,
         description="SPL and memory store: sqlite:///PATH or postgresql://... "

@@ -17,7 +17,7 @@ from ponder.config import DEFAULT_TENANT, Settings
 from ponder.errors import ClientDisconnected, DeadlineExceeded, InvalidRequest, UnknownModel
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
-from ponder.proxy.streaming import ChunkFormat, stream_chunks
+from ponder.proxy.streaming import KEEPALIVE_S, ChunkFormat, stream_chunks
 from ponder.spl_store import Store
 from ponder.strategies.base import Strategy
 from ponder.strategies.context import Budget, RequestContext, Sink
@@ -42,13 +42,21 @@ class ChatService:
     """The server's limits; a request may ask for tighter ones."""
     store: Store | None = None
     """The SPL and memory store (opened on first use)."""
+    keepalive_s: float = KEEPALIVE_S
+    """Seconds of silence after which a stream sends a keep-alive comment."""
 
     @classmethod
     def for_settings(
         cls, settings: Settings, backend: Backend, engine: Engine, store: Store | None = None
     ) -> ChatService:
         """The service with the server's limits from `settings`."""
-        return cls(backend, engine, Budget(settings.max_backend_calls, settings.deadline_s), store)
+        return cls(
+            backend,
+            engine,
+            Budget(settings.max_backend_calls, settings.deadline_s),
+            store,
+            settings.stream_keepalive_s,
+        )
 
     def route(self, request: ChatCompletionRequest) -> Route:
         route = resolve(request.model, self.engine.registry.canonical, request.optillm_approach)
@@ -148,6 +156,7 @@ class ChatService:
             n_choices=job.n_choices,
             usage=lambda: ctx.meter.usage,
             hold_until_first_token=job.route.slugs == ("none",),
+            keepalive_s=self.keepalive_s,
         )
         first = await anext(chunks)  # an early failure raises here, before any byte is sent
         return StreamingResponse(

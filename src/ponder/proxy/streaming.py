@@ -3,7 +3,9 @@
 The strategy runs as a task and pushes deltas into a queue; this generator turns them into
 `chat.completion.chunk` events. It guarantees, per choice, one role chunk and exactly one
 `finish_reason`, then one usage chunk when asked, then `[DONE]`; a failure after the first byte
-is sent in-band as `data: {"error": ...}`. Closing the generator (the client went away) cancels
+is sent in-band as `data: {"error": ...}`. While the strategy works without anything to show,
+an SSE comment (`: keep-alive`) goes out every `keepalive_s`, so proxies and clients with read
+timeouts do not give up on a long search. Closing the generator (the client went away) cancels
 the task and with it every backend call in flight.
 """
 
@@ -21,6 +23,9 @@ from ponder.strategies.context import Sink
 from ponder.types import Completion, Delta, Usage, tool_call_deltas
 
 log = logging.getLogger(__name__)
+
+KEEPALIVE = b": keep-alive\n\n"
+KEEPALIVE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,12 @@ async def stream_chunks(
     n_choices: int,
     usage: Callable[[], Usage],
     hold_until_first_token: bool,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncGenerator[bytes, None]:
     """Yield SSE bytes for `run`. With `hold_until_first_token`, nothing is yielded before the
     backend produced something, so an early failure is raised to the caller (which can still
-    answer with a proper HTTP status) instead of being sent in-band."""
+    answer with a proper HTTP status) instead of being sent in-band; but not for longer than
+    `keepalive_s`, after which the stream starts and keeps itself alive."""
     queue: asyncio.Queue[Delta | None] = asyncio.Queue()
     task = asyncio.create_task(run(queue.put_nowait))
     task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -69,7 +76,17 @@ async def stream_chunks(
         if not hold_until_first_token:
             roles_sent = True
             yield _roles(fmt, n_choices)
-        while (delta := await queue.get()) is not None:
+        while True:
+            try:
+                delta = await asyncio.wait_for(queue.get(), keepalive_s)
+            except TimeoutError:  # nothing to say for a while: a comment keeps the line open
+                if not roles_sent:
+                    roles_sent = True
+                    yield _roles(fmt, n_choices)
+                yield KEEPALIVE
+                continue
+            if delta is None:
+                break
             if not roles_sent:
                 roles_sent = True
                 yield _roles(fmt, n_choices)
