@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ponder.cli import parser, settings_from
 from ponder.config import Settings
 from ponder.proxy import create_app
+from ponder.spl_store import Store
 from tests.conftest import MODEL, asgi_client, scripted, user
 
 
@@ -82,3 +85,19 @@ async def test_health_ready_reflects_the_backend() -> None:
         response = await c.get("/health/ready")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "backend_unavailable"
+
+
+async def test_health_ready_reflects_the_database(tmp_path: Path) -> None:
+    good = create_app(Settings(), backend=scripted(), store=Store(f"sqlite:///{tmp_path}/ok.db"))
+    async with asgi_client(good) as c:
+        response = await c.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "backend": "scripted", "database": "ok"}
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the database's directory should be")
+    bad = create_app(Settings(), backend=scripted(), store=Store(f"sqlite:///{blocked}/x.db"))
+    async with asgi_client(bad) as c:
+        response = await c.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"

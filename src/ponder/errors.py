@@ -105,6 +105,14 @@ class BackendUnavailable(BackendError):
     code = "backend_unavailable"
 
 
+class StoreUnavailable(PonderError):
+    """The SPL and memory database cannot be reached."""
+
+    status_code = 503
+    type = "api_error"
+    code = "database_unavailable"
+
+
 class BackendTimeout(BackendError):
     status_code = 504
     type = "timeout"

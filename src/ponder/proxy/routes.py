@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from ponder.config import DEFAULT_TENANT
-from ponder.errors import AuthenticationError, BackendUnavailable
+from ponder.errors import AuthenticationError, BackendUnavailable, StoreUnavailable
 from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from ponder.proxy.state import AppState
 
@@ -94,7 +94,9 @@ async def live() -> dict[str, str]:
 
 @health.get("/ready", responses={503: {"model": ErrorResponse}})
 async def ready(request: Request) -> Response:
-    backend = state_of(request).backend
+    """Ready when the backend answers and the SPL and memory database does."""
+    state = state_of(request)
+    backend = state.backend
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             ok = await backend.ready()
@@ -102,4 +104,9 @@ async def ready(request: Request) -> Response:
         ok = False
     if not ok:
         raise BackendUnavailable(f"backend '{backend.name}' is not answering")
-    return JSONResponse({"status": "ready", "backend": backend.name})
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await asyncio.to_thread(state.store.ping)
+    except TimeoutError:
+        raise StoreUnavailable("the database is not answering (timeout)") from None
+    return JSONResponse({"status": "ready", "backend": backend.name, "database": "ok"})

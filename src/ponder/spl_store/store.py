@@ -12,10 +12,12 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from alembic.util import CommandError
 from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ponder.config import Settings
-from ponder.errors import InvalidRequest, NotFound
+from ponder.errors import InvalidRequest, NotFound, StoreUnavailable
 from ponder.spl_store import models as m
 from ponder.spl_store import rows
 from ponder.spl_store.db import default_url, make_engine, migrate, read_session, write_session
@@ -83,6 +85,14 @@ class Store:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers (opening it on first use)."""
+        try:
+            with read_session(self.engine) as s:
+                s.execute(select(1))
+        except (SQLAlchemyError, OSError, CommandError) as exc:
+            raise StoreUnavailable(f"the database is not answering ({type(exc).__name__})") from exc
 
     @property
     def dialect(self) -> str:
