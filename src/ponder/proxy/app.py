@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from ponder import __version__
 from ponder.backends import build_backend
@@ -13,8 +13,9 @@ from ponder.backends.base import Backend
 from ponder.config import Settings
 from ponder.proxy import errors
 from ponder.proxy.knowledge import knowledge
+from ponder.proxy.metrics import METRICS_PATH, MetricsMiddleware, PonderMetrics, metrics_endpoint
 from ponder.proxy.middleware import RequestIdMiddleware
-from ponder.proxy.routes import health, v1
+from ponder.proxy.routes import health, require_key, v1
 from ponder.proxy.state import AppState
 from ponder.proxy.ui import ui
 from ponder.spl_store import Store
@@ -61,5 +62,10 @@ def create_app(
     app.include_router(knowledge)
     app.include_router(ui)
     app.include_router(health)
+    app.state.metrics = metrics = PonderMetrics()  # this app's own registry
+    app.add_api_route(
+        METRICS_PATH, metrics_endpoint, dependencies=[Depends(require_key)], include_in_schema=False
+    )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees the last-resort 500
     return app

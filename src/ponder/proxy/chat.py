@@ -16,6 +16,7 @@ from ponder.backends.base import Backend
 from ponder.config import DEFAULT_TENANT, Settings
 from ponder.errors import ClientDisconnected, DeadlineExceeded, InvalidRequest, UnknownModel
 from ponder.protocol import ChatCompletionRequest
+from ponder.proxy import metrics
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
 from ponder.proxy.streaming import KEEPALIVE_S, ChunkFormat, stream_chunks
 from ponder.spl_store import Store
@@ -135,6 +136,7 @@ class ChatService:
         disconnects before the answer is ready cancels the run and every backend call in it."""
         job = self.prepare(request, request_id, tenant)
         ctx = job.ctx
+        metrics.note_job(job.route, ctx.meter)  # read when the last byte is sent
         completion_id = f"chatcmpl-{request_id}"
         created = int(time.time())
         if not request.stream:
