@@ -17,7 +17,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
     && mkdir /data && chown ponder /data
 COPY --from=build /opt/ponder /opt/ponder
 USER ponder
-ENV PATH=/opt/ponder/bin:$PATH PONDER_HOST=0.0.0.0 PONDER_PORT=8000 \
+ENV PATH=/opt/ponder/bin:$PATH PONDER_HOST=0.0.0.0 PONDER_PORT=8000 PONDER_LOG_FORMAT=json \
     PONDER_DATABASE_URL=sqlite:////data/ponder.db
 # the SPL strategies and memories (SQLite); PostgreSQL via PONDER_DATABASE_URL=postgresql://...
 VOLUME /data

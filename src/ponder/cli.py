@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +14,7 @@ from ponder import cli_store
 from ponder.bench import cli as bench_cli
 from ponder.config import Settings
 from ponder.errors import PonderError
+from ponder.logs import configure as configure_logging
 from ponder.types import Delta
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -69,7 +69,13 @@ def serve(settings: Settings) -> None:
 
     settings.check_exposure()
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through Ponder's handler (format, masking)
+    )
 
 
 async def ask(
@@ -126,9 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"ponder: invalid setting: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     try:
         if args.command in ("spl", "memory"):
             return cli_store.run(args, settings)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     memory_max_episodes: int = Field(1000, ge=1, description="Episodes kept per tenant")
     memory_max_age_days: float = Field(90.0, gt=0, description="Episodes older than this go")
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, with the request id"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ponder.errors import InternalError
+from ponder.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class RequestIdMiddleware:
         incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         rid = incoming.decode() if incoming and _VALID_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)  # every record logged for this request carries it
         header = (b"x-request-id", rid.encode())
         started = False
 
@@ -59,3 +61,5 @@ class RequestIdMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+        finally:
+            request_id_var.reset(token)
