@@ -33,9 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ponder.errors import InvalidRequest
-from ponder.spl_store.problem_types import PROBLEM_TYPES
 from ponder.spl_store.records import EventRecord, ImportEntry, Status, StrategyRecord
-from ponder.spl_store.rows import MAX_TEXT
+from ponder.spl_store.rows import check_type, text_problem
 
 FORMATS = (".yaml", ".yml", ".json")
 
@@ -56,18 +55,19 @@ class PortableStrategy(BaseModel):
     @field_validator("problem_type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        if value not in PROBLEM_TYPES:
-            raise ValueError(f"unknown problem type {value!r}; one of: {', '.join(PROBLEM_TYPES)}")
+        try:
+            check_type(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
         return value
 
     @field_validator("text")
     @classmethod
     def _text(cls, value: str) -> str:
         value = value.strip()
-        if not value:
-            raise ValueError("must not be empty")
-        if len(value) > MAX_TEXT:
-            raise ValueError(f"is limited to {MAX_TEXT} characters")
+        problem = text_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -76,16 +76,20 @@ class PortableStrategy(BaseModel):
             raise ValueError("successes must not exceed attempts")
         return self
 
-    def entry(self) -> ImportEntry:
-        return ImportEntry(
-            problem_type=self.problem_type,
-            text=self.text,
-            status=self.status,
-            attempts=self.attempts,
-            successes=self.successes,
-            id=self.id,
-            version=self.version,
+    @classmethod
+    def of(cls, record: StrategyRecord) -> PortableStrategy:
+        return cls(
+            id=record.id,
+            problem_type=record.problem_type,
+            status=record.status,
+            version=record.version,
+            attempts=record.attempts,
+            successes=record.successes,
+            text=record.text,
         )
+
+    def entry(self) -> ImportEntry:
+        return ImportEntry(**self.model_dump())
 
 
 class PortableFile(BaseModel):
@@ -155,18 +159,7 @@ def export_document(tenant: str, strategies: Sequence[StrategyRecord]) -> dict[s
     return {
         "tenant": tenant,
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "strategies": [
-            {
-                "id": r.id,
-                "problem_type": r.problem_type,
-                "status": r.status,
-                "version": r.version,
-                "attempts": r.attempts,
-                "successes": r.successes,
-                "text": r.text,
-            }
-            for r in strategies
-        ],
+        "strategies": [PortableStrategy.of(r).model_dump() for r in strategies],
     }
 
 

@@ -227,12 +227,21 @@ def check_type(problem_type: str) -> None:
         )
 
 
+def text_problem(value: str) -> str | None:
+    """What is wrong with a strategy's (stripped) text, or None: the one rule the store and
+    the import file share."""
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_TEXT:
+        return f"is limited to {MAX_TEXT} characters"
+    return None
+
+
 def clean_text(value: str) -> str:
     value = value.strip()
-    if not value:
-        raise InvalidRequest("a strategy's text must not be empty", param="text")
-    if len(value) > MAX_TEXT:
-        raise InvalidRequest(f"a strategy's text is limited to {MAX_TEXT} characters", param="text")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InvalidRequest(f"a strategy's text {problem}", param="text")
     return value
 
 
