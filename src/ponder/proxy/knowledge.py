@@ -12,11 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from ponder.errors import InvalidRequest, NotFound
+from ponder.errors import NotFound
 from ponder.proxy.routes import error_responses, require_key, state_of
-from ponder.spl_store import PROBLEM_TYPES, OutcomeResult, Status
+from ponder.spl_store import OutcomeResult, Status
 from ponder.spl_store.portable import strategy_fields
-from ponder.spl_store.rows import STATUSES
+from ponder.spl_store.rows import check_status, check_type
 
 COMPLETION_PREFIX = "chatcmpl-"
 MAX_REQUEST_ID = 128
@@ -33,18 +33,11 @@ def filters(problem_type: str | None, status: str | None) -> tuple[str | None, l
     """The store's filters from query parameters (an empty one means none); 400 naming the
     parameter for an unknown type or status. The UI shares it."""
     problem_type, status = problem_type or None, status or None
-    if problem_type is not None and problem_type not in PROBLEM_TYPES:
-        raise InvalidRequest(
-            f"unknown problem_type {problem_type!r}; one of: {', '.join(PROBLEM_TYPES)}",
-            param="problem_type",
-        )
+    if problem_type is not None:
+        check_type(problem_type)
     if status is None:
         return problem_type, None
-    if status not in STATUSES:
-        raise InvalidRequest(
-            f"unknown status {status!r}; one of: {', '.join(STATUSES)}", param="status"
-        )
-    return problem_type, [status]
+    return problem_type, [check_status(status)]
 
 
 @knowledge.get("/spl/strategies")

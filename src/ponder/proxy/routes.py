@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from ponder.config import DEFAULT_TENANT
+from ponder.config import DEFAULT_TENANT, Settings
 from ponder.errors import AuthenticationError, BackendUnavailable, StoreUnavailable
 from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from ponder.proxy.state import AppState
@@ -41,14 +43,30 @@ def state_of(request: Request) -> AppState:
     return state
 
 
+def tenant_for(settings: Settings, authorization: str, *, basic: bool = False) -> str | None:
+    """The tenant of the key an `Authorization` header presents as `Bearer KEY` (or, with
+    `basic`, as the password of HTTP Basic auth, which browsers send); `default` when no keys
+    are configured; None when no configured key matches."""
+    if not settings.api_keys:
+        return DEFAULT_TENANT
+    scheme, _, credentials = authorization.partition(" ")
+    scheme, credentials = scheme.lower(), credentials.strip()
+    if scheme == "bearer":
+        return settings.tenant_of(credentials)
+    if scheme == "basic" and basic:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, sep, password = decoded.partition(":")
+        return settings.tenant_of(password) if sep else None
+    return None
+
+
 async def require_key(request: Request) -> None:
     """Check the API key (when keys are configured) and set `request.state.tenant`."""
     settings = state_of(request).settings
-    request.state.tenant = DEFAULT_TENANT
-    if not settings.api_keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    tenant = settings.tenant_of(token.strip()) if scheme.lower() == "bearer" else None
+    tenant = tenant_for(settings, request.headers.get("authorization", ""))
     if tenant is None:
         raise AuthenticationError("Missing or incorrect API key in 'Authorization: Bearer ...'.")
     request.state.tenant = tenant

@@ -9,8 +9,6 @@ the key decides the tenant, as on the API. Without keys it shows tenant "default
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import html
 from collections.abc import Sequence
@@ -19,9 +17,8 @@ from itertools import groupby
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from ponder.config import DEFAULT_TENANT
 from ponder.proxy.knowledge import filters
-from ponder.proxy.routes import state_of
+from ponder.proxy.routes import state_of, tenant_for
 from ponder.spl_store import PROBLEM_TYPES, EventRecord, StrategyRecord
 from ponder.spl_store.portable import iso, rate_label
 from ponder.spl_store.rows import STATUSES
@@ -56,31 +53,13 @@ nav a { margin-right: .6rem; } nav a.current { font-weight: 700; text-decoration
 """
 
 
-def tenant_of(request: Request) -> str | None:
-    """The tenant of the key the request presents (Bearer, or the Basic password), or None."""
-    settings = state_of(request).settings
-    if not settings.api_keys:
-        return DEFAULT_TENANT
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    scheme, credentials = scheme.lower(), credentials.strip()
-    if scheme == "bearer":
-        return settings.tenant_of(credentials)
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(credentials, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        _, sep, password = decoded.partition(":")
-        return settings.tenant_of(password) if sep else None
-    return None
-
-
 ui = APIRouter(prefix="/ui", include_in_schema=False)
 
 
 @ui.get("/spl", response_class=HTMLResponse)
 async def spl_page(request: Request, status: str | None = None) -> HTMLResponse:
-    tenant = tenant_of(request)
+    settings = state_of(request).settings
+    tenant = tenant_for(settings, request.headers.get("authorization", ""), basic=True)
     if tenant is None:
         body = page("Ponder: sign in", "<h1>401</h1><p>This page needs an API key.</p>")
         return HTMLResponse(body, status_code=401, headers={**HEADERS, **CHALLENGE})

@@ -32,9 +32,11 @@ MAX_TEXT = 4000
 STATUSES: tuple[Status, ...] = ("candidate", "active", "retired")
 
 
-def check_status(status: str) -> None:
+def check_status(status: str) -> Status:
+    """`status`, typed, if it is one; else a 400 naming `status`."""
     if status not in STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", param="status")
+    return status
 
 
 def insert_strategy(
