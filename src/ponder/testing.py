@@ -15,15 +15,13 @@ import asyncio
 import itertools
 import json
 import re
-import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ponder.backends.base import Capabilities
 from ponder.errors import PonderError
+from ponder.serving import running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling, Usage, tool_call_deltas
 
@@ -193,28 +191,6 @@ class _InFlight:
         b.in_flight -= 1
         if exc_type is asyncio.CancelledError or exc_type is GeneratorExit:
             b.cancelled += 1
-
-
-@contextmanager
-def running_server(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve `app` with uvicorn on a free port in a background thread; yields the base URL
-    (".../v1"). The app runs on that thread's event loop."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="ponder-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 class FakeUpstream:

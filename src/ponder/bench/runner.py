@@ -154,7 +154,7 @@ async def endpoint(config: BenchConfig, backend: Backend | None = None) -> Async
         return
     from ponder.config import Settings
     from ponder.proxy import create_app
-    from ponder.testing import running_server
+    from ponder.serving import running_server
 
     settings = Settings(
         database_url=f"sqlite:///{(config.out_dir / DB_FILE).resolve()}",
