@@ -2,7 +2,8 @@
 
 Every method takes the tenant and touches only that tenant's rows. Methods are synchronous
 (SQLAlchemy sessions); async code calls them through `asyncio.to_thread`. The database is
-opened, and migrated to the newest schema, on first use.
+opened, and migrated to the newest schema, on first use. The outcome and memory-episode
+methods are in `outcomes.py` and `episodes.py`.
 """
 
 from __future__ import annotations
@@ -13,24 +14,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from alembic.util import CommandError
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ponder.config import Settings
-from ponder.errors import InvalidRequest, NotFound, StoreUnavailable
+from ponder.errors import StoreUnavailable
 from ponder.spl_store import models as m
 from ponder.spl_store import rows
 from ponder.spl_store.db import default_url, make_engine, migrate, read_session, write_session
+from ponder.spl_store.episodes import EpisodeMethods
+from ponder.spl_store.outcomes import OutcomeMethods
 from ponder.spl_store.records import (
-    SOURCE_RANK,
     Draft,
-    EpisodeRecord,
     EventRecord,
     ExampleRecord,
     ImportEntry,
     ImportResult,
     Lifecycle,
-    OutcomeResult,
     Policy,
     Status,
     StrategyRecord,
@@ -38,7 +38,7 @@ from ponder.spl_store.records import (
 )
 
 
-class Store:
+class Store(OutcomeMethods, EpisodeMethods):
     def __init__(
         self,
         url: str | None = None,
@@ -319,168 +319,3 @@ class Store:
         held back by `max_candidates_per_type`: an operator chose them."""
         with write_session(self.engine, tenant) as s:
             return rows.apply_import(s, tenant, entries, self.lifecycle.max_per_type)
-
-    # ---- outcomes --------------------------------------------------------------------------
-
-    def record_request(
-        self,
-        tenant: str,
-        request_id: str,
-        problem_type: str,
-        query: str,
-        answer: str,
-        strategy_ids: Sequence[int],
-    ) -> None:
-        """Remember a learning request so that its outcome, now or later, can be applied."""
-        rows.check_type(problem_type)
-        with write_session(self.engine, tenant) as s:
-            s.add(
-                m.SplRequest(
-                    tenant=tenant,
-                    request_id=request_id,
-                    problem_type=problem_type,
-                    query=query,
-                    answer=answer,
-                    strategy_ids=list(strategy_ids),
-                )
-            )
-
-    def record_outcome(
-        self, tenant: str, request_id: str, correct: bool, source: str
-    ) -> OutcomeResult:
-        """Apply an outcome to the strategies a request used: attempts and successes in SQL,
-        then promotion and retirement, all in one transaction. A later, better signal
-        (feedback over a judgement) corrects the successes; it never counts the attempt twice."""
-        if source not in SOURCE_RANK:
-            raise InvalidRequest(f"unknown outcome source {source!r}", param="source")
-        with write_session(self.engine, tenant) as s:
-            row = s.scalar(
-                select(m.SplRequest).where(
-                    m.SplRequest.tenant == tenant, m.SplRequest.request_id == request_id
-                )
-            )
-            if row is None:
-                raise NotFound(
-                    f"no learning request {request_id!r} for this tenant", param="request_id"
-                )
-            ids = tuple(row.strategy_ids)
-            before, before_source = row.outcome, row.outcome_source
-            if before is not None and (
-                SOURCE_RANK[before_source or "judge"] > SOURCE_RANK[source] or before == correct
-            ):
-                return OutcomeResult(False, before, before_source, strategy_ids=ids)
-            if ids:
-                gained = int(correct) - int(bool(before))
-                values: dict[str, Any] = {
-                    "successes": m.Strategy.successes + gained,
-                    "updated_at": m.utcnow(),
-                }
-                if before is None:
-                    values["attempts"] = m.Strategy.attempts + 1
-                s.execute(
-                    update(m.Strategy)
-                    .where(m.Strategy.tenant == tenant, m.Strategy.id.in_(ids))
-                    .values(**values)
-                )
-                kind = "success" if correct else "failure"
-                for strategy_id in ids:
-                    rows.event_row(s, tenant, strategy_id, request_id, kind, source=source)
-                    if before is None:
-                        s.add(
-                            m.StrategyExample(
-                                tenant=tenant,
-                                strategy_id=strategy_id,
-                                request_id=request_id,
-                                query=row.query,
-                                answer=row.answer,
-                                correct=correct,
-                            )
-                        )
-                if before is not None:
-                    s.execute(
-                        update(m.StrategyExample)
-                        .where(
-                            m.StrategyExample.tenant == tenant,
-                            m.StrategyExample.request_id == request_id,
-                        )
-                        .values(correct=correct)
-                    )
-            row.outcome, row.outcome_source = correct, source
-            promoted, retired = rows.lifecycle(s, tenant, ids, self.lifecycle)
-            return OutcomeResult(True, correct, source, promoted, retired, ids)
-
-    def request_outcome(self, tenant: str, request_id: str) -> tuple[bool | None, str | None]:
-        with read_session(self.engine) as s:
-            row = s.execute(
-                select(m.SplRequest.outcome, m.SplRequest.outcome_source).where(
-                    m.SplRequest.tenant == tenant, m.SplRequest.request_id == request_id
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"no learning request {request_id!r}", param="request_id")
-            return row[0], row[1]
-
-    # ---- memory episodes -------------------------------------------------------------------
-
-    def add_episode(
-        self,
-        tenant: str,
-        conversation: str,
-        request_id: str,
-        question: str,
-        answer: str,
-        vector: bytes,
-        *,
-        max_episodes: int,
-        max_age: dt.timedelta,
-    ) -> int:
-        """Store an exchange, then drop the tenant's episodes past the age limit and the oldest
-        beyond the size cap. Returns the new episode's id."""
-        with write_session(self.engine, tenant) as s:
-            row = m.Episode(
-                tenant=tenant,
-                conversation=conversation,
-                request_id=request_id,
-                question=question,
-                answer=answer,
-                vector=vector,
-            )
-            s.add(row)
-            s.flush()
-            mine = m.Episode.tenant == tenant
-            s.execute(delete(m.Episode).where(mine, m.Episode.created_at < m.utcnow() - max_age))
-            keep = (
-                select(m.Episode.id).where(mine).order_by(m.Episode.id.desc()).limit(max_episodes)
-            )
-            s.execute(delete(m.Episode).where(mine, m.Episode.id.not_in(keep.scalar_subquery())))
-            return row.id
-
-    def episodes(
-        self, tenant: str, conversation: str | None = None, limit: int | None = None
-    ) -> list[EpisodeRecord]:
-        """Newest first."""
-        query = select(m.Episode).where(m.Episode.tenant == tenant)
-        if conversation is not None:
-            query = query.where(m.Episode.conversation == conversation)
-        query = query.order_by(m.Episode.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        with read_session(self.engine) as s:
-            return [rows.to_episode(r) for r in s.scalars(query)]
-
-    def clear_episodes(self, tenant: str, conversation: str | None = None) -> int:
-        where = [m.Episode.tenant == tenant]
-        if conversation is not None:
-            where.append(m.Episode.conversation == conversation)
-        with write_session(self.engine, tenant) as s:
-            return int(s.execute(delete(m.Episode).where(*where)).rowcount)  # type: ignore[attr-defined]
-
-    def episode_outcome(self, tenant: str, request_id: str, correct: bool) -> int:
-        """Record feedback on a remembered exchange; returns how many episodes it matched."""
-        with write_session(self.engine, tenant) as s:
-            done = s.execute(
-                update(m.Episode)
-                .where(m.Episode.tenant == tenant, m.Episode.request_id == request_id)
-                .values(outcome=correct)
-            )
-            return int(done.rowcount)  # type: ignore[attr-defined]
