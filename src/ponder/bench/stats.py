@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 Z95 = 1.96
 """The normal quantile of a two-sided 95% interval."""
 
@@ -46,15 +48,10 @@ def difference_interval(
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between the closest ranks (the
-    usual definition, as numpy's default). No values: 0.0."""
+    """The q-th percentile (0-100), interpolated linearly between the closest ranks (numpy's
+    default). No values: 0.0."""
     if not 0 <= q <= 100:
         raise ValueError(f"percentile must be within 0-100, got {q}")
     if not values:
         return 0.0
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    below = math.floor(position)
-    above = min(below + 1, len(ordered) - 1)
-    fraction = position - below
-    return float(ordered[below] + (ordered[above] - ordered[below]) * fraction)
+    return float(np.percentile(values, q))
