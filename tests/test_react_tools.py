@@ -3,6 +3,7 @@ conversation."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -164,5 +165,6 @@ def test_builtin_tools_have_names_descriptions_and_run() -> None:
     for name, tool in BUILTIN_TOOLS.items():
         assert tool.name == name
         assert f"{name}[" in tool.description
-    assert BUILTIN_TOOLS["calculator"].run("6 * 7", CONVERSATION) == "42"
-    assert "Thursday" in BUILTIN_TOOLS["search_context"].run("budget review", CONVERSATION)
+    assert asyncio.run(BUILTIN_TOOLS["calculator"].run("6 * 7", CONVERSATION)) == "42"
+    found = asyncio.run(BUILTIN_TOOLS["search_context"].run("budget review", CONVERSATION))
+    assert "Thursday" in found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -65,12 +66,58 @@ class Settings(BaseSettings):
     spl_max_per_type: int = Field(5, ge=1, description="Most active strategies per problem type")
     memory_max_episodes: int = Field(1000, ge=1, description="Episodes kept per tenant")
     memory_max_age_days: float = Field(90.0, gt=0, description="Episodes older than this go")
+    keys_file: Path | None = Field(
+        None,
+        description="YAML file of hashed API keys with their tenant and permissions "
+        "(`ponder keys add` writes it)",
+    )
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Requests per minute per key, unless its entry says (0: no limit)"
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="Chat requests running at once; more wait in a bounded queue"
+    )
+    max_queued_requests: int = Field(
+        256, ge=0, description="Chat requests that may wait for a slot; beyond it a 503"
+    )
+    queue_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a request waits for a slot before a 503"
+    )
+    upstream_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of an upstream call after a 429, 5xx or lost connection",
+    )
+    upstream_backoff_s: float = Field(
+        0.5, ge=0, description="First retry's delay; doubles each retry (with jitter)"
+    )
+    upstream_max_retry_wait_s: float = Field(
+        10.0, ge=0, description="Longest wait before a retry; a longer Retry-After is not waited"
+    )
+    fallback_base_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="openai backend: upstreams tried in order when the first fails "
+        "(comma-separated base URLs)",
+    )
+    enable_code_execution: bool = Field(
+        False, description="Offer the react tool `python` (model-written code, sandboxed)"
+    )
+    code_timeout_s: float = Field(5.0, gt=0, description="Wall-clock limit of one code run")
+    code_memory_mb: int = Field(256, ge=16, description="Memory limit of one code run")
+    enable_url_fetch: bool = Field(
+        False,
+        description="Offer the react tool `fetch_url` and the `readurls` strategy "
+        "(public addresses only)",
+    )
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Time limit of one URL fetch")
+    fetch_max_bytes: int = Field(1_000_000, ge=1024, description="Most bytes read from one URL")
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line, with the request id"
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "fallback_base_urls", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
         if isinstance(v, str):

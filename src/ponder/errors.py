@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class PonderError(Exception):
     """Base of every error Ponder reports to a client."""
@@ -10,12 +12,27 @@ class PonderError(Exception):
     type: str = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        self.retry_after = retry_after
+        """Seconds after which the same request may succeed (sent as `Retry-After`)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -77,6 +94,15 @@ class RateLimited(PonderError):
     code = "rate_limit_exceeded"
 
 
+class Overloaded(PonderError):
+    """Ponder is at its cap of concurrent requests and its queue is full (or the wait was too
+    long). Retry after `Retry-After` seconds."""
+
+    status_code = 503
+    type = "server_error"
+    code = "server_overloaded"
+
+
 class BudgetExceeded(InvalidRequest):
     """The strategy needs more backend calls than the request's budget allows. Not a 429:
     retrying the same request cannot succeed."""
@@ -98,6 +124,20 @@ class BackendError(PonderError):
     status_code = 502
     type = "api_error"
     code = "backend_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, param=param, code=code, retry_after=retry_after)
+        self.retryable = retryable
+        """A transient failure (upstream 429/5xx, a connection that failed or broke): the
+        same call may succeed if tried again."""
 
 
 class BackendUnavailable(BackendError):

@@ -24,6 +24,8 @@ from ponder.strategies.base import Strategy
 from ponder.strategies.context import Budget, RequestContext, Sink
 from ponder.strategies.engine import Engine
 from ponder.strategies.resolve import Route, resolve
+from ponder.strategies.toolbox import server_tools
+from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 from ponder.types import Completion, Message
 
 T = TypeVar("T")
@@ -45,6 +47,8 @@ class ChatService:
     """The SPL and memory store (opened on first use)."""
     keepalive_s: float = KEEPALIVE_S
     """Seconds of silence after which a stream sends a keep-alive comment."""
+    tools: Mapping[str, Tool] = field(default_factory=lambda: dict(BUILTIN_TOOLS))
+    """The tools strategies may use (the optional ones only where the settings turn them on)."""
 
     @classmethod
     def for_settings(
@@ -57,6 +61,7 @@ class ChatService:
             Budget(settings.max_backend_calls, settings.deadline_s),
             store,
             settings.stream_keepalive_s,
+            server_tools(settings),
         )
 
     def route(self, request: ChatCompletionRequest) -> Route:
@@ -122,6 +127,7 @@ class ChatService:
                 ),
                 tenant=tenant,
                 store=self.store,
+                tools=self.tools,
             ),
         )
 

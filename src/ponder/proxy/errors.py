@@ -66,7 +66,7 @@ def install(app: FastAPI) -> None:
     async def _ponder(_: Request, exc: PonderError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("request failed: %s (%s)", exc.message, exc.code)
-        return _json(exc.status_code, exc.to_dict())
+        return _json(exc.status_code, exc.to_dict(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Backend
 from ponder.errors import BudgetExceeded, PonderError, Unsupported
+from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ class RequestContext:
     """Whose knowledge (SPL strategies, memories) this request may read and change."""
     store: Store | None = None
     """The SPL and memory store, for the strategies that keep knowledge."""
+    tools: Mapping[str, Tool] = field(default_factory=lambda: dict(BUILTIN_TOOLS))
+    """The tools this server offers strategies (the optional ones only where turned on)."""
 
     def __post_init__(self) -> None:
         if self.limiter is None:

@@ -36,11 +36,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from ponder.errors import PermissionDenied
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, text_sampling, with_system
 from ponder.strategies.context import RequestContext
 from ponder.strategies.tool_exchange import answered_calls, split_scratchpad, tool_arguments
-from ponder.strategies.tools import BUILTIN_TOOLS, Tool
+from ponder.strategies.tools import BUILTIN_TOOLS, OPTIONAL_TOOLS, Tool
 from ponder.types import Completion, FinishReason, Message, Sampling, ToolCall
 
 REACT_INSTRUCTIONS = (
@@ -67,6 +68,7 @@ OBSERVATION_STOP = "\nObservation:"
 UNFORMATTED_STEP = "No Action and no Final Answer in this step: it is taken as the answer.\n"
 NO_STEPS_LEFT = "No final answer after the last step: asking for it.\n"
 REPEATED_CALL = "(you already called this tool with these arguments) "
+KNOWN_TOOLS = (*BUILTIN_TOOLS, *OPTIONAL_TOOLS)
 SHAPING_NOTE = "Writing it in the requested format.\n"
 
 _ACTION = re.compile(r"\bAction\s*:\s*([A-Za-z0-9_.\-]+)\s*(\[|\n\s*Action\s+Input\s*:)", re.I)
@@ -83,15 +85,16 @@ class ReActConfig(StrategyConfig):
     )
     tools: tuple[str, ...] = Field(
         ("calculator", "search_context"),
-        description=f"The built-in tools the model may use, of: {', '.join(BUILTIN_TOOLS)}",
+        description=f"The built-in tools the model may use, of: {', '.join(KNOWN_TOOLS)} "
+        f"({', '.join(OPTIONAL_TOOLS)} only where the server turns them on)",
     )
 
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, tools: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in tools if t not in BUILTIN_TOOLS]
+        unknown = [t for t in tools if t not in KNOWN_TOOLS]
         if unknown:
-            known = ", ".join(BUILTIN_TOOLS)
+            known = ", ".join(KNOWN_TOOLS)
             raise ValueError(f"unknown tool(s) {', '.join(unknown)}; the built-in ones: {known}")
         return tuple(dict.fromkeys(tools))
 
@@ -119,7 +122,7 @@ class ReAct:
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         client_tools = offered_tools(ctx.sampling)
         builtins = {
-            name: BUILTIN_TOOLS[name] for name in self.config.tools if name not in client_tools
+            name: enabled(ctx, name) for name in self.config.tools if name not in client_tools
         }
         conversation, scratchpad = split_scratchpad(messages)
         answered = answered_calls(messages)
@@ -175,7 +178,7 @@ class ReAct:
             elif tool is None:
                 observation = unknown_tool(step.action, [*builtins, *client_tools])
             else:
-                observation = tool.run(step.input, messages)
+                observation = await tool.run(step.input, messages)
             ctx.reason(f"Observation: {observation}\n")
             ctx.step(
                 "react_step",
@@ -244,6 +247,19 @@ def step_sampling(sampling: Sampling, step_tokens: int) -> Sampling:
     # OpenAI-compatible servers take at most 4 stop sequences: ours goes first
     stop = tuple(dict.fromkeys((OBSERVATION_STOP, *sampling.stop)))[:4]
     return text_sampling(sampling, step_tokens).with_(stop=stop)
+
+
+def enabled(ctx: RequestContext, name: str) -> Tool:
+    """The server's tool `name`; a tool the server has not turned on is refused (403)."""
+    tool = ctx.tools.get(name)
+    if tool is None:
+        setting = OPTIONAL_TOOLS.get(name, "")
+        raise PermissionDenied(
+            f"the tool '{name}' is turned off on this server"
+            + (f" (an operator turns it on with {setting}=true)" if setting else ""),
+            param="ponder.react.tools",
+        )
+    return tool
 
 
 def unknown_tool(name: str, available: Sequence[str]) -> str:

@@ -44,7 +44,7 @@ class Tool(Protocol):
     @property
     def description(self) -> str: ...
 
-    def run(self, text: str, context: Sequence[Message]) -> str:
+    async def run(self, text: str, context: Sequence[Message]) -> str:
         """The observation for `text`; `context` is the client's conversation."""
         ...
 
@@ -194,7 +194,7 @@ class Calculator:
         "sin, cos, tan, floor, ceil, pi and e."
     )
 
-    def run(self, text: str, context: Sequence[Message]) -> str:
+    async def run(self, text: str, context: Sequence[Message]) -> str:
         return calculate(text)
 
 
@@ -253,8 +253,16 @@ class SearchContext:
         "tool results) that best match a few keywords, e.g. search_context[meeting date]."
     )
 
-    def run(self, text: str, context: Sequence[Message]) -> str:
+    async def run(self, text: str, context: Sequence[Message]) -> str:
         return search_context(text, context)
 
 
 BUILTIN_TOOLS: Mapping[str, Tool] = {tool.name: tool for tool in (Calculator(), SearchContext())}
+"""The tools every server offers."""
+
+OPTIONAL_TOOLS: Mapping[str, str] = {
+    "python": "PONDER_ENABLE_CODE_EXECUTION",
+    "fetch_url": "PONDER_ENABLE_URL_FETCH",
+}
+"""Tools that run model-written code or reach the network: off unless the operator turns
+them on with the setting named here (`ponder.strategies.toolbox.server_tools`)."""

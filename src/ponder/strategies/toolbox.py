@@ -1,0 +1,14 @@
+"""The tools a server offers its strategies, from its settings: the built-in ones always, the
+ones that run model-written code or fetch URLs only where the operator turned them on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ponder.config import Settings
+from ponder.strategies.tools import BUILTIN_TOOLS, Tool
+
+
+def server_tools(settings: Settings) -> Mapping[str, Tool]:
+    tools: dict[str, Tool] = dict(BUILTIN_TOOLS)
+    return tools
