@@ -145,6 +145,14 @@ class BackendUnavailable(BackendError):
     code = "backend_unavailable"
 
 
+class UpstreamRateLimited(BackendError, RateLimited):
+    """The upstream answered 429 (and kept doing so through Ponder's retries)."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class StoreUnavailable(PonderError):
     """The SPL and memory database cannot be reached."""
 

@@ -10,17 +10,7 @@ __all__ = ["Backend", "Capabilities", "build_backend"]
 
 def build_backend(settings: Settings) -> Backend:
     if settings.backend == "openai":
-        from ponder.backends.openai_compat import OpenAICompatBackend
-
-        if not settings.base_url:
-            raise ValueError("the openai backend needs --base-url (PONDER_BASE_URL)")
-        key = settings.upstream_api_key
-        return OpenAICompatBackend(
-            settings.base_url,
-            api_key=key.get_secret_value() if key else None,
-            timeout_s=settings.upstream_timeout_s,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-        )
+        return _remote(settings)
     if settings.backend == "vllm":
         from ponder.backends.vllm import VLLMBackend
 
@@ -39,3 +29,26 @@ def build_backend(settings: Settings) -> Backend:
         n_threads=settings.n_threads,
         n_ctx=settings.n_ctx,
     )
+
+
+def _remote(settings: Settings) -> Backend:
+    """The upstream, then its fallbacks, each call retried on transient failures."""
+    from ponder.backends.openai_compat import OpenAICompatBackend
+    from ponder.backends.resilience import ResilientBackend, RetryPolicy
+
+    if not settings.base_url:
+        raise ValueError("the openai backend needs --base-url (PONDER_BASE_URL)")
+    key = settings.upstream_api_key
+    upstreams = [
+        OpenAICompatBackend(
+            url,
+            api_key=key.get_secret_value() if key else None,
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+        )
+        for url in (settings.base_url, *settings.fallback_base_urls)
+    ]
+    policy = RetryPolicy(
+        settings.upstream_retries, settings.upstream_backoff_s, settings.upstream_max_retry_wait_s
+    )
+    return ResilientBackend(upstreams, policy)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
@@ -18,8 +20,8 @@ from ponder.errors import (
     BackendUnavailable,
     InvalidRequest,
     PonderError,
-    RateLimited,
     UnknownModel,
+    UpstreamRateLimited,
 )
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling, Usage
@@ -41,6 +43,7 @@ class OpenAICompatBackend:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._secret = api_key
         self._clients = ClientPool(
             lambda: httpx.AsyncClient(
                 base_url=base_url.rstrip("/") + "/",
@@ -101,7 +104,7 @@ class OpenAICompatBackend:
             ):
                 if response.status_code >= 400:
                     await response.aread()
-                    _raise_for(response)
+                    _raise_for(response, self._secret)
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -111,7 +114,8 @@ class OpenAICompatBackend:
                         break
                     chunk = _object(data)
                     if "error" in chunk:
-                        raise BackendError(_message_of(chunk, "upstream stream failed"))
+                        message = _message_of(chunk, "upstream stream failed", self._secret)
+                        raise BackendError(message, retryable=True)
                     for delta in deltas_of(chunk):
                         if delta.usage is not None:
                             usage = delta.usage
@@ -124,7 +128,7 @@ class OpenAICompatBackend:
         except httpx.HTTPError as exc:
             _raise_transport(exc)
         if len(finished) < n and not done:
-            raise BackendError("upstream stream ended before every choice finished")
+            raise BackendError("upstream stream ended before every choice finished", retryable=True)
         for index in range(n):
             if index not in finished:
                 yield Delta(index=index, finish_reason="stop")
@@ -154,7 +158,7 @@ class OpenAICompatBackend:
         except httpx.HTTPError as exc:
             _raise_transport(exc)
         if response.status_code >= 400:
-            _raise_for(response)
+            _raise_for(response, self._secret)
         return response
 
 
@@ -196,37 +200,45 @@ def _object(raw: str | bytes) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except ValueError as exc:
-        raise BackendError("the upstream sent malformed JSON") from exc
+        raise BackendError("the upstream sent malformed JSON", retryable=True) from exc
     if not isinstance(value, dict):
-        raise BackendError("the upstream sent JSON that is not an object")
+        raise BackendError("the upstream sent JSON that is not an object", retryable=True)
     return value
 
 
-def _message_of(body: object, default: str) -> str:
+def _message_of(body: object, default: str, secret: str | None = None) -> str:
+    """The upstream's error message, with Ponder's upstream key masked (providers echo it)."""
+    message = default
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    return default
+            message = str(err["message"])
+        elif isinstance(err, str):
+            message = err
+    return message.replace(secret, "***") if secret else message
 
 
 def _raise_transport(exc: httpx.HTTPError) -> NoReturn:
+    """Connecting failed, or the connection broke: worth another try. A read timeout is not:
+    the upstream was reached and spent its time."""
+    name = type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        raise BackendTimeout(f"cannot reach the upstream: {name}", retryable=True) from exc
     if isinstance(exc, httpx.TimeoutException):
         raise BackendTimeout("the upstream did not answer in time") from exc
     if isinstance(exc, httpx.TransportError):
-        raise BackendUnavailable(f"cannot reach the upstream: {type(exc).__name__}") from exc
-    raise BackendError(f"upstream call failed: {type(exc).__name__}") from exc
+        raise BackendUnavailable(f"cannot reach the upstream: {name}", retryable=True) from exc
+    raise BackendError(f"upstream call failed: {name}") from exc
 
 
-def _raise_for(response: httpx.Response) -> NoReturn:
+def _raise_for(response: httpx.Response, secret: str | None) -> NoReturn:
     try:
         body: object = response.json()
     except ValueError:
         body = None
     status = response.status_code
-    message = _message_of(body, f"upstream answered HTTP {status}")
+    message = _message_of(body, f"upstream answered HTTP {status}", secret)
+    retry_after = retry_after_s(response.headers.get("retry-after"))
     param = None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         p = body["error"].get("param")
@@ -241,9 +253,26 @@ def _raise_for(response: httpx.Response) -> NoReturn:
             "the upstream rejected Ponder's credentials; check PONDER_UPSTREAM_API_KEY"
         )
     if status == 429:
-        raise RateLimited(message)
+        raise UpstreamRateLimited(message, retryable=True, retry_after=retry_after)
     if status in (502, 503):
-        raise BackendUnavailable(message)
-    if status == 504:
-        raise BackendTimeout(message)
-    raise BackendError(message)
+        raise BackendUnavailable(message, retryable=True, retry_after=retry_after)
+    if status in (408, 504):
+        raise BackendTimeout(message, retryable=True)
+    raise BackendError(message, retryable=status >= 500)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """`Retry-After` in seconds (it may be a number of seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
