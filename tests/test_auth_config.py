@@ -6,6 +6,7 @@ import pytest
 
 from ponder.cli import parser, settings_from
 from ponder.config import Settings
+from ponder.keys import Keyring
 from ponder.proxy import create_app
 from ponder.spl_store import Store
 from tests.conftest import MODEL, asgi_client, scripted, user
@@ -46,11 +47,12 @@ def test_refuses_to_listen_beyond_loopback_without_keys(
     host: str, keys: str, allowed: bool
 ) -> None:
     settings = Settings(host=host, api_keys=keys)
+    count = len(Keyring.from_settings(settings))
     if allowed:
-        settings.check_exposure()
+        settings.check_exposure(count)
     else:
         with pytest.raises(ValueError, match="without API keys"):
-            settings.check_exposure()
+            settings.check_exposure(count)
 
 
 def test_cli_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ponder import cli_store
+from ponder import cli_keys, cli_store
 from ponder.bench import cli as bench_cli
 from ponder.config import Settings
 from ponder.errors import PonderError
@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     _backend_flags(ask)
     ask.add_argument("--model-path", dest="model", help="embedded: GGUF file; vllm: model path")
     cli_store.add_parsers(sub)
+    cli_keys.add_parser(sub)
     bench_cli.add_parser(sub)
     return root
 
@@ -65,9 +66,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from ponder.keys import Keyring
     from ponder.proxy import create_app
 
-    settings.check_exposure()
+    settings.check_exposure(len(Keyring.from_settings(settings)))
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -136,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("spl", "memory"):
             return cli_store.run(args, settings)
+        if args.command == "keys":
+            return cli_keys.run(args, settings)
         if args.command == "bench":
             return bench_cli.run(args)
         if args.command == "serve":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import re
 from pathlib import Path
@@ -124,23 +123,14 @@ class Settings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
-    def tenant_of(self, presented: str) -> str | None:
-        """The tenant of an API key, or None when no configured key matches. An entry
-        `tenant:key` names its tenant; a bare key belongs to `default`."""
-        found = None
-        for entry in self.api_keys:
-            tenant, key = split_key(entry.get_secret_value())
-            if hmac.compare_digest(presented.encode(), key.encode()):
-                found = tenant  # no early exit: the time taken does not depend on which key
-        return found
-
-    def check_exposure(self) -> None:
-        """Refuse to listen beyond loopback without API keys."""
-        if self.api_keys or _is_loopback(self.host):
+    def check_exposure(self, keys: int) -> None:
+        """Refuse to listen beyond loopback without API keys (`keys`: how many are configured,
+        from `PONDER_API_KEYS` and the keys file)."""
+        if keys or _is_loopback(self.host):
             return
         raise ValueError(
-            f"refusing to listen on {self.host} without API keys: set PONDER_API_KEYS "
-            "or bind 127.0.0.1"
+            f"refusing to listen on {self.host} without API keys: set PONDER_KEYS_FILE "
+            "(see `ponder keys add`) or PONDER_API_KEYS, or bind 127.0.0.1"
         )
 
 

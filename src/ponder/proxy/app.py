@@ -11,11 +11,12 @@ from ponder import __version__
 from ponder.backends import build_backend
 from ponder.backends.base import Backend
 from ponder.config import Settings
+from ponder.keys import Keyring
 from ponder.proxy import errors
 from ponder.proxy.knowledge import knowledge
 from ponder.proxy.metrics import METRICS_PATH, MetricsMiddleware, PonderMetrics, metrics_endpoint
 from ponder.proxy.middleware import RequestIdMiddleware
-from ponder.proxy.routes import health, require_key, v1
+from ponder.proxy.routes import authenticate, health, v1
 from ponder.proxy.state import AppState
 from ponder.proxy.ui import ui
 from ponder.spl_store import Store
@@ -33,12 +34,15 @@ def create_app(
     app); a given backend stays the caller's to close. Without `store`, the SPL and memory
     store at `settings.database_url` is used (opened on first use, closed with the app)."""
     settings = settings or Settings()
+    engine = Engine(registry or default_registry())
+    keyring = Keyring.from_settings(settings).with_canonical_strategies(engine.registry.canonical)
     state = AppState(
         settings=settings,
         backend=backend or build_backend(settings),
-        engine=Engine(registry or default_registry()),
+        engine=engine,
         owns_backend=backend is None,
         store=store or Store.for_settings(settings),
+        keyring=keyring,
     )
     owns_store = store is None
 
@@ -64,7 +68,10 @@ def create_app(
     app.include_router(health)
     app.state.metrics = metrics = PonderMetrics()  # this app's own registry
     app.add_api_route(
-        METRICS_PATH, metrics_endpoint, dependencies=[Depends(require_key)], include_in_schema=False
+        METRICS_PATH,
+        metrics_endpoint,
+        dependencies=[Depends(authenticate)],
+        include_in_schema=False,
     )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees the last-resort 500

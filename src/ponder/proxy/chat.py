@@ -9,15 +9,25 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive
 
 from ponder.backends.base import Backend
-from ponder.config import DEFAULT_TENANT, Settings
-from ponder.errors import ClientDisconnected, DeadlineExceeded, InvalidRequest, UnknownModel
+from ponder.config import Settings
+from ponder.errors import (
+    ClientDisconnected,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    PermissionDenied,
+    UnknownModel,
+)
+from ponder.keys import ANONYMOUS, Principal
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy import metrics
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
+from ponder.proxy.limits import Admission
 from ponder.proxy.streaming import KEEPALIVE_S, ChunkFormat, stream_chunks
 from ponder.spl_store import Store
 from ponder.strategies.base import Strategy
@@ -49,6 +59,8 @@ class ChatService:
     """Seconds of silence after which a stream sends a keep-alive comment."""
     tools: Mapping[str, Tool] = field(default_factory=lambda: dict(BUILTIN_TOOLS))
     """The tools strategies may use (the optional ones only where the settings turn them on)."""
+    admission: Admission | None = None
+    """The cap on concurrent requests (None: no cap)."""
 
     @classmethod
     def for_settings(
@@ -62,6 +74,11 @@ class ChatService:
             store,
             settings.stream_keepalive_s,
             server_tools(settings),
+            Admission(
+                settings.max_concurrent_requests,
+                settings.max_queued_requests,
+                settings.queue_timeout_s,
+            ),
         )
 
     def route(self, request: ChatCompletionRequest) -> Route:
@@ -105,10 +122,15 @@ class ChatService:
         return options
 
     def prepare(
-        self, request: ChatCompletionRequest, request_id: str, tenant: str = DEFAULT_TENANT
+        self, request: ChatCompletionRequest, request_id: str, principal: Principal = ANONYMOUS
     ) -> Job:
         """Validate and resolve everything before the first backend call."""
         route = self.route(request)
+        refused = [slug for slug in route.slugs if not principal.may_run(slug)]
+        if refused:
+            raise PermissionDenied(
+                f"this key may not use the strategy '{refused[0]}'", param="model"
+            )
         options = self.options(request)
         return Job(
             route=route,
@@ -125,7 +147,8 @@ class ChatService:
                 budget=self.budget.tighter(
                     Budget(options.get("max_backend_calls"), options.get("deadline_s"))
                 ),
-                tenant=tenant,
+                tenant=principal.tenant,
+                may_learn=principal.learning,
                 store=self.store,
                 tools=self.tools,
             ),
@@ -136,14 +159,36 @@ class ChatService:
         request: ChatCompletionRequest,
         request_id: str,
         receive: Receive,
-        tenant: str = DEFAULT_TENANT,
+        principal: Principal = ANONYMOUS,
     ) -> Response:
-        """Answer `request` for `tenant`. `receive` is the ASGI channel: a client that
-        disconnects before the answer is ready cancels the run and every backend call in it."""
-        job = self.prepare(request, request_id, tenant)
+        """Answer `request` for `principal`. `receive` is the ASGI channel: a client that
+        disconnects before the answer is ready (or while it waits for a slot) cancels the run
+        and every backend call in it."""
+        job = self.prepare(request, request_id, principal)
+        if self.admission is None:
+            return await self._answer(request, job, receive)
+        admission = self.admission
+        try:
+            await cancel_on_disconnect(admission.acquire(), receive)
+        except Overloaded:
+            metrics.note_rejected("overload")
+            raise
+        try:
+            response = await self._answer(request, job, receive)
+        except BaseException:
+            admission.release()
+            raise
+        if isinstance(response, StreamingResponse):
+            # The slot is held until the stream ends (or its client goes).
+            response.background = BackgroundTask(admission.release)
+        else:
+            admission.release()
+        return response
+
+    async def _answer(self, request: ChatCompletionRequest, job: Job, receive: Receive) -> Response:
         ctx = job.ctx
         metrics.note_job(job.route, ctx.meter)  # read when the last byte is sent
-        completion_id = f"chatcmpl-{request_id}"
+        completion_id = f"chatcmpl-{ctx.request_id}"
         created = int(time.time())
         if not request.stream:
             choices = await cancel_on_disconnect(job.run(None), receive)

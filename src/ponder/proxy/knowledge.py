@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from ponder.errors import NotFound
+from ponder.errors import NotFound, PermissionDenied
 from ponder.proxy.routes import error_responses, require_key, state_of
 from ponder.spl_store import OutcomeResult, Status
 from ponder.spl_store.portable import strategy_fields
@@ -83,6 +83,10 @@ async def feedback(body: Feedback, request: Request) -> dict[str, Any]:
     `applied`, `outcome` and `source` describe the learning request when there is one (feedback
     does not override ground truth, and the same outcome twice changes nothing); otherwise the
     episodes, which always take the feedback."""
+    if not request.state.principal.learning:
+        raise PermissionDenied(
+            "this key may not change the tenant's knowledge (its learning is off)"
+        )
     store = state_of(request).store
     tenant: str = request.state.tenant
     learned: OutcomeResult | None

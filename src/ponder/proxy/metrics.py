@@ -101,7 +101,7 @@ class PonderMetrics:
         )
         self.rejected = Counter(
             "ponder_rejected_requests",
-            "Requests refused before any work (reason: auth, ...)",
+            "Requests refused before any work (reason: auth, rate_limit, overload)",
             ("reason",),
             registry=r,
         )
@@ -118,6 +118,8 @@ class PonderMetrics:
             self.errors.labels(strategy, code).inc()
         if status == 401:
             self.rejected.labels("auth").inc()
+        elif record.rejected is not None:
+            self.rejected.labels(record.rejected).inc()
         if record.meter is not None:
             usage = record.meter.usage
             self.backend_calls.labels(strategy).observe(record.meter.calls)
@@ -132,6 +134,8 @@ class RequestRecord:
     strategy: str = NONE
     meter: Meter | None = None
     errors: list[str] = field(default_factory=list)
+    rejected: str | None = None
+    """Why the request was refused before any work, if it was ("rate_limit", "overload")."""
 
 
 _current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
@@ -155,6 +159,13 @@ def note_job(route: Route, meter: Meter) -> None:
     if record is not None:
         record.strategy = strategy_label(route)
         record.meter = meter
+
+
+def note_rejected(reason: str) -> None:
+    """Called where a request is refused before any work: counted under `reason`."""
+    record = _current.get()
+    if record is not None:
+        record.rejected = reason
 
 
 def route_name(scope: Scope) -> str:

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from ponder.config import DEFAULT_TENANT, Settings
-from ponder.errors import AuthenticationError, BackendUnavailable, StoreUnavailable
+from ponder.errors import AuthenticationError, BackendUnavailable, RateLimited, StoreUnavailable
+from ponder.keys import Keyring, Principal
 from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
+from ponder.proxy import metrics
 from ponder.proxy.state import AppState
 
 READY_TIMEOUT_S = 5.0
@@ -43,33 +44,45 @@ def state_of(request: Request) -> AppState:
     return state
 
 
-def tenant_for(settings: Settings, authorization: str, *, basic: bool = False) -> str | None:
-    """The tenant of the key an `Authorization` header presents as `Bearer KEY` (or, with
-    `basic`, as the password of HTTP Basic auth, which browsers send); `default` when no keys
-    are configured; None when no configured key matches."""
-    if not settings.api_keys:
-        return DEFAULT_TENANT
+def principal_for(keyring: Keyring, authorization: str, *, basic: bool = False) -> Principal | None:
+    """The caller behind the key an `Authorization` header presents as `Bearer KEY` (or, with
+    `basic`, as the password of HTTP Basic auth, which browsers send); the anonymous caller
+    when no keys are configured; None when no configured key matches."""
+    if keyring.open:
+        return keyring.authenticate("")
     scheme, _, credentials = authorization.partition(" ")
     scheme, credentials = scheme.lower(), credentials.strip()
     if scheme == "bearer":
-        return settings.tenant_of(credentials)
+        return keyring.authenticate(credentials)
     if scheme == "basic" and basic:
         try:
             decoded = base64.b64decode(credentials, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
         _, sep, password = decoded.partition(":")
-        return settings.tenant_of(password) if sep else None
+        return keyring.authenticate(password) if sep else None
     return None
 
 
-async def require_key(request: Request) -> None:
-    """Check the API key (when keys are configured) and set `request.state.tenant`."""
-    settings = state_of(request).settings
-    tenant = tenant_for(settings, request.headers.get("authorization", ""))
-    if tenant is None:
+async def authenticate(request: Request) -> Principal:
+    """Check the API key (when keys are configured); sets `request.state.principal` and
+    `request.state.tenant`."""
+    principal = principal_for(state_of(request).keyring, request.headers.get("authorization", ""))
+    if principal is None:
         raise AuthenticationError("Missing or incorrect API key in 'Authorization: Bearer ...'.")
-    request.state.tenant = tenant
+    request.state.principal = principal
+    request.state.tenant = principal.tenant
+    return principal
+
+
+async def require_key(request: Request) -> None:
+    """`authenticate`, then take one request from the key's rate limit (429 beyond it)."""
+    principal = await authenticate(request)
+    try:
+        state_of(request).rate_limiter.check(principal)
+    except RateLimited:
+        metrics.note_rejected("rate_limit")
+        raise
 
 
 v1 = APIRouter(
@@ -87,7 +100,7 @@ health = APIRouter(prefix="/health")
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await state_of(request).chat.handle(
-        body, request.state.request_id, request.receive, tenant=request.state.tenant
+        body, request.state.request_id, request.receive, principal=request.state.principal
     )
 
 

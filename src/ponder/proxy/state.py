@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from ponder.backends.base import Backend
 from ponder.config import Settings
+from ponder.keys import Keyring
 from ponder.proxy.chat import ChatService
+from ponder.proxy.limits import RateLimiter
 from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
 
@@ -19,8 +21,11 @@ class AppState:
     engine: Engine
     owns_backend: bool
     store: Store
+    keyring: Keyring
     chat: ChatService = field(init=False)
+    rate_limiter: RateLimiter = field(init=False)
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.chat = ChatService.for_settings(self.settings, self.backend, self.engine, self.store)
+        self.rate_limiter = RateLimiter(self.settings.rate_limit_per_minute)

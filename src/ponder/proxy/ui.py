@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from ponder.proxy.knowledge import filters
-from ponder.proxy.routes import state_of, tenant_for
+from ponder.proxy.routes import principal_for, state_of
 from ponder.spl_store import PROBLEM_TYPES, EventRecord, StrategyRecord
 from ponder.spl_store.portable import iso, rate_label
 from ponder.spl_store.rows import STATUSES
@@ -58,11 +58,12 @@ ui = APIRouter(prefix="/ui", include_in_schema=False)
 
 @ui.get("/spl", response_class=HTMLResponse)
 async def spl_page(request: Request, status: str | None = None) -> HTMLResponse:
-    settings = state_of(request).settings
-    tenant = tenant_for(settings, request.headers.get("authorization", ""), basic=True)
-    if tenant is None:
+    keyring = state_of(request).keyring
+    principal = principal_for(keyring, request.headers.get("authorization", ""), basic=True)
+    if principal is None:
         body = page("Ponder: sign in", "<h1>401</h1><p>This page needs an API key.</p>")
         return HTMLResponse(body, status_code=401, headers={**HEADERS, **CHALLENGE})
+    tenant = principal.tenant
     _, statuses = filters(None, status)
     store = state_of(request).store
     rows = await asyncio.to_thread(store.strategies, tenant, None, statuses)

@@ -66,7 +66,7 @@ class SystemPromptLearning:
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         store = ctx.require_store()
         settings = await asyncio.to_thread(store.tenant, ctx.tenant)
-        learning = self.learning(settings, store)
+        learning = self.learning(settings, store, may_learn=ctx.may_learn)
         if not settings.seeded:
             seeded = await asyncio.to_thread(store.seed, ctx.tenant, starter_drafts())
             ctx.step("spl_seed", strategies=seeded)
@@ -100,11 +100,20 @@ class SystemPromptLearning:
                 ctx.step("spl_learn_failed", error=exc.message)
         return choices
 
-    def learning(self, settings: TenantSettings, store: Store) -> bool:
+    def learning(self, settings: TenantSettings, store: Store, *, may_learn: bool = True) -> bool:
         """Whether this request learns; refuses what the client may not ask for. A client's
         `learn: true` needs the server's permission only where it changes anything (the
-        tenant does not learn anyway)."""
+        tenant does not learn anyway). A key whose learning is off never learns."""
         asked = self.config.learn
+        if not may_learn:
+            if asked or self.config.answer is not None:
+                raise PermissionDenied(
+                    "this key may not change the tenant's strategies (its learning is off)",
+                    param="ponder.spl.answer"
+                    if self.config.answer is not None
+                    else "ponder.spl.learn",
+                )
+            return False
         if asked is None:
             learning = settings.learning
         elif asked and not settings.learning:

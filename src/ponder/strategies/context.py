@@ -103,6 +103,8 @@ class RequestContext:
     limiter: asyncio.Semaphore | None = None
     tenant: str = "default"
     """Whose knowledge (SPL strategies, memories) this request may read and change."""
+    may_learn: bool = True
+    """Whether this request may change the tenant's knowledge (the key's `learning`)."""
     store: Store | None = None
     """The SPL and memory store, for the strategies that keep knowledge."""
     tools: Mapping[str, Tool] = field(default_factory=lambda: dict(BUILTIN_TOOLS))

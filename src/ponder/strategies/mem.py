@@ -137,7 +137,11 @@ class EpisodicMemory:
         self, ctx: RequestContext, store: Store, conversation: str, question: str, answer: str
     ) -> None:
         """Store the exchange. The answer has already been produced (and maybe streamed), so a
-        database failure here is logged and traced rather than failing the request."""
+        database failure here is logged and traced rather than failing the request. A key whose
+        learning is off recalls but stores nothing."""
+        if not ctx.may_learn:
+            ctx.step("mem_remember", stored=False, reason="this key's learning is off")
+            return
         try:
             episode_id = await asyncio.to_thread(
                 store.add_episode,
