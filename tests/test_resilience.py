@@ -23,6 +23,7 @@ from ponder.errors import (
 from ponder.proxy import create_app
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 from tests.conftest import asgi_client, assert_error, sse_data, stream_error, user
+from tests.test_metrics import parse, value
 
 HI = [Message("user", "hi")]
 
@@ -339,3 +340,21 @@ async def test_no_fallback_once_the_stream_has_reached_the_client() -> None:
     assert stream_error(response.text)["code"] == "backend_error"
     assert "Half" in response.text
     assert (len(primary.requests), len(fallback.requests)) == (1, 0)
+
+
+async def test_retries_and_fallbacks_are_counted_in_the_metrics() -> None:
+    primary, fallback = Upstream([FAIL_500] * 10), Upstream()
+    backend = ResilientBackend(
+        [
+            OpenAICompatBackend("http://a/v1", transport=httpx.MockTransport(primary.handle)),
+            OpenAICompatBackend("http://b/v1", transport=httpx.MockTransport(fallback.handle)),
+        ],
+        RetryPolicy(retries=2, backoff_s=0.0),
+    )
+    app = create_app(Settings(), backend=backend)
+    async with asgi_client(app) as client:
+        body = {"model": "m", "messages": [user("q")]}
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        samples = parse((await client.get("/metrics")).text)
+    assert value(samples, "ponder_upstream_retries_total", event="retry") == 2.0
+    assert value(samples, "ponder_upstream_retries_total", event="fallback") == 1.0

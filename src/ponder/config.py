@@ -44,7 +44,10 @@ class Settings(BaseSettings):
         128, ge=1, description="Most backend calls one request may make (clients may ask for fewer)"
     )
     deadline_s: float = Field(
-        600.0, gt=0, description="Seconds a strategy may run before the request fails with 504"
+        540.0,
+        gt=0,
+        description="Seconds a request may run before it fails with 504; keep it below the "
+        "clients' read timeout (the openai client's is 600 s) so they get the error",
     )
     stream_keepalive_s: float = Field(
         15.0, gt=0, description="Seconds of silence after which a stream sends ': keep-alive'"

@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 from ponder import __version__
 from ponder.backends import build_backend
 from ponder.backends.base import Backend
+from ponder.backends.resilience import ResilientBackend
 from ponder.config import Settings
 from ponder.keys import Keyring
 from ponder.proxy import errors
@@ -67,6 +68,8 @@ def create_app(
     app.include_router(ui)
     app.include_router(health)
     app.state.metrics = metrics = PonderMetrics()  # this app's own registry
+    if isinstance(state.backend, ResilientBackend) and state.backend.on_retry is None:
+        state.backend.on_retry = lambda event: metrics.upstream_retries.labels(event).inc()
     app.add_api_route(
         METRICS_PATH,
         metrics_endpoint,

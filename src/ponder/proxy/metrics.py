@@ -14,6 +14,7 @@ never become labels.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import re
@@ -99,12 +100,24 @@ class PonderMetrics:
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "ponder_upstream_retries",
+            "Upstream calls tried again after a transient failure (event: retry, fallback)",
+            ("event",),
+            registry=r,
+        )
         self.rejected = Counter(
             "ponder_rejected_requests",
             "Requests refused before any work (reason: auth, rate_limit, overload)",
             ("reason",),
             registry=r,
         )
+        self.loop_tasks = Gauge(
+            "ponder_event_loop_tasks",
+            "Tasks on the serving event loop when scraped (a leak shows as growth at rest)",
+            registry=r,
+        )
+        self.loop_tasks.set_function(_loop_tasks)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -125,6 +138,15 @@ class PonderMetrics:
             self.backend_calls.labels(strategy).observe(record.meter.calls)
             self.tokens.labels(strategy, "prompt").observe(usage.prompt_tokens)
             self.tokens.labels(strategy, "completion").observe(usage.completion_tokens)
+
+
+def _loop_tasks() -> float:
+    """How many tasks the running event loop has: read at scrape time, on the loop that serves
+    the scrape (NaN when the metrics are read outside an event loop)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return float("nan")
 
 
 @dataclass
