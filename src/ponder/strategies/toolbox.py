@@ -11,4 +11,8 @@ from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 
 def server_tools(settings: Settings) -> Mapping[str, Tool]:
     tools: dict[str, Tool] = dict(BUILTIN_TOOLS)
+    if settings.enable_code_execution:
+        from ponder.sandbox.code import PythonTool
+
+        tools["python"] = PythonTool(settings.code_timeout_s, settings.code_memory_mb)
     return tools
