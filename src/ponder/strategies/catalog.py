@@ -14,6 +14,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.none import PassThrough
     from ponder.strategies.re2 import ReRead
     from ponder.strategies.react import ReAct
+    from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
     from ponder.strategies.sc import SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
@@ -28,6 +29,7 @@ def builtin() -> list[StrategyFactory]:
         SelfRefine,
         CoTReflection,
         ReAct,
+        ReadUrls,
         SystemPromptLearning,
         EpisodicMemory,
     ]

@@ -15,4 +15,8 @@ def server_tools(settings: Settings) -> Mapping[str, Tool]:
         from ponder.sandbox.code import PythonTool
 
         tools["python"] = PythonTool(settings.code_timeout_s, settings.code_memory_mb)
+    if settings.enable_url_fetch:
+        from ponder.sandbox.fetch import FetchUrlTool
+
+        tools["fetch_url"] = FetchUrlTool.for_settings(settings)
     return tools
