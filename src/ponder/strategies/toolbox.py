@@ -3,10 +3,14 @@ ones that run model-written code or fetch URLs only where the operator turned th
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 
 from ponder.config import Settings
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
+
+log = logging.getLogger(__name__)
 
 
 def server_tools(settings: Settings) -> Mapping[str, Tool]:
@@ -15,6 +19,11 @@ def server_tools(settings: Settings) -> Mapping[str, Tool]:
         from ponder.sandbox.code import PythonTool
 
         tools["python"] = PythonTool(settings.code_timeout_s, settings.code_memory_mb)
+        if os.geteuid() == 0:
+            log.warning(
+                "code execution is on and Ponder runs as root: the process limit does not "
+                "bind root, so run Ponder as an unprivileged user"
+            )
     if settings.enable_url_fetch:
         from ponder.sandbox.fetch import FetchUrlTool
 
