@@ -52,6 +52,18 @@ def body(**fields: Any) -> dict[str, Any]:
         (body(ponder={"nosuch": {}}), "ponder.nosuch"),
         (body(ponder={"none": {"knob": 1}}), "ponder.none.knob"),
         (body(ponder={"trace": "yes"}), "ponder.trace"),
+        # JSON types are strict, as with OpenAI: no string for a number, no number for a boolean
+        (body(n="2"), "n"),
+        (body(n=2.5), "n"),
+        (body(temperature="0.5"), "temperature"),
+        (body(stream=1), "stream"),
+        (body(logprobs="true"), "logprobs"),
+        (body(messages=[{"role": "user", "content": "hi", "name": 7}]), "messages[0].name"),
+        (body(ponder={"max_backend_calls": 2.5}), "ponder.max_backend_calls"),
+        # a strategy's options are checked even when the model runs another strategy
+        (body(ponder={"sc": {"samples": 0}}), "ponder.sc.samples"),
+        (body(ponder={"sc": {"samples": "3"}}), "ponder.sc.samples"),
+        (body(ponder={"self_consistency": {"temperature": True}}), "ponder.sc.temperature"),
     ],
 )
 async def test_bad_requests_are_400_with_param(
@@ -157,6 +169,25 @@ async def test_every_field_and_role_is_accepted(
         "service_tier": "auto",
         "some_future_field": {"nested": True},
     }
+
+
+async def test_a_whole_number_written_with_a_point_is_an_integer(
+    client: httpx.AsyncClient, backend: ScriptedBackend
+) -> None:
+    """JSON Schema counts 2.0 as an integer, so the integer fields and knobs take it."""
+    payload = body(
+        model=f"sc-{MODEL}",
+        n=2.0,
+        max_tokens=5.0,
+        top_logprobs=1.0,
+        logprobs=True,
+        ponder={"max_backend_calls": 4.0, "sc": {"samples": 2.0}},
+    )
+    response = await client.post("/v1/chat/completions", json=payload)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 2
+    assert len(backend.calls) == 4  # 2 choices of 2 samples each
+    assert {(c.sampling.max_tokens, c.sampling.top_logprobs) for c in backend.calls} == {(5, 1)}
 
 
 async def test_unknown_route_and_method_are_openai_shaped(client: httpx.AsyncClient) -> None:

@@ -107,8 +107,10 @@ class ChatService:
             if key in LIMITS:
                 if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                     raise InvalidRequest(f"{param} must be a positive number", param=param)
-                if key == "max_backend_calls" and not isinstance(value, int):
-                    raise InvalidRequest(f"{param} must be an integer", param=param)
+                if key == "max_backend_calls":
+                    if isinstance(value, float) and not value.is_integer():  # 4.0 is one
+                        raise InvalidRequest(f"{param} must be an integer", param=param)
+                    value = int(value)
                 options[key] = value
                 continue
             slug = self.engine.registry.canonical(key)
@@ -118,6 +120,7 @@ class ChatService:
                 raise InvalidRequest(f"{param} must be an object", param=param)
             if slug in options:
                 raise InvalidRequest(f"options for '{slug}' are given twice", param=param)
+            self.engine.registry.config(slug, value)  # checked even where the route lacks it
             options[slug] = value
         return options
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from ponder.errors import NotFound, PermissionDenied
+from ponder.protocol import FeedbackResult, SplStrategyList
 from ponder.proxy.routes import error_responses, require_key, state_of
-from ponder.spl_store import OutcomeResult, Status
+from ponder.spl_store import PROBLEM_TYPES, OutcomeResult, Status
 from ponder.spl_store.portable import strategy_fields
-from ponder.spl_store.rows import check_status, check_type
+from ponder.spl_store.rows import STATUSES, check_status, check_type
 
 COMPLETION_PREFIX = "chatcmpl-"
 MAX_REQUEST_ID = 128
@@ -25,7 +26,7 @@ MAX_REQUEST_ID = 128
 knowledge = APIRouter(
     prefix="/v1/ponder",
     dependencies=[Depends(require_key)],
-    responses=error_responses(400, 401, 404),
+    responses=error_responses(400, 401, 403, 404, 429, 503),
 )
 
 
@@ -40,9 +41,23 @@ def filters(problem_type: str | None, status: str | None) -> tuple[str | None, l
     return problem_type, [check_status(status)]
 
 
-@knowledge.get("/spl/strategies")
+# The values `filters` takes, in the schema too (empty: no filter).
+ProblemTypeFilter = Annotated[
+    str | None,
+    Query(description="Only this problem type", json_schema_extra={"enum": ["", *PROBLEM_TYPES]}),
+]
+StatusFilter = Annotated[
+    str | None, Query(description="Only this status", json_schema_extra={"enum": ["", *STATUSES]})
+]
+
+
+@knowledge.get(
+    "/spl/strategies",
+    response_model=None,  # the dict is returned as it is; the model documents it
+    responses={200: {"model": SplStrategyList, "description": "The strategies"}},
+)
 async def list_strategies(
-    request: Request, problem_type: str | None = None, status: str | None = None
+    request: Request, problem_type: ProblemTypeFilter = None, status: StatusFilter = None
 ) -> dict[str, Any]:
     """The tenant's strategies, by problem type then id."""
     store = state_of(request).store
@@ -62,7 +77,13 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: Annotated[
-        str, Field(min_length=1, max_length=MAX_REQUEST_ID + len(COMPLETION_PREFIX))
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_REQUEST_ID + len(COMPLETION_PREFIX),
+            # What `_bare` refuses, in the schema: nothing but spaces and the prefix.
+            json_schema_extra={"pattern": rf"^(?!\s*{COMPLETION_PREFIX}\s*$)[\s\S]*\S"},
+        ),
     ]
     correct: StrictBool
 
@@ -75,7 +96,11 @@ class Feedback(BaseModel):
         return value
 
 
-@knowledge.post("/feedback")
+@knowledge.post(
+    "/feedback",
+    response_model=None,
+    responses={200: {"model": FeedbackResult, "description": "What the feedback changed"}},
+)
 async def feedback(body: Feedback, request: Request) -> dict[str, Any]:
     """Apply the feedback to the SPL learning request (counters, promotion, retirement) and to
     the memory episodes with this id. 404 when neither is known for the tenant.

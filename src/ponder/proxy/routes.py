@@ -25,18 +25,32 @@ ERROR_STATUSES = {
     403: "Not allowed for this key",
     404: "Unknown model, strategy or request",
     409: "Changed meanwhile (version conflict)",
-    429: "Rate limited",
+    429: "Rate limited (this key's requests per minute, or the backend's limit)",
     502: "Backend failure",
-    503: "Backend unavailable",
-    504: "Backend timeout",
+    503: "Backend or database unavailable, or the server is at its cap of requests",
+    504: "Backend timeout, or the request's deadline passed",
 }
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds after which the same request may succeed",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+"""Sent with a 429 or 503 where Ponder knows when to try again."""
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` documenting OpenAI-shaped errors with these statuses."""
-    return {
-        code: {"model": ErrorResponse, "description": ERROR_STATUSES[code]} for code in statuses
-    }
+    """OpenAPI `responses` documenting OpenAI-shaped errors with these statuses (429 and 503
+    with their `Retry-After` header)."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in statuses:
+        response: dict[str, Any] = {"model": ErrorResponse, "description": ERROR_STATUSES[code]}
+        if code in (429, 503):
+            response["headers"] = RETRY_AFTER
+        responses[code] = response
+    return responses
 
 
 def state_of(request: Request) -> AppState:

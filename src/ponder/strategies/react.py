@@ -87,6 +87,7 @@ class ReActConfig(StrategyConfig):
         ("calculator", "search_context"),
         description=f"The built-in tools the model may use, of: {', '.join(KNOWN_TOOLS)} "
         f"({', '.join(OPTIONAL_TOOLS)} only where the server turns them on)",
+        json_schema_extra={"items": {"enum": list(KNOWN_TOOLS)}},
     )
 
     @field_validator("tools")

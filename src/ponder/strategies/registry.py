@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
@@ -10,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ponder.errors import InvalidRequest
-from ponder.strategies.base import Strategy, StrategyFactory
+from ponder.strategies.base import Strategy, StrategyConfig, StrategyFactory
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,34 @@ class Registry:
             raise KeyError(slug)
         return self._factories[canonical]
 
-    def create(self, slug: str, options: Mapping[str, Any] | None = None) -> Strategy:
-        """Build a strategy with the client's options for it, validated against its Config."""
+    def config(self, slug: str, options: Mapping[str, Any] | None = None) -> StrategyConfig:
+        """The client's options for a strategy, validated against its Config as the JSON they
+        came in (strictly: "3" is no integer, true no number), so what the OpenAPI schema
+        forbids is refused. 400 naming the first bad knob."""
         factory = self.factory(slug)
         try:
-            config = factory.Config.model_validate(options or {})
+            text = json.dumps(_whole_numbers(dict(options or {})))
+            return factory.Config.model_validate_json(text, strict=True)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             param = f"ponder.{factory.slug}" + (f".{where}" if where else "")
             raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
-        return factory(config)
+
+    def create(self, slug: str, options: Mapping[str, Any] | None = None) -> Strategy:
+        """Build a strategy with the client's options for it, validated against its Config."""
+        return self.factory(slug)(self.config(slug, options))
+
+
+def _whole_numbers(value: Any) -> Any:
+    """4.0 -> 4, at any depth: JSON Schema counts 4.0 as an integer, so integer knobs take it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 def default_registry(*, entry_points: bool = True) -> Registry:
