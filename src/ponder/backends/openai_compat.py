@@ -44,6 +44,9 @@ class OpenAICompatBackend:
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secret = api_key
+        # One TLS context for every client of the pool: building one loads the CA bundle,
+        # tens of milliseconds of the event loop per new client.
+        tls = httpx.create_ssl_context()
         self._clients = ClientPool(
             lambda: httpx.AsyncClient(
                 base_url=base_url.rstrip("/") + "/",
@@ -51,6 +54,7 @@ class OpenAICompatBackend:
                 timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
                 transport=transport,
+                verify=tls,
             )
         )
 

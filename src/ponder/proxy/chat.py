@@ -214,7 +214,13 @@ class ChatService:
             hold_until_first_token=job.route.slugs == ("none",),
             keepalive_s=self.keepalive_s,
         )
-        first = await anext(chunks)  # an early failure raises here, before any byte is sent
+        try:
+            # An early failure raises here, before any byte is sent; a client that goes while
+            # a held stream waits for its first token cancels it.
+            first = await cancel_on_disconnect(_first(chunks), receive)
+        except BaseException:
+            await chunks.aclose()
+            raise
         return StreamingResponse(
             _prepend(first, chunks), media_type="text/event-stream", headers=SSE_HEADERS
         )
@@ -270,6 +276,10 @@ async def cancel_on_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def _first(chunks: AsyncGenerator[bytes, None]) -> bytes:
+    return await anext(chunks)
 
 
 async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
