@@ -32,7 +32,6 @@ from ponder.spl_store import Store
 from ponder.testing import ScriptedBackend
 
 KEY = "fuzz-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 class AnyModel(ScriptedBackend):
@@ -54,7 +53,10 @@ _keyed = _app(Settings(api_keys=f"tenant-a:{KEY}"))
 # Explicit configs: every phase, check and generation mode, whatever schemathesis.toml may say.
 _full = SchemathesisConfig.from_dict({})
 open_schema = schemathesis.openapi.from_asgi("/openapi.json", _open, config=_full)
-keyed_schema = schemathesis.openapi.from_asgi("/openapi.json", _keyed, config=_full)
+# The key as the schema's security scheme names it: schemathesis sends it, and also checks
+# that a request without it (or with a wrong one) is refused.
+_full_keyed = SchemathesisConfig.from_dict({"auth": {"openapi": {"apiKey": {"bearer": KEY}}}})
+keyed_schema = schemathesis.openapi.from_asgi("/openapi.json", _keyed, config=_full_keyed)
 # Without the key every /v1 answer is a 401, so a few fuzzed requests say enough.
 _quick = SchemathesisConfig.from_dict({"phases": {"coverage": {"enabled": False}}})
 keyless_schema = schemathesis.openapi.from_asgi("/openapi.json", _keyed, config=_quick).include(
@@ -100,7 +102,7 @@ def test_the_open_server_answers_within_its_schema(case: schemathesis.Case) -> N
 @keyed_schema.parametrize()
 @fuzz
 def test_a_keyed_server_answers_the_key_within_its_schema(case: schemathesis.Case) -> None:
-    case.call_and_validate(headers=AUTH)
+    case.call_and_validate()
 
 
 @keyless_schema.parametrize()
@@ -237,3 +239,19 @@ def test_answers_with_rows_in_them_match_their_schemas() -> None:
         body={"request_id": answer.json()["id"], "correct": True}
     )
     assert feedback.call_and_validate().json()["episodes"] == 1
+
+
+def test_the_schema_declares_bearer_auth_where_keys_are_set_and_no_unused_422() -> None:
+    keyed, open_ = _keyed.openapi(), _open.openapi()
+    assert keyed["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A Ponder API key",
+    }
+    for path, operations in keyed["paths"].items():
+        for operation in operations.values():
+            assert "422" not in operation["responses"]  # invalid input is a documented 400
+            expected = [{"apiKey": []}] if path.startswith("/v1/") else None
+            assert operation.get("security") == expected, path
+    assert "securitySchemes" not in open_["components"]
+    assert "HTTPValidationError" not in json.dumps(open_)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -78,4 +79,31 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees the last-resort 500
+    _describe_api(app, keyed=not keyring.open)
     return app
+
+
+def _describe_api(app: FastAPI, *, keyed: bool) -> None:
+    """The OpenAPI schema as the API behaves: no 422 (invalid input is a 400, documented per
+    route), and, when keys are configured, Bearer auth on every `/v1` operation."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()  # cached on the app; completed here in place
+        components = schema.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        if keyed:
+            components["securitySchemes"] = {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "A Ponder API key"}
+            }
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+                if keyed and path.startswith("/v1/"):
+                    operation["security"] = [{"apiKey": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
