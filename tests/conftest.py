@@ -152,6 +152,25 @@ async def chat(
         )
 
 
+def chat_scope() -> dict[str, Any]:
+    """The ASGI scope of `POST /v1/chat/completions` with a JSON body, for tests that drive the
+    app's ASGI interface themselves (to pace or cut the client's side)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"ponder")],
+        "client": ("127.0.0.1", 1),
+        "server": ("ponder", 80),
+    }
+
+
 def usage_for(backend: ScriptedBackend, replies: Iterable[str]) -> dict[str, int]:
     """The usage a response should report when every call to `backend` was answered and
     `replies` are all the texts it answered with: prompt tokens counted once per backend call

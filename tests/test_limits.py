@@ -14,7 +14,7 @@ from ponder.errors import Overloaded, RateLimited
 from ponder.keys import KeyEntry, KeysFile, Principal, digest, write_keys_file
 from ponder.proxy import create_app
 from ponder.proxy.limits import Admission, RateLimiter
-from tests.conftest import MODEL, asgi_client, assert_error, scripted, sse_data, user
+from tests.conftest import MODEL, asgi_client, assert_error, chat_scope, scripted, sse_data, user
 from tests.test_metrics import parse, value
 
 BODY = {"model": MODEL, "messages": [user("hi")]}
@@ -183,20 +183,7 @@ async def test_a_stream_holds_its_slot_until_it_ends() -> None:
                 first_chunk.set()
                 await go_on.wait()  # the client is slow to read the rest
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"ponder")],
-        "client": ("127.0.0.1", 1),
-        "server": ("ponder", 80),
-    }
+    scope = chat_scope()
     streaming = asyncio.create_task(app(scope, receive, send))  # type: ignore[arg-type]
     await asyncio.wait_for(first_chunk.wait(), 5)
     async with asgi_client(app) as c:

@@ -16,7 +16,7 @@ from ponder.errors import BackendUnavailable
 from ponder.proxy import create_app
 from ponder.proxy.metrics import _in_band_code, strategy_label
 from ponder.strategies.resolve import Route
-from tests.conftest import MODEL, asgi_client, scripted, user
+from tests.conftest import MODEL, asgi_client, chat_scope, scripted, user
 
 SC = f"sc-{MODEL}"
 
@@ -233,20 +233,7 @@ async def asgi_stream_then_disconnect(app: FastAPI, payload: dict[str, Any]) -> 
         elif message.get("body"):
             first_bytes.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"ponder")],
-        "client": ("127.0.0.1", 1),
-        "server": ("ponder", 80),
-    }
+    scope = chat_scope()
     await asyncio.wait_for(app(scope, receive, send), 5)
     return statuses
 

@@ -19,6 +19,7 @@ class PonderError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        retryable: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -27,6 +28,9 @@ class PonderError(Exception):
             self.code = code
         self.retry_after = retry_after
         """Seconds after which the same request may succeed (sent as `Retry-After`)."""
+        self.retryable = retryable
+        """A transient backend failure (upstream 429/5xx, a connection that failed or broke, a
+        garbled answer): the same backend call may succeed if tried again."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -124,20 +128,6 @@ class BackendError(PonderError):
     status_code = 502
     type = "api_error"
     code = "backend_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        retry_after: float | None = None,
-        retryable: bool = False,
-    ) -> None:
-        super().__init__(message, param=param, code=code, retry_after=retry_after)
-        self.retryable = retryable
-        """A transient failure (upstream 429/5xx, a connection that failed or broke): the
-        same call may succeed if tried again."""
 
 
 class BackendUnavailable(BackendError):
