@@ -4,6 +4,7 @@ per-key rate limits (429), both with `Retry-After` and without any backend call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -227,3 +228,32 @@ async def test_a_bad_request_is_answered_400_even_when_full() -> None:
         backend.release()
         await first
     assert bad.status_code == 404
+
+
+@pytest.mark.parametrize("spec_version", ["2.0", "2.4"])
+async def test_a_stream_whose_client_breaks_gives_its_slot_back(spec_version: str) -> None:
+    """However the server reports a broken client (ASGI 2.4: `send` raises OSError), the slot
+    comes back."""
+    backend = scripted(lambda call, i: "several streamed words here")
+    app = create_app(Settings(max_concurrent_requests=1), backend=backend)
+    admission = app.state.ponder.chat.admission
+    received: list[bool] = []
+
+    async def receive() -> dict[str, object]:
+        if not received:
+            received.append(True)
+            body = json.dumps({**BODY, "stream": True}).encode()
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body" and admission.running:
+            raise OSError("connection reset by peer")
+
+    scope = {**chat_scope(), "asgi": {"version": "3.0", "spec_version": spec_version}}
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
+    assert admission.running == 0
+    async with asgi_client(app) as c:
+        assert (await c.post("/v1/chat/completions", json=BODY)).status_code == 200

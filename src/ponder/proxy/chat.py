@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.background import BackgroundTask
 from starlette.responses import Response
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from ponder.backends.base import Backend
 from ponder.config import Settings
@@ -182,10 +181,8 @@ class ChatService:
             admission.release()
             raise
         if isinstance(response, StreamingResponse):
-            # The slot is held until the stream ends (or its client goes).
-            response.background = BackgroundTask(admission.release)
-        else:
-            admission.release()
+            return _Holding(response, admission.release)  # until the stream ends or breaks
+        admission.release()
         return response
 
     async def _answer(self, request: ChatCompletionRequest, job: Job, receive: Receive) -> Response:
@@ -224,6 +221,26 @@ class ChatService:
         return StreamingResponse(
             _prepend(first, chunks), media_type="text/event-stream", headers=SSE_HEADERS
         )
+
+
+class _Holding(Response):
+    """A response that calls `release` once it is done being sent, however that ends: the
+    stream finished, the client went, or sending failed."""
+
+    def __init__(self, response: Response, release: Callable[[], None]) -> None:
+        self._response = response
+        self._release = release
+        self.status_code = response.status_code
+        self.media_type = response.media_type
+        self.background = response.background  # FastAPI may set it; passed on when sent
+        self.raw_headers = response.raw_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._response.background = self.background
+        try:
+            await self._response(scope, receive, send)
+        finally:
+            self._release()
 
 
 @dataclass
