@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -131,15 +132,17 @@ async def test_a_disconnect_closes_every_upstream_call_within_1s(
 
 
 async def test_a_disconnect_closes_a_plain_stream_before_its_first_token(
-    upstream: FaultyUpstream,
+    upstream: FaultyUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A plain model streams nothing until the upstream's first token, or the first
     keep-alive (so that an early failure can still be an HTTP status); a client that goes
-    meanwhile cancels the call too."""
+    meanwhile cancels the call too, cleanly (nothing logged as an error)."""
     app = app_for(upstream, 2, stream_keepalive_s=2.5)  # (the default is 15 s)
     with running_server(app) as url:
         since = await disconnect_while_stalled(url, upstream, body(MODEL, True), 1)
         await assert_all_closed_within_1s(upstream, since)
+        await asyncio.sleep(0.2)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_a_disconnect_during_a_retry_wait_starts_no_new_call(

@@ -285,7 +285,10 @@ async def cancel_on_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -
         watcher.cancel()
         if not task.done():
             task.cancel()
-    if not task.done() or task.cancelled():
+            # Wait until the work has unwound (its backend calls closed), so that nothing
+            # of it still runs when the caller cleans up after it.
+            await asyncio.wait((task,))
+    if task.cancelled():
         raise ClientDisconnected("the client closed the connection")
     return task.result()
 
