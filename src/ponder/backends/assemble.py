@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ponder.errors import BackendError
 from ponder.types import Completion, Delta, FinishReason, ToolCall, Usage
 
 
@@ -44,6 +45,12 @@ class Assembler:
             and (delta.finish_reason is None)
         ):
             return
+        if not 0 <= delta.index < len(self._choices):
+            # A list index would fail as an IndexError (a 500), or, negative, land on another
+            # choice; a backend that streams a choice nobody asked for is failing.
+            raise BackendError(
+                f"the backend streamed choice {delta.index}; {len(self._choices)} were asked for"
+            )
         choice = self._choices[delta.index]
         if delta.content:
             choice.content.append(delta.content)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -101,36 +101,29 @@ class OpenAICompatBackend:
         usage: Usage | None = None
         text_seen: list[str] = []
         done = False
-        try:
-            async with (
-                self._clients.client() as client,
-                client.stream("POST", "chat/completions", json=body) as response,
-            ):
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for(response, self._secret)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+        async with aclosing(self._events(body)) as events:
+            async for data in events:
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = _object(data)
+                if "error" in chunk:
+                    message = _message_of(chunk, "upstream stream failed", self._secret)
+                    raise BackendError(message, retryable=True)
+                for delta in deltas_of(chunk):
+                    if delta.usage is not None:
+                        usage = delta.usage
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk = _object(data)
-                    if "error" in chunk:
-                        message = _message_of(chunk, "upstream stream failed", self._secret)
-                        raise BackendError(message, retryable=True)
-                    for delta in deltas_of(chunk):
-                        if delta.usage is not None:
-                            usage = delta.usage
-                            continue
-                        if delta.content:
-                            text_seen.append(delta.content)
-                        if delta.finish_reason is not None:
-                            finished.add(delta.index)
-                        yield delta
-        except httpx.HTTPError as exc:
-            _raise_transport(exc)
+                    if delta.index >= n:
+                        raise BackendError(
+                            f"the upstream streamed choice {delta.index}; {n} were asked for",
+                            retryable=True,
+                        )
+                    if delta.content:
+                        text_seen.append(delta.content)
+                    if delta.finish_reason is not None:
+                        finished.add(delta.index)
+                    yield delta
         if len(finished) < n and not done:
             raise BackendError("upstream stream ended before every choice finished", retryable=True)
         for index in range(n):
@@ -153,14 +146,26 @@ class OpenAICompatBackend:
             body["n"] = n
         return body
 
+    async def _events(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
+        """The `data:` payloads of a streamed chat completion, as they arrive."""
+        with _upstream_call():
+            async with (
+                self._clients.client() as client,
+                client.stream("POST", "chat/completions", json=body) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for(response, self._secret)
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        yield line[5:].strip()
+
     async def _send(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
-        try:
+        with _upstream_call():
             async with self._clients.client() as client:
                 response = await client.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            _raise_transport(exc)
         if response.status_code >= 400:
             _raise_for(response, self._secret)
         return response
@@ -220,6 +225,31 @@ def _message_of(body: object, default: str, secret: str | None = None) -> str:
         elif isinstance(err, str):
             message = err
     return message.replace(secret, "***") if secret else message
+
+
+@contextmanager
+def _upstream_call() -> Iterator[None]:
+    """Whatever the HTTP stack raises while Ponder talks to the upstream becomes a BackendError.
+
+    httpx means to raise only `httpx.HTTPError`, but not everything below it is wrapped: on
+    uvloop (which `ponder serve` runs on), a connection the upstream resets as soon as it is
+    opened makes httpcore fail with an AttributeError (the socket it inspects is gone); a raw
+    OSError, an anyio or h11 error or a RuntimeError can come through the same way. For the
+    client this is a broken connection like any other; only HTTP I/O runs in this block, so
+    nothing of Ponder's own is mistaken for one, and the traceback is logged.
+    """
+    try:
+        yield
+    except PonderError:
+        raise
+    except httpx.HTTPError as exc:
+        _raise_transport(exc)
+    except Exception as exc:
+        name = type(exc).__name__
+        log.warning("the HTTP client failed unexpectedly (%s)", name, exc_info=exc)
+        raise BackendUnavailable(
+            f"the connection to the upstream broke: {name}", retryable=True
+        ) from exc
 
 
 def _raise_transport(exc: httpx.HTTPError) -> NoReturn:

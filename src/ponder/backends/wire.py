@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from ponder.errors import Unsupported
+from ponder.errors import BackendError, Unsupported
 from ponder.types import (
     Completion,
     Delta,
@@ -73,65 +74,132 @@ def _dicts(value: object) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def usage_of(data: Mapping[str, Any] | None) -> Usage | None:
-    if not data:
+def _garbled(what: str) -> BackendError:
+    """An answer that is JSON, but not in the shape of one: the upstream garbled it (a cut or
+    mangled body can still parse), so the same call may well succeed if tried again."""
+    return BackendError(f"the upstream sent a malformed answer: {what}", retryable=True)
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    """A JSON object field; absent (null) reads as empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _garbled(f"{what} is not an object")
+    return value
+
+
+def _str(value: object, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _garbled(f"{what} is not a string")
+
+
+def _content(value: object, what: str) -> str | None:
+    """Text content: a string, or a list of content parts (some servers answer so), whose
+    text parts are joined."""
+    if isinstance(value, list):
+        parts = [_object(part, what + "[]") for part in value]
+        return "".join(_str(part.get("text"), what + "[].text") or "" for part in parts)
+    return _str(value, what)
+
+
+def _index(value: object, what: str) -> int:
+    """A choice's or tool call's index; absent reads as 0 (single-choice upstreams omit it)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _garbled(f"{what} is not an index")
+    return value
+
+
+def _tokens(value: object, what: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise _garbled(f"{what} is not a token count")
+    return int(value)
+
+
+def usage_of(data: object) -> Usage | None:
+    usage = _object(data, "usage")
+    if not usage:
         return None
-    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+    return Usage(
+        _tokens(usage.get("prompt_tokens"), "usage.prompt_tokens"),
+        _tokens(usage.get("completion_tokens"), "usage.completion_tokens"),
+    )
+
+
+def _logprobs(value: object) -> Mapping[str, Any] | None:
+    return _object(value, "logprobs") if value is not None else None
+
+
+def _tool_call(tc: Mapping[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """id, name, arguments and type of one tool call (or tool call delta)."""
+    function = _object(tc.get("function"), "tool_calls[].function")
+    return (
+        _str(tc.get("id"), "tool_calls[].id"),
+        _str(function.get("name"), "tool_calls[].function.name"),
+        _str(function.get("arguments"), "tool_calls[].function.arguments"),
+        _str(tc.get("type"), "tool_calls[].type"),
+    )
 
 
 def completions_of(body: Mapping[str, Any]) -> list[Completion]:
-    """Choices of a chat.completion body, in index order; the call's usage on the first."""
-    choices = sorted(_dicts(body.get("choices")), key=lambda c: c.get("index", 0))
+    """Choices of a chat.completion body, in index order; the call's usage on the first.
+    Raises a retryable BackendError for a body that is not shaped like one."""
+    choices = sorted(
+        _dicts(body.get("choices")), key=lambda c: _index(c.get("index"), "choices[].index")
+    )
     usage = usage_of(body.get("usage")) or Usage()
     out = []
     for i, choice in enumerate(choices):
-        msg = choice.get("message") or {}
-        tool_calls = tuple(
-            ToolCall(
-                id=tc.get("id", ""),
-                name=(tc.get("function") or {}).get("name", ""),
-                arguments=(tc.get("function") or {}).get("arguments", ""),
-                type=tc.get("type", "function"),
-            )
-            for tc in _dicts(msg.get("tool_calls"))
-        )
+        msg = _object(choice.get("message"), "choices[].message")
+        tool_calls = []
+        for tc in _dicts(msg.get("tool_calls")):
+            id_, name, arguments, type_ = _tool_call(tc)
+            tool_calls.append(ToolCall(id_ or "", name or "", arguments or "", type_ or "function"))
         out.append(
             Completion(
-                content=msg.get("content"),
+                content=_content(msg.get("content"), "message.content"),
                 finish_reason=finish_reason(choice.get("finish_reason")),
-                tool_calls=tool_calls,
+                tool_calls=tuple(tool_calls),
                 usage=usage if i == 0 else Usage(),
-                logprobs=choice.get("logprobs"),
-                reasoning=msg.get("reasoning_content") or msg.get("reasoning"),
+                logprobs=_logprobs(choice.get("logprobs")),
+                reasoning=_reasoning(msg),
             )
         )
     return out
 
 
+def _reasoning(fields: Mapping[str, Any]) -> str | None:
+    """Reasoning text, under either name servers use for it."""
+    return _str(fields.get("reasoning_content"), "reasoning_content") or _str(
+        fields.get("reasoning"), "reasoning"
+    )
+
+
 def deltas_of(chunk: Mapping[str, Any]) -> list[Delta]:
-    """The deltas in one chat.completion.chunk."""
+    """The deltas in one chat.completion.chunk. Raises a retryable BackendError for a chunk that
+    is not shaped like one."""
     out = []
     for choice in _dicts(chunk.get("choices")):
-        d = choice.get("delta") or {}
-        tool_calls = tuple(
-            ToolCallDelta(
-                index=tc.get("index", 0),
-                id=tc.get("id"),
-                name=(tc.get("function") or {}).get("name"),
-                arguments=(tc.get("function") or {}).get("arguments"),
-                type=tc.get("type"),
-            )
-            for tc in _dicts(d.get("tool_calls"))
-        )
+        d = _object(choice.get("delta"), "choices[].delta")
+        tool_calls = []
+        for tc in _dicts(d.get("tool_calls")):
+            id_, name, arguments, type_ = _tool_call(tc)
+            index = _index(tc.get("index"), "tool_calls[].index")
+            tool_calls.append(ToolCallDelta(index, id_, name, arguments, type_))
         reason = choice.get("finish_reason")
         out.append(
             Delta(
-                index=choice.get("index", 0),
-                content=d.get("content"),
-                reasoning=d.get("reasoning_content") or d.get("reasoning"),
-                tool_calls=tool_calls,
+                index=_index(choice.get("index"), "choices[].index"),
+                content=_content(d.get("content"), "delta.content"),
+                reasoning=_reasoning(d),
+                tool_calls=tuple(tool_calls),
                 finish_reason=finish_reason(reason) if reason else None,
-                logprobs=choice.get("logprobs"),
+                logprobs=_logprobs(choice.get("logprobs")),
             )
         )
     usage = usage_of(chunk.get("usage"))
