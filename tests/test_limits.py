@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -160,13 +161,8 @@ async def test_over_the_cap_requests_queue_then_overflow_with_503_at_once() -> N
     assert app.state.ponder.chat.admission.running == 0
 
 
-async def test_a_stream_holds_its_slot_until_it_ends() -> None:
-    backend = scripted(lambda call, i: "streamed words")
-    settings = Settings(max_concurrent_requests=1, max_queued_requests=0)
-    app = create_app(settings, backend=backend)
-    admission = app.state.ponder.chat.admission
-    first_chunk, go_on = asyncio.Event(), asyncio.Event()
-    sent: list[bytes] = []
+def streamed_request() -> Callable[[], Awaitable[dict[str, object]]]:
+    """An ASGI `receive` whose client sends a streamed chat request, then stays connected."""
     received: list[bool] = []
 
     async def receive() -> dict[str, object]:
@@ -174,8 +170,20 @@ async def test_a_stream_holds_its_slot_until_it_ends() -> None:
             received.append(True)
             body = json.dumps({**BODY, "stream": True}).encode()
             return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # the client stays connected
+        await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+    return receive
+
+
+async def test_a_stream_holds_its_slot_until_it_ends() -> None:
+    backend = scripted(lambda call, i: "streamed words")
+    settings = Settings(max_concurrent_requests=1, max_queued_requests=0)
+    app = create_app(settings, backend=backend)
+    admission = app.state.ponder.chat.admission
+    first_chunk, go_on = asyncio.Event(), asyncio.Event()
+    sent: list[bytes] = []
+    receive = streamed_request()
 
     async def send(message: dict[str, object]) -> None:
         if message["type"] == "http.response.body":
@@ -237,15 +245,7 @@ async def test_a_stream_whose_client_breaks_gives_its_slot_back(spec_version: st
     backend = scripted(lambda call, i: "several streamed words here")
     app = create_app(Settings(max_concurrent_requests=1), backend=backend)
     admission = app.state.ponder.chat.admission
-    received: list[bool] = []
-
-    async def receive() -> dict[str, object]:
-        if not received:
-            received.append(True)
-            body = json.dumps({**BODY, "stream": True}).encode()
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+    receive = streamed_request()
 
     async def send(message: dict[str, object]) -> None:
         if message["type"] == "http.response.body" and admission.running:
