@@ -93,7 +93,7 @@ class ChatService:
             )
         return route
 
-    def options(self, request: ChatCompletionRequest) -> Mapping[str, Any]:
+    def options(self, request: ChatCompletionRequest, route: Route) -> Mapping[str, Any]:
         """The `ponder` body field, checked, with strategy aliases turned into their slugs."""
         options: dict[str, Any] = {}
         for key, value in (request.ponder or {}).items():
@@ -119,7 +119,8 @@ class ChatService:
                 raise InvalidRequest(f"{param} must be an object", param=param)
             if slug in options:
                 raise InvalidRequest(f"options for '{slug}' are given twice", param=param)
-            self.engine.registry.config(slug, value)  # checked even where the route lacks it
+            if slug not in route.slugs:  # the route's own are checked when they are built
+                self.engine.registry.config(slug, value)
             options[slug] = value
         return options
 
@@ -133,7 +134,7 @@ class ChatService:
             raise PermissionDenied(
                 f"this key may not use the strategy '{refused[0]}'", param="model"
             )
-        options = self.options(request)
+        options = self.options(request, route)
         return Job(
             route=route,
             strategies=self.engine.build(route, options),
