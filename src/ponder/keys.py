@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -203,7 +203,3 @@ class Keyring:
 
     def __len__(self) -> int:
         return len(self._by_digest)
-
-    @property
-    def principals(self) -> Sequence[Principal]:
-        return list(self._by_digest.values())

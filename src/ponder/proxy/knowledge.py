@@ -62,7 +62,7 @@ async def list_strategies(
     """The tenant's strategies, by problem type then id."""
     store = state_of(request).store
     rows = await asyncio.to_thread(
-        store.strategies, request.state.tenant, *filters(problem_type, status)
+        store.strategies, request.state.principal.tenant, *filters(problem_type, status)
     )
     return {
         "object": "list",
@@ -113,7 +113,7 @@ async def feedback(body: Feedback, request: Request) -> dict[str, Any]:
             "this key may not change the tenant's knowledge (its learning is off)"
         )
     store = state_of(request).store
-    tenant: str = request.state.tenant
+    tenant: str = request.state.principal.tenant
     learned: OutcomeResult | None
     try:
         learned = await asyncio.to_thread(

@@ -79,13 +79,11 @@ def principal_for(keyring: Keyring, authorization: str, *, basic: bool = False) 
 
 
 async def authenticate(request: Request) -> Principal:
-    """Check the API key (when keys are configured); sets `request.state.principal` and
-    `request.state.tenant`."""
+    """Check the API key (when keys are configured); sets `request.state.principal`."""
     principal = principal_for(state_of(request).keyring, request.headers.get("authorization", ""))
     if principal is None:
         raise AuthenticationError("Missing or incorrect API key in 'Authorization: Bearer ...'.")
     request.state.principal = principal
-    request.state.tenant = principal.tenant
     return principal
 
 
