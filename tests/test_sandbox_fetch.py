@@ -30,8 +30,8 @@ from ponder.sandbox.fetch import (
     FetchFailed,
     FetchRefused,
     FetchUrlTool,
-    html_to_text,
 )
+from ponder.sandbox.html_text import html_to_text
 from ponder.strategies.toolbox import server_tools
 
 PUBLIC = "93.184.216.34"
