@@ -100,7 +100,7 @@ def embedded() -> Iterator[EmbeddedBackend]:
     """The real embedded model, loaded once for every integration test."""
     from ponder.backends.llamacpp import EmbeddedBackend
 
-    backend = EmbeddedBackend()
+    backend = EmbeddedBackend(MODEL)
     yield backend
     asyncio.run(backend.aclose())
 

@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from ponder.backends.llamacpp import DEFAULT_MODEL_ID, EmbeddedBackend
+from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import running_server
+from tests.conftest import MODEL as DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import openai
 import pytest
 
-from ponder.backends.llamacpp import DEFAULT_MODEL_ID, EmbeddedBackend
+from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.cli import main
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.spl_store import Store
 from ponder.testing import running_server
+from tests.conftest import MODEL as DEFAULT_MODEL_ID
 from tests.services import require
 
 pytestmark = pytest.mark.integration

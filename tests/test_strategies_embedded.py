@@ -14,10 +14,11 @@ from typing import Any
 import openai
 import pytest
 
-from ponder.backends.llamacpp import DEFAULT_MODEL_ID, EmbeddedBackend
+from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import running_server
+from tests.conftest import MODEL as DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +27,15 @@ MESSAGES: list[Any] = [
     {"role": "user", "content": "Tom has 3 apples and buys 2 more. How many apples does he have?"},
 ]
 
-# slug -> (small options so the test stays quick, fewest and most backend calls)
+# slug -> (small options so the test stays quick, fewest and most backend calls). The embedded
+# engine draws a call's samples natively (`n`), so independent samples are one call.
 CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "re2": ({}, 1, 1),
     "cot_reflection": ({}, 1, 1),
-    "sc": ({"samples": 3}, 3, 3),
-    "bon": ({"candidates": 2, "score_tokens": 4}, 4, 4),
-    "moa": ({"drafts": 2, "critique_tokens": 48}, 4, 4),
-    "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 5, 5),
+    "sc": ({"samples": 3}, 1, 1),  # the 3 samples in one call
+    "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
+    "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
+    "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),
     # classification (cached after the first request) and the answer

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ponder import cli_keys, cli_store
+from ponder import cli_keys, cli_models, cli_store
 from ponder.bench import cli as bench_cli
 from ponder.config import Settings
 from ponder.errors import PonderError
@@ -35,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default: 8000")
     _backend_flags(serve)
     serve.add_argument(
-        "--model", help="embedded: GGUF file (default: bundled SmolLM2-135M); vllm: model path"
+        "--model",
+        help="embedded: a catalog id (`ponder models`) or a GGUF file (default: the best "
+        "installed); vllm: model path",
     )
 
     ask = sub.add_parser("ask", help="answer one question in the terminal")
@@ -48,9 +50,12 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
     ask.add_argument("--max-tokens", type=int, default=512)
     _backend_flags(ask)
-    ask.add_argument("--model-path", dest="model", help="embedded: GGUF file; vllm: model path")
+    ask.add_argument(
+        "--model-path", dest="model", help="embedded: catalog id or GGUF file; vllm: model path"
+    )
     cli_store.add_parsers(sub)
     cli_keys.add_parser(sub)
+    cli_models.add_parser(sub)
     bench_cli.add_parser(sub)
     return root
 
@@ -140,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_store.run(args, settings)
         if args.command == "keys":
             return cli_keys.run(args, settings)
+        if args.command == "models":
+            return cli_models.run(args, settings)
         if args.command == "bench":
             return bench_cli.run(args)
         if args.command == "serve":

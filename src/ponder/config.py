@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     )
     model: str | None = Field(
         None,
-        description="embedded: path to a GGUF file (default: the bundled SmolLM2-135M); "
+        description="embedded: a catalog id (`ponder models`) or a GGUF path (default: the "
+        "best catalog model installed); "
         "vllm: model path or name; openai: unused",
     )
     model_id: str | None = Field(
@@ -37,8 +38,20 @@ class Settings(BaseSettings):
     )
     upstream_timeout_s: float = Field(600.0, gt=0)
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
-    n_threads: int = Field(1, ge=1, description="embedded: llama.cpp threads")
-    n_ctx: int = Field(4096, ge=256, description="embedded: context window in tokens")
+    n_threads: int | None = Field(
+        None, ge=1, description="embedded: llama.cpp threads (default: the machine's cores)"
+    )
+    embedded_sequences: int = Field(
+        8, ge=1, le=64, description="embedded: sequences decoded together in one batch"
+    )
+    embedded_ctx: int = Field(
+        4096, ge=256, description="embedded: context of each sequence, prompt and answer, in tokens"
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="embedded: where catalog models are assembled and verified "
+        "(default: the user's cache directory)",
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm")
     max_backend_calls: int = Field(
         128, ge=1, description="Most backend calls one request may make (clients may ask for fewer)"

@@ -27,7 +27,9 @@ def build_backend(settings: Settings) -> Backend:
         settings.model,
         model_id=settings.model_id,
         n_threads=settings.n_threads,
-        n_ctx=settings.n_ctx,
+        n_ctx=settings.embedded_ctx,
+        sequences=settings.embedded_sequences,
+        cache_dir=settings.model_cache_dir,
     )
 
 

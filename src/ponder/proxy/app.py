@@ -71,6 +71,11 @@ def create_app(
     app.state.metrics = metrics = PonderMetrics()  # this app's own registry
     if isinstance(state.backend, ResilientBackend) and state.backend.on_retry is None:
         state.backend.on_retry = lambda event: metrics.upstream_retries.labels(event).inc()
+    engine_stats = getattr(state.backend, "engine_stats", None)
+    if callable(engine_stats):  # the embedded engine's own counters
+        from ponder.proxy.engine_metrics import EngineCollector
+
+        metrics.registry.register(EngineCollector(engine_stats))
     app.add_api_route(
         METRICS_PATH,
         metrics_endpoint,

@@ -1,0 +1,259 @@
+"""`embedded` backend: a GGUF model run in-process by llama.cpp, on the batched engine.
+
+The model comes from Ponder's catalog of offline models (the best one installed by default) or
+from a GGUF path. Chats are rendered with the model's own chat template, tools included where
+the template knows them, and tokenized here; the engine decodes every request's samples, and
+those of concurrent requests, together. A caller that goes away (cancelled task, closed stream,
+deadline) drops its sequences at the engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from ponder import catalog
+from ponder.backends.assemble import Assembler
+from ponder.backends.base import Capabilities
+from ponder.backends.chat_template import ChatTemplate, offered_tools
+from ponder.backends.llamacpp.engine import (
+    Engine,
+    EngineStats,
+    Event,
+    Failed,
+    Finished,
+    SequenceParams,
+    Text,
+)
+from ponder.backends.llamacpp.native import Model, NativeError, SamplerSettings
+from ponder.backends.tool_calls import ToolCallParser
+from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
+from ponder.types import (
+    Completion,
+    Delta,
+    FinishReason,
+    Message,
+    Sampling,
+    ToolCallDelta,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 512
+"""Tokens an answer may take when the request sets no `max_tokens` (less where the context
+is shorter)."""
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_TOP_P = 0.95
+"""Sampling where the request sets none: focused, as small models answer best."""
+
+
+def sample_seeds(seed: int | None, n: int) -> list[int]:
+    """One seed per sample: reproducible when the client gave a seed, fresh otherwise."""
+    if seed is None:
+        return [random.getrandbits(31) for _ in range(n)]
+    return [(seed + i) % 2**31 for i in range(n)]
+
+
+def output_grammar(sampling: Sampling) -> str | None:
+    """The GBNF grammar that `response_format` asks the output to follow, if any."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    fmt = sampling.response_format or {}
+    if fmt.get("type") == "json_object":
+        return str(JSON_GBNF)
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        try:
+            return str(json_schema_to_gbnf(json.dumps(schema)))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise InvalidRequest(
+                f"the JSON schema cannot be turned into a grammar: {exc}",
+                param="response_format",
+            ) from exc
+    return None
+
+
+class EmbeddedBackend:
+    name = "embedded"
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        model_id: str | None = None,
+        n_threads: int | None = None,
+        n_ctx: int = 4096,
+        sequences: int = 8,
+        prefix_cache: bool = True,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """`model`: a catalog id or a GGUF path (default: the best catalog model installed).
+        `n_ctx`: the context of each sequence; `sequences`: how many decode at once."""
+        resolved = catalog.resolve(str(model) if model is not None else None, cache_dir)
+        self.model_id = model_id or resolved.model_id
+        self.ctx_per_sequence = n_ctx
+        threads = n_threads or os.cpu_count() or 1
+        log.info(
+            "loading %s from %s (%d sequences of %d tokens, %d threads)",
+            self.model_id,
+            resolved.path,
+            sequences,
+            n_ctx,
+            threads,
+        )
+        self._model = Model(resolved.path)
+        self._template = ChatTemplate(
+            self._model.metadata("tokenizer.chat_template"),
+            bos_token=self._model.token_text(self._model.bos),
+            eos_token=self._model.token_text(self._model.eos),
+            model_id=self.model_id,
+        )
+        self._engine: Engine | None = Engine(
+            self._model,
+            sequences=sequences,
+            ctx_per_sequence=n_ctx,
+            threads=threads,
+            prefix_cache=prefix_cache,
+        )
+        self.capabilities = Capabilities(
+            native_n=True,
+            logprobs=False,
+            tools=self._template.supports_tools,
+            max_concurrency=sequences,
+        )
+
+    # ---- Backend protocol ------------------------------------------------------------------
+
+    async def models(self) -> list[str]:
+        return [self.model_id]
+
+    def serves(self, model: str) -> bool:
+        return model == self.model_id
+
+    async def ready(self) -> bool:
+        return self._engine is not None
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+            self._model.close()
+
+    def engine_stats(self) -> EngineStats | None:
+        return self._engine.stats() if self._engine is not None else None
+
+    def clear_cache(self) -> None:
+        if self._engine is not None:
+            self._engine.clear_cache()
+
+    async def complete(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> list[Completion]:
+        assembler = Assembler(n)
+        async for delta in self.stream(model, messages, sampling, n):
+            assembler.add(delta)
+        return assembler.completions()
+
+    async def stream(
+        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
+    ) -> AsyncIterator[Delta]:
+        engine = self._engine
+        if engine is None:
+            raise BackendUnavailable("the embedded backend is closed")
+        prompt, params, names = self._prepare(messages, sampling, n)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:  # called on the engine's thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            job = engine.submit(prompt, params, sink)
+        except NativeError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        tools = [ToolCallParser(names) if names else None for _ in range(n)]
+        remaining, completion_tokens = n, 0
+        try:
+            while remaining:
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise BackendError(f"the embedded model failed: {event.error}")
+                parser = tools[event.index]
+                if isinstance(event, Text):
+                    text = parser.feed(event.text) if parser else event.text
+                    if text:
+                        yield Delta(index=event.index, content=text)
+                    continue
+                assert isinstance(event, Finished)
+                reason: FinishReason = event.reason
+                if parser is not None:
+                    rest, calls = parser.finish()
+                    if rest:
+                        yield Delta(index=event.index, content=rest)
+                    if calls:
+                        reason = "tool_calls"
+                        yield Delta(
+                            index=event.index,
+                            tool_calls=tuple(
+                                ToolCallDelta(i, c.id, c.name, c.arguments, c.type)
+                                for i, c in enumerate(calls)
+                            ),
+                        )
+                yield Delta(index=event.index, finish_reason=reason)
+                completion_tokens += event.tokens
+                remaining -= 1
+            yield Delta(usage=Usage(len(prompt), completion_tokens))
+        finally:
+            if remaining:
+                job.cancel()
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _prepare(
+        self, messages: Sequence[Message], sampling: Sampling, n: int
+    ) -> tuple[list[int], list[SequenceParams], list[str]]:
+        """The prompt's tokens, each sample's settings, and the names of the tools offered in
+        the prompt (the answer may call them). Refuses what cannot be honoured."""
+        if sampling.logprobs:
+            raise Unsupported("the embedded backend does not return logprobs", param="logprobs")
+        rendered = self._template.render(messages, sampling.tools, sampling.tool_choice)
+        # as llama.cpp's own chat completion does: specials are added unless the template
+        # wrote them itself
+        prompt = self._model.tokenize(rendered.text, add_special=not rendered.added_special)
+        room = self.ctx_per_sequence - len(prompt)
+        if room <= 0:
+            raise InvalidRequest(
+                f"the prompt has {len(prompt)} tokens; the embedded model's context is "
+                f"{self.ctx_per_sequence} tokens per sequence (PONDER_EMBEDDED_CTX)",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        max_tokens = min(sampling.max_tokens or DEFAULT_MAX_TOKENS, room)
+        grammar = output_grammar(sampling)
+        temperature = DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
+        params = [
+            SequenceParams(
+                max_tokens=max_tokens,
+                stop=sampling.stop,
+                sampler=SamplerSettings(
+                    temperature=temperature,
+                    top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
+                    presence_penalty=sampling.presence_penalty or 0.0,
+                    frequency_penalty=sampling.frequency_penalty or 0.0,
+                    seed=seed,
+                    grammar=grammar,
+                ),
+            )
+            for seed in sample_seeds(sampling.seed, n)
+        ]
+        names = [
+            str((tool.get("function") or {}).get("name"))
+            for tool in offered_tools(sampling.tools, sampling.tool_choice)
+        ]
+        return prompt, params, names if rendered.tools else []
