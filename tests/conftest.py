@@ -240,3 +240,30 @@ def streamed_pieces(raw: str, field: str = "content", index: int = 0) -> list[st
 def streamed_text(raw: str, field: str = "content", index: int = 0) -> str:
     """All `delta.<field>` text of choice `index` in an SSE body, joined."""
     return "".join(streamed_pieces(raw, field, index))
+
+
+def reference_greedy(model_id: str, messages: list[dict[str, str]], max_tokens: int) -> str:
+    """What llama.cpp's own single-sequence chat completion (the embedded backend before the
+    batched engine) writes at temperature 0 for `messages`, with flash attention on as the
+    engine has it (the kernel's rounding differs from the plain one's, and over a long answer
+    greedy decoding can take another word: that is the kernel, not the batching)."""
+    from llama_cpp import Llama
+
+    from ponder import catalog
+
+    llama = Llama(
+        model_path=str(catalog.resolve(model_id).path),
+        n_ctx=1024,
+        n_threads=2,
+        flash_attn=True,
+        verbose=False,
+    )
+    try:
+        reply: Any = llama.create_chat_completion(
+            messages=messages,  # type: ignore[arg-type]
+            temperature=0.0,
+            max_tokens=max_tokens,
+        )
+        return str(reply["choices"][0]["message"]["content"])
+    finally:
+        llama.close()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,22 @@ def test_an_assembly_killed_halfway_leaves_nothing_taken_for_the_model(tmp_path:
     assemble(sources, size, sha, dest)  # the next start rebuilds it and cleans the remains
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha
     assert leftovers(dest.parent) == ["m.gguf", "m.gguf.verified"]
+
+
+def test_concurrent_first_uses_build_the_model_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sources = fake_parts(tmp_path, sizes=(200_000, 200_000, 100_000))
+    size, sha = whole(sources)
+    dest = tmp_path / "cache" / "m.gguf"
+    caplog.set_level(logging.INFO, logger=assembly.__name__)
+    with ThreadPoolExecutor(4) as pool:  # each takes the lock through its own open file
+        results = list(pool.map(lambda _: assemble(sources, size, sha, dest), range(4)))
+    assert results == [dest] * 4
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == sha
+    assert leftovers(dest.parent) == ["m.gguf", "m.gguf.verified"]
+    logged = [r.getMessage() for r in caplog.records if "assembling" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith(f"assembling m (0.0 GB) into {dest.parent}")
 
 
 def vars_of(part: Part) -> dict[str, object]:

@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from ponder import catalog
 from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import running_server
-from tests.conftest import MODEL
+from tests.conftest import MODEL, reference_greedy
 
 pytestmark = pytest.mark.integration
 
@@ -105,17 +104,8 @@ async def test_n_samples_at_temperature_are_distinct(http: httpx.AsyncClient) ->
 async def test_greedy_text_is_llama_cpps_own_chat_completion(http: httpx.AsyncClient) -> None:
     """A lone sequence at temperature 0 writes what llama.cpp's single-sequence chat completion
     (the engine before batching) writes for the same chat."""
-    from llama_cpp import Llama
-
     messages = ask("Name three colors.")
-    path = catalog.resolve(MODEL).path
-    reference = Llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False)
-    want = reference.create_chat_completion(  # type: ignore[union-attr]
-        messages=messages,
-        temperature=0.0,
-        max_tokens=40,  # type: ignore[arg-type]
-    )["choices"][0]["message"]["content"]
-    reference.close()
+    want = reference_greedy(MODEL, messages, 40)
     data = await chat(http, messages=messages, temperature=0, max_tokens=40)
     choices = data["choices"]
     assert isinstance(choices, list)
@@ -265,3 +255,40 @@ def test_requests_beyond_the_free_sequences_wait_their_turn() -> None:
         assert stats.batch_sequences[2] > 0
     finally:
         asyncio.run(backend.aclose())
+
+
+async def test_logit_bias_forces_and_bans_tokens(http: httpx.AsyncClient) -> None:
+    from llama_cpp import Llama
+
+    from ponder import catalog
+
+    vocab = Llama(model_path=str(catalog.resolve(MODEL).path), vocab_only=True, verbose=False)
+    (yes,) = vocab.tokenize(b" yes", add_bos=False)
+    forced = await chat(
+        http, messages=ask("Name a fruit."), max_tokens=6, temperature=0,
+        logit_bias={str(yes): 100},
+    )  # fmt: skip
+    choices = forced["choices"]
+    assert isinstance(choices, list)
+    assert choices[0]["message"]["content"] == " yes" * 6
+    free = await chat(http, messages=ask("Name a fruit."), max_tokens=6, temperature=0)
+    free_choices = free["choices"]
+    assert isinstance(free_choices, list)
+    first = vocab.tokenize(free_choices[0]["message"]["content"].encode(), add_bos=False)[0]
+    banned = await chat(
+        http, messages=ask("Name a fruit."), max_tokens=6, temperature=0,
+        logit_bias={str(first): -100},
+    )  # fmt: skip
+    banned_choices = banned["choices"]
+    assert isinstance(banned_choices, list)
+    content = banned_choices[0]["message"]["content"]
+    assert vocab.tokenize(content.encode(), add_bos=False)[0] != first
+
+
+async def test_a_logit_bias_for_no_token_of_the_model_is_a_400(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/chat/completions",
+        json={"model": MODEL, "messages": ask("Hi"), "logit_bias": {"99999999": 5}},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "logit_bias"

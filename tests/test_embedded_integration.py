@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from ponder import catalog
 from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
@@ -136,23 +137,29 @@ def test_tools_are_refused_clearly(oai: openai.OpenAI) -> None:
 
 
 def test_ponder_ask_answers_in_the_terminal() -> None:
+    """A newcomer's first question, on the default model (the best one installed)."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "ponder.cli",
             "ask",
-            "What is the capital of France?",
+            "What is 17 * 23?",
             "--max-tokens",
-            "24",
+            "128",
+            "--temperature",
+            "0",
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    if catalog.default_spec().id == "qwen2.5-coder-1.5b":
+        assert "391" in result.stdout, result.stdout
+    else:  # a smaller model may get it wrong, but it answers
+        assert result.stdout.strip()
 
 
 def test_json_schema_response_format_constrains_the_output(oai: openai.OpenAI) -> None:

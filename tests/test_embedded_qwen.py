@@ -14,6 +14,7 @@ from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import running_server
+from tests.conftest import reference_greedy
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,18 @@ def test_a_plain_answer(oai: openai.OpenAI) -> None:
     assert "paris" in (completion.choices[0].message.content or "").lower()
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None and 0 < completion.usage.completion_tokens <= 16
+
+
+def test_greedy_text_is_llama_cpps_own_chat_completion(oai: openai.OpenAI) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "Explain what a hash table is."}]
+    want = reference_greedy(QWEN, messages, 48)
+    completion = oai.chat.completions.create(
+        model=QWEN,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=48,
+        temperature=0,
+    )
+    assert completion.choices[0].message.content == want
 
 
 def test_a_stream(oai: openai.OpenAI) -> None:

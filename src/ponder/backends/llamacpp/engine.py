@@ -8,8 +8,10 @@ token from its own logits. Sequences join and leave between steps (continuous ba
 Prompts are shared, not recomputed. The samples of one job (a request's `n`) wait for the first
 one to evaluate the prompt, then copy its KV cells (`seq_cp`) and each draw its own first token
 from the same logits. A new sequence also starts from the longest prefix of its prompt that
-any slot holds, live or finished (a finished slot keeps its cells until it is reused), so a
-shared system prompt or a strategy's shared conversation is evaluated once.
+any slot holds, live or finished, so a shared system prompt or a strategy's shared conversation
+is evaluated once. A finished slot keeps its cells until it is reused, except that while other
+sequences decode only the most recent `cache_budget` cached cells stay (in the unified cache
+every cell in use is visited by every token's attention, if only to be masked).
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ class Job:
         self.cancelled = True
         self._engine.wake()
 
+    def emit(self, event: Event) -> None:
+        """Reports `event` to the job's owner, unless it has gone; an owner that cannot take
+        it any more (its event loop closed) is treated as gone."""
+        if self.cancelled and not isinstance(event, Failed):
+            return
+        try:
+            self.sink(event)
+        except Exception:  # one gone caller must not stop the engine
+            log.warning("dropping a job whose caller cannot take its results", exc_info=True)
+            self.cancelled = True
+
 
 @dataclass(eq=False)
 class _Seq:
@@ -110,7 +123,8 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)
     """The tokens whose KV cells this slot holds, at positions 0..len-1."""
     used: int = 0
-    """The step it was last given to a sequence (for least-recently-used reuse)."""
+    """The step it was last given to or given back by a sequence (least recently used goes
+    first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +168,14 @@ class Engine:
         threads: int,
         batch_tokens: int = 512,
         prefix_cache: bool = True,
+        cache_budget: int = 4096,
     ) -> None:
         self.model = model
         self.sequences = sequences
         self.ctx_per_sequence = ctx_per_sequence
         self.prefix_cache = prefix_cache
+        self.cache_budget = cache_budget
+        """KV cells finished sequences may keep while others decode (all of them when idle)."""
         self._ctx = Context(
             model,
             n_ctx=ctx_per_sequence * sequences,
@@ -272,6 +289,7 @@ class Engine:
     def _step(self) -> None:
         self._drop_cancelled()
         self._admit()
+        self._trim_cache()
         added = self._fill_batch()
         if not added:
             return
@@ -321,6 +339,19 @@ class Engine:
                 continue
             self._place(seq, *self._prefix_slot(seq.job.prompt, free))
 
+    def _trim_cache(self) -> None:
+        """While sequences run, cells kept from finished ones cost attention in every step
+        (the cache is unified): keep at most `cache_budget` of them, the most recently used."""
+        cached = sorted(
+            (s for s in self._slots if s.seq is None and s.tokens), key=lambda s: -s.used
+        )
+        kept = 0
+        for slot in cached:
+            kept += len(slot.tokens)
+            if kept > self.cache_budget:
+                self._ctx.seq_rm(slot.id)
+                slot.tokens = []
+
     def _prefix_slot(
         self, prompt: list[int], free: list[_Slot]
     ) -> tuple[_Slot, Literal["prefill"]]:
@@ -332,8 +363,7 @@ class Engine:
         source = max(self._slots, key=lambda s: shared[s.id])
         if source is not slot and shared[source.id] > shared[slot.id]:
             n = shared[source.id]
-            self._ctx.seq_rm(slot.id)
-            self._ctx.seq_cp(source.id, slot.id, 0, n)
+            self._ctx.seq_copy(source.id, slot.id, n)
             slot.tokens = source.tokens[:n]
         else:
             n = shared[slot.id]
@@ -386,7 +416,7 @@ class Engine:
             for follower in seq.followers:
                 if follower.job.cancelled or follower.sampler is None:
                     continue
-                self._ctx.seq_cp(source.id, follower.slot, 0, len(source.tokens))
+                self._ctx.seq_copy(source.id, follower.slot, len(source.tokens))
                 self._slots[follower.slot].tokens = list(source.tokens)
                 self._reused += len(source.tokens)
                 follower.state = "generate"
@@ -399,13 +429,12 @@ class Engine:
         token = seq.sampler.sample(self._ctx, output)
         seq.generated += 1
         self._decoded += 1
-        sink = seq.job.sink
         if self.model.is_eog(token):
             self._finish(seq, "stop")
             return
         text = seq.text.push(self.model.piece(token))
         if text:
-            sink(Text(seq.index, text))
+            seq.job.emit(Text(seq.index, text))
         if seq.text.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= seq.params.max_tokens:
@@ -416,13 +445,13 @@ class Engine:
     def _finish(self, seq: _Seq, reason: Literal["stop", "length"]) -> None:
         rest = seq.text.flush()
         if rest:
-            seq.job.sink(Text(seq.index, rest))
-        seq.job.sink(Finished(seq.index, reason, seq.generated))
+            seq.job.emit(Text(seq.index, rest))
+        seq.job.emit(Finished(seq.index, reason, seq.generated))
         self._release(seq)
 
     def _release(self, seq: _Seq) -> None:
         slot = self._slots[seq.slot]
-        slot.seq = None
+        slot.seq, slot.used = None, self._steps
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
@@ -439,7 +468,7 @@ class Engine:
                 self._ctx.seq_rm(slot.id)
                 slot.tokens = []
         self._waiting = deque(s for s in self._waiting if s.job is not job)
-        job.sink(Failed(error))
+        job.emit(Failed(error))
 
     def _fail_all(self, error: BaseException) -> None:
         jobs = {s.seq.job for s in self._slots if s.seq is not None}

@@ -129,8 +129,14 @@ class Model:
 
 
 class Context:
-    """One llama.cpp context: a KV cache of `n_ctx` cells shared by up to `n_seq` sequences
-    (unified, so that sequences can share the cells of a common prefix)."""
+    """One llama.cpp context: a KV cache of `n_ctx` cells shared by up to `n_seq` sequences.
+
+    The cache is unified, so that sequences share the cells of a common prefix without copying
+    them. Every token then attends to every cell in use, other sequences' masked; flash
+    attention skips masked cells, where the default (auto, which chose the plain kernel here)
+    made 5 samples of 200 tokens 21% slower beside 2,800 cached cells. A cache split per
+    sequence, also measured here, was slower still.
+    """
 
     def __init__(self, model: Model, *, n_ctx: int, n_seq: int, n_batch: int, threads: int):
         params = llama_cpp.llama_context_default_params()
@@ -139,6 +145,7 @@ class Context:
         params.n_ubatch = n_batch
         params.n_seq_max = n_seq
         params.kv_unified = True
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.n_threads = threads
         params.n_threads_batch = threads
         params.no_perf = True
@@ -166,8 +173,11 @@ class Context:
         if not llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1):
             raise NativeError(f"could not remove cells of sequence {seq} from {p0}")
 
-    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
-        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+    def seq_copy(self, src: int, dst: int, keep: int) -> None:
+        """Makes `dst` hold the first `keep` positions of `src` (what it held is dropped): the
+        cells are shared, not copied."""
+        self.seq_rm(dst)
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, 0, keep)
 
     def seq_pos_max(self, seq: int) -> int:
         """The last position sequence `seq` holds in the KV cache; -1 when it holds none."""
@@ -218,6 +228,8 @@ class SamplerSettings:
     seed: int = 0
     grammar: str | None = None
     """A GBNF grammar the output must follow (root rule `root`)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """Added to the logits of these tokens before sampling (-100 bans a token)."""
 
 
 class Sampler:
@@ -232,6 +244,14 @@ class Sampler:
         params.no_perf = True
         self.ptr: Any = llama_cpp.llama_sampler_chain_init(params)
         add = llama_cpp.llama_sampler_chain_add
+        if s.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(s.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, bias) for token, bias in s.logit_bias)
+            )
+            add(
+                self.ptr,
+                llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), biases),
+            )
         if s.presence_penalty or s.frequency_penalty:
             add(
                 self.ptr,
