@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # the engine module loads llama.cpp
-    from ponder.backends.llamacpp.engine import EngineStats
+    from ponder.backends.llamacpp.jobs import EngineStats
 
 
 class EngineCollector(Collector):

@@ -21,8 +21,8 @@ from ponder import catalog
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Capabilities
 from ponder.backends.chat_template import ChatTemplate, offered_tools
-from ponder.backends.llamacpp.engine import (
-    Engine,
+from ponder.backends.llamacpp.engine import Engine
+from ponder.backends.llamacpp.jobs import (
     EngineStats,
     Event,
     Failed,

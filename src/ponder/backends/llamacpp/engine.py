@@ -19,83 +19,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ponder.backends.llamacpp.native import (
-    Batch,
-    Context,
-    Model,
-    NativeError,
-    Sampler,
-    SamplerSettings,
+from ponder.backends.llamacpp.jobs import (
+    EngineStats,
+    Failed,
+    Finished,
+    Job,
+    SequenceParams,
+    Sink,
+    Text,
 )
+from ponder.backends.llamacpp.native import Batch, Context, Model, NativeError, Sampler
 from ponder.backends.llamacpp.text import TextStream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class SequenceParams:
-    max_tokens: int
-    sampler: SamplerSettings = field(default_factory=SamplerSettings)
-    stop: tuple[str, ...] = ()
-
-
-# ---- what the engine reports, from its thread, through a job's sink ----------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    index: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    index: int
-    reason: Literal["stop", "length"]
-    tokens: int
-    """Tokens this sequence generated (its end-of-generation token included)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: BaseException
-
-
-Event = Text | Finished | Failed
-Sink = Callable[[Event], None]
-
-
-class Job:
-    """One prompt and its samples. `cancel()` may be called from any thread: the engine drops
-    the job's sequences at its next step."""
-
-    def __init__(
-        self, engine: Engine, prompt: list[int], params: Sequence[SequenceParams], sink: Sink
-    ) -> None:
-        self.prompt = prompt
-        self.params = tuple(params)
-        self.sink = sink
-        self.cancelled = False
-        self._engine = engine
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._engine.wake()
-
-    def emit(self, event: Event) -> None:
-        """Reports `event` to the job's owner, unless it has gone; an owner that cannot take
-        it any more (its event loop closed) is treated as gone."""
-        if self.cancelled and not isinstance(event, Failed):
-            return
-        try:
-            self.sink(event)
-        except Exception:  # one gone caller must not stop the engine
-            log.warning("dropping a job whose caller cannot take its results", exc_info=True)
-            self.cancelled = True
 
 
 @dataclass(eq=False)
@@ -125,29 +65,6 @@ class _Slot:
     used: int = 0
     """The step it was last given to or given back by a sequence (least recently used goes
     first)."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStats:
-    sequences: int
-    free_sequences: int
-    waiting: int
-    kv_cells_live: int
-    """KV positions held by running sequences (shared cells counted once per sequence)."""
-    kv_cells_cached: int
-    """KV positions kept by finished sequences for prefix reuse."""
-    kv_tokens: tuple[int, ...]
-    """Positions each sequence id holds, by the engine's own account."""
-    kv_positions: tuple[int, ...]
-    """Positions each sequence id holds as llama.cpp itself reports, read when last idle."""
-    steps: int
-    decoded_tokens: int
-    prompt_tokens: int
-    """Prompt tokens evaluated."""
-    prompt_tokens_reused: int
-    """Prompt tokens taken from cells already in the cache instead of being evaluated."""
-    batch_sequences: tuple[int, ...]
-    """batch_sequences[k]: decode steps that advanced k sequences at once."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -204,7 +121,7 @@ class Engine:
     def submit(self, prompt: list[int], params: Sequence[SequenceParams], sink: Sink) -> Job:
         if not prompt:
             raise ValueError("an empty prompt")
-        job = Job(self, prompt, params, sink)
+        job = Job(prompt, params, sink, self.wake)
         with self._cond:
             if self._closing:
                 raise NativeError("the embedded engine is closed")
@@ -337,7 +254,7 @@ class Engine:
                 self._place(seq, slot, "follow")
                 leader.followers.append(seq)
                 continue
-            self._place(seq, *self._prefix_slot(seq.job.prompt, free))
+            self._place(seq, self._prefix_slot(seq.job.prompt, free), "prefill")
 
     def _trim_cache(self) -> None:
         """While sequences run, cells kept from finished ones cost attention in every step
@@ -352,9 +269,7 @@ class Engine:
                 self._ctx.seq_rm(slot.id)
                 slot.tokens = []
 
-    def _prefix_slot(
-        self, prompt: list[int], free: list[_Slot]
-    ) -> tuple[_Slot, Literal["prefill"]]:
+    def _prefix_slot(self, prompt: list[int], free: list[_Slot]) -> _Slot:
         """A free slot for `prompt`, holding the longest prefix of it the cache has. At least
         the prompt's last token is evaluated, for the logits of the first new token."""
         limit = len(prompt) - 1
@@ -370,7 +285,7 @@ class Engine:
             self._ctx.seq_rm(slot.id, n, -1)
             del slot.tokens[n:]
         self._reused += n
-        return slot, "prefill"
+        return slot
 
     def _place(self, seq: _Seq, slot: _Slot, state: Literal["prefill", "follow"]) -> None:
         seq.slot, seq.state = slot.id, state
