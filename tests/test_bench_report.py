@@ -11,8 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ponder.bench.report import render_markdown, spl_curve, summarize, write_report
-from ponder.bench.stats import difference_interval, percentile, wilson
+from ponder.bench.report import (
+    against_baseline,
+    render_markdown,
+    spl_curve,
+    summarize,
+    write_report,
+)
+from ponder.bench.stats import (
+    difference_interval,
+    paired_difference_interval,
+    percentile,
+    wilson,
+)
 from ponder.bench.types import ItemResult, Summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -76,6 +87,27 @@ def test_wilson_edges() -> None:
 def test_difference_interval_known_value() -> None:
     # Newcombe (1998), method 10: 56/70 vs 48/80 -> difference 0.2, interval (0.0524, 0.3339).
     assert difference_interval(48, 80, 56, 70) == pytest.approx((0.0524, 0.3339), abs=5e-5)
+
+
+def test_paired_difference_interval_by_hand() -> None:
+    """12 items both right, 5 only a, 2 only b, 21 neither (n=40): Wilson intervals of 17/40
+    and 14/40 are [0.2851, 0.5780] and [0.2213, 0.5050]; the continuity-corrected correlation
+    is (12*21 - 5*2 - 20) / sqrt(17*23*14*26) = 0.5885; b - a = -0.075, and the limits worked
+    out by hand from Newcombe's method 10 are -0.2046 and +0.0595."""
+    low, high = paired_difference_interval(12, 5, 2, 21)
+    assert (low, high) == pytest.approx((-0.2046, 0.0595), abs=5e-4)
+    # swapping the two approaches mirrors the interval
+    assert paired_difference_interval(12, 2, 5, 21) == pytest.approx((-high, -low))
+
+
+def test_paired_interval_is_narrower_than_the_unpaired_one_when_the_two_agree() -> None:
+    paired = paired_difference_interval(60, 3, 9, 48)
+    unpaired = difference_interval(63, 120, 69, 120)
+    assert unpaired[0] < paired[0] < 0.05 < paired[1] < unpaired[1]
+    # the same answers on every item: a difference of 0, known within a few points
+    low, high = paired_difference_interval(60, 0, 0, 60)
+    assert low < 0 < high and high - low < 0.1
+    assert paired_difference_interval(0, 0, 0, 0) == (-1.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -287,3 +319,43 @@ def test_write_report_replaces_earlier_files(tmp_path: Path) -> None:
     write_report(tmp_path, summarize(again), META, again)
     assert json.loads((tmp_path / "summary.json").read_text())["summaries"][0]["correct"] == 1
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_each_approach_against_none_on_the_items_both_answered() -> None:
+    results = [
+        *(result("none", i, i < 6) for i in range(10)),
+        # sc: right on 0-3 (as none), wrong on 4-5 (none right), right on 6-8 (none wrong)
+        *(result("sc", i, i < 4 or 6 <= i < 9) for i in range(10)),
+        # re2 measured on 4 of the items only: right on 2-3, wrong on 4-5 (none right on all 4)
+        *(result("re2", i, i < 4) for i in range(2, 6)),
+    ]
+    sc, re2 = against_baseline(results)
+    assert {k: sc[k] for k in ("approach", "items", "only_baseline", "only_approach")} == {
+        "approach": "sc",
+        "items": 10,
+        "only_baseline": 2,
+        "only_approach": 3,
+    }
+    assert (sc["baseline_accuracy"], sc["accuracy"], sc["difference"]) == pytest.approx(
+        (0.6, 0.7, 0.1)
+    )
+    assert (sc["ci_low"], sc["ci_high"]) == pytest.approx(paired_difference_interval(4, 2, 3, 1))
+    assert sc["verdict"] == "cannot be told apart"
+    assert (re2["items"], re2["baseline_accuracy"], re2["difference"]) == (4, 1.0, -0.5)
+    text = render_markdown(summarize(results), {"suite": "arith"}, None, [sc, re2])
+    assert "## Against none, on the same items" in text
+    assert "| sc | 10 | 60.0% | 70.0% | +10.0 [" in text
+    assert against_baseline([r for r in results if r.approach != "none"]) == []
+
+
+def test_verdicts() -> None:
+    many = [
+        *(result("none", i, False) for i in range(40)),
+        *(result("good", i, i < 20) for i in range(40)),
+        *(result("bad", i, False) for i in range(40)),
+    ]
+    compared = {c["approach"]: c for c in against_baseline(many)}
+    assert compared["good"]["verdict"] == "helps"
+    assert compared["bad"]["verdict"] == "cannot be told apart"
+    flipped = [replace(r, correct=not r.correct) for r in many]
+    assert {c["approach"]: c["verdict"] for c in against_baseline(flipped)}["good"] == "hurts"

@@ -414,3 +414,33 @@ def test_cli_reports_a_suite_without_its_file(
     assert code == 1
     assert capsys.readouterr().err == "ponder: The gsm8k suite reads a JSONL file: give --path.\n"
     assert not out.exists()
+
+
+async def test_an_spl_run_without_spl_skips_the_training_split(tmp_path: Path) -> None:
+    """A baseline measured on an SPL run's test split, before SPL has learnt: no training."""
+    upstream = FakeUpstream(solve_body, model_ids=("fake-model", "spl-fake-model"))
+    out = tmp_path / "run"
+    with running_server(upstream.app) as url:
+        await run(bench(out, url, limit=2, spl_train=2, approaches=["none"]), progress=False)
+        assert [b["model"] for b in upstream.requests] == ["fake-model"] * 2
+        assert {item_in(b["messages"][-1]["content"]) for b in upstream.requests} == set(ITEMS[2:4])
+        # spl added later trains first, then is tested on the same items
+        await run(bench(out, url, limit=2, spl_train=2, approaches=["spl"]), progress=False)
+    later = [(b["model"], item_in(b["messages"][-1]["content"])) for b in upstream.requests[2:]]
+    assert later[:2] == [("spl-fake-model", item) for item in ITEMS[:2]]
+    assert sorted(item.id for _, item in later[2:]) == [item.id for item in ITEMS[2:4]]
+    assert json.loads((out / "meta.json").read_text())["approaches"] == ["none", "spl"]
+
+
+async def test_a_run_resumes_with_another_limit_over_the_same_items(tmp_path: Path) -> None:
+    """Items come in a fixed order: an approach measured on fewer items shares their prefix."""
+    upstream = FakeUpstream(solve_body, model_ids=("fake-model", "re2-fake-model"))
+    out = tmp_path / "run"
+    with running_server(upstream.app) as url:
+        await run(bench(out, url, limit=4, approaches=["none"]), progress=False)
+        summaries = await run(bench(out, url, limit=2, approaches=["re2"]), progress=False)
+    re2 = [item_in(b["messages"][-1]["content"]) for b in upstream.requests[4:]]
+    assert sorted(item.id for item in re2) == [item.id for item in ITEMS[:2]]
+    assert [(s.approach, s.items) for s in summaries] == [("none", 4), ("re2", 2)]
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["limit"], meta["approaches"]) == (4, ["none", "re2"])

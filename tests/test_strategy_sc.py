@@ -13,9 +13,9 @@ from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.context import RequestContext
 from ponder.strategies.sc import SelfConsistency, SelfConsistencyConfig
-from ponder.testing import Call, ScriptedBackend
+from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
-from ponder.types import Message, Sampling
+from ponder.types import Completion, Message, Sampling
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -231,6 +231,39 @@ async def test_a_call_budget_below_the_samples_votes_over_what_it_allows() -> No
     assert response.headers["x-ponder-backend-calls"] == "3"
     (vote,) = trace_steps(body, "vote")
     assert (vote["tally"], vote["survivors"]) == ({"42": 3}, 3)
+
+
+async def test_a_sample_cut_off_at_max_tokens_does_not_vote() -> None:
+    """A sample that ran out of tokens stopped mid-working: its last number is a step, not an
+    answer. Here two cut-off samples agree on such a step ("5") and would outvote the one
+    finished answer; they must not vote."""
+    replies: list[Reply] = [
+        Completion("Each box holds 5", finish_reason="length"),
+        Completion("First, 3 + 2 = 5", finish_reason="length"),
+        "3 + 2 = 5 boxes, 5 * 4 = 20 pens. The answer is 20.",
+        Completion("There are 4 pens in each of 5", finish_reason="length"),
+        Completion("", finish_reason="length"),
+    ]
+    backend = scripted(replies)
+    response = await chat(backend, SC, max_tokens=8, ponder={"trace": True})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == replies[2]
+    assert body["choices"][0]["finish_reason"] == "stop"
+    (vote,) = trace_steps(body, "vote")
+    assert vote["tally"] == {"20": 1}
+    assert (vote["winner"], vote["cut_off"], vote["survivors"]) == ("20", 4, 5)
+
+
+async def test_when_every_sample_is_cut_off_the_first_is_returned_as_it_is() -> None:
+    replies = [Completion(f"Step {i}: 7 * 6 = 4", finish_reason="length") for i in range(5)]
+    backend = scripted(replies)
+    response = await chat(backend, SC, max_tokens=8, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "Step 0: 7 * 6 = 4"
+    assert body["choices"][0]["finish_reason"] == "length"
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["winner"], vote["tally"], vote["cut_off"]) == (None, {}, 5)
 
 
 # ---- streaming -----------------------------------------------------------------------------

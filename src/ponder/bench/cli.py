@@ -37,8 +37,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, help="most items to evaluate (arith default: 100)")
     p.add_argument(
         "--approaches",
-        default="none",
-        help="comma-separated strategy routes; none is the model itself (default: %(default)s)",
+        help="comma-separated strategy routes; none is the model itself (default: none, and "
+        "spl with --spl-train)",
     )
     p.add_argument(
         "--model", dest="bench_model", metavar="MODEL", help="default: the endpoint's first model"
@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
         default=0,
         metavar="N",
         help="learn with spl on the first N items (one at a time, with the ground truth), "
-        "then compare none and spl on the rest",
+        "then evaluate the approaches on the rest; skipped when spl is not among them",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -78,7 +78,9 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         suite=args.suite,
         path=args.path,
         limit=args.limit,
-        approaches=[a.strip() for a in args.approaches.split(",") if a.strip()],
+        approaches=None
+        if args.approaches is None
+        else [a.strip() for a in args.approaches.split(",") if a.strip()],
         model=args.bench_model,
         base_url=args.bench_base_url,
         api_key=args.api_key,

@@ -16,7 +16,12 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from ponder.bench.stats import difference_interval, percentile, wilson
+from ponder.bench.stats import (
+    difference_interval,
+    paired_difference_interval,
+    percentile,
+    wilson,
+)
 from ponder.bench.types import ItemResult, Results, Summary
 
 SUMMARY_MD = "summary.md"
@@ -120,6 +125,51 @@ def spl_curve(results: Results) -> dict[str, Any] | None:
     }
 
 
+def against_baseline(results: Results) -> list[dict[str, Any]]:
+    """Each approach against `none` on the items both answered: {"approach", "items",
+    "baseline_accuracy", "accuracy", "difference", "ci_low", "ci_high" (Newcombe's paired 95%
+    interval), "only_baseline", "only_approach" (items only one got right), "verdict"}."""
+    groups = _by_approach(eval_results(results))
+    if BASELINE not in groups:
+        return []
+    base = {r.item_id: r.correct for r in groups[BASELINE]}
+    compared = []
+    for approach, rows in groups.items():
+        pairs = [(base[r.item_id], r.correct) for r in rows if r.item_id in base]
+        if approach == BASELINE or not pairs:
+            continue
+        both = sum(a and b for a, b in pairs)
+        only_base = sum(a and not b for a, b in pairs)
+        only_approach = sum(b and not a for a, b in pairs)
+        low, high = paired_difference_interval(
+            both, only_base, only_approach, len(pairs) - both - only_base - only_approach
+        )
+        compared.append(
+            {
+                "approach": approach,
+                "items": len(pairs),
+                "baseline_accuracy": (both + only_base) / len(pairs),
+                "accuracy": (both + only_approach) / len(pairs),
+                "difference": (only_approach - only_base) / len(pairs),
+                "ci_low": low,
+                "ci_high": high,
+                "only_baseline": only_base,
+                "only_approach": only_approach,
+                "verdict": verdict(low, high),
+            }
+        )
+    return compared
+
+
+def verdict(low: float, high: float) -> str:
+    """What a difference's 95% interval says, in words."""
+    if low > 0:
+        return "helps"
+    if high < 0:
+        return "hurts"
+    return "cannot be told apart"
+
+
 def _arm(summary: Summary) -> dict[str, Any]:
     keys = ("approach", "items", "correct", "accuracy", "ci_low", "ci_high")
     return {key: getattr(summary, key) for key in keys}
@@ -181,10 +231,35 @@ def _meta_value(value: object) -> str:
     return str(value)
 
 
+COMPARISON_HEADER = (
+    "| Approach | Items | none | Approach | Difference (paired 95% CI) "
+    "| Only none right | Only approach right | Verdict |\n"
+    "|---|---:|---:|---:|---|---:|---:|---|"
+)
+
+
+def _comparison_row(c: dict[str, Any]) -> str:
+    cells = [
+        c["approach"],
+        str(c["items"]),
+        f"{_pct(c['baseline_accuracy'])}%",
+        f"{_pct(c['accuracy'])}%",
+        f"{c['difference'] * 100:+.1f} [{c['ci_low'] * 100:+.1f}, {c['ci_high'] * 100:+.1f}]",
+        str(c["only_baseline"]),
+        str(c["only_approach"]),
+        c["verdict"],
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def render_markdown(
-    summaries: list[Summary], meta: dict[str, Any], curve: dict[str, Any] | None = None
+    summaries: list[Summary],
+    meta: dict[str, Any],
+    curve: dict[str, Any] | None = None,
+    compared: list[dict[str, Any]] | None = None,
 ) -> str:
-    """summary.md: the run's meta, the table, and the SPL comparison when there is one."""
+    """summary.md: the run's meta, the table, each approach against none on the same items,
+    and the SPL comparison when there is one."""
     title = meta.get("suite", "run")
     lines = [f"# Ponder bench: {title}", ""]
     for key, label in _META_LABELS.items():
@@ -199,6 +274,14 @@ def render_markdown(
         if key not in _META_LABELS and key not in _SHOWN_AS and value is not None
     ]
     lines += ["", TABLE_HEADER, *(_row(s) for s in summaries), ""]
+    if compared:
+        lines += [
+            "## Against none, on the same items",
+            "",
+            COMPARISON_HEADER,
+            *(_comparison_row(c) for c in compared),
+            "",
+        ]
     if curve is not None:
         base, spl = curve["baseline"], curve["spl"]
         lines += [
@@ -219,10 +302,18 @@ def render_markdown(
 
 
 def render_json(
-    summaries: list[Summary], meta: dict[str, Any], curve: dict[str, Any] | None = None
+    summaries: list[Summary],
+    meta: dict[str, Any],
+    curve: dict[str, Any] | None = None,
+    compared: list[dict[str, Any]] | None = None,
 ) -> str:
-    """summary.json: {"meta", "summaries", "spl_curve" (only for --spl-train runs)}."""
-    body: dict[str, Any] = {"meta": meta, "summaries": [asdict(s) for s in summaries]}
+    """summary.json: {"meta", "summaries", "against_none" (each approach against none on the
+    same items), "spl_curve" (only for --spl-train runs)}."""
+    body: dict[str, Any] = {
+        "meta": meta,
+        "summaries": [asdict(s) for s in summaries],
+        "against_none": compared or [],
+    }
     if curve is not None:
         body["spl_curve"] = curve
     return json.dumps(body, indent=2, default=str) + "\n"
@@ -250,9 +341,10 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     full = _full_meta(meta, summaries)
     curve = spl_curve(results)
+    compared = against_baseline(results)
     paths = [
-        _write_text(out_dir / SUMMARY_MD, render_markdown(summaries, full, curve)),
-        _write_text(out_dir / SUMMARY_JSON, render_json(summaries, full, curve)),
+        _write_text(out_dir / SUMMARY_MD, render_markdown(summaries, full, curve, compared)),
+        _write_text(out_dir / SUMMARY_JSON, render_json(summaries, full, curve, compared)),
     ]
     latencies = _by_approach(eval_results(results))
     title = " / ".join(str(full[k]) for k in ("suite", "model") if full.get(k))

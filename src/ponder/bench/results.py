@@ -15,8 +15,10 @@ from ponder.errors import InvalidRequest
 
 ITEMS_FILE = "items.jsonl"
 META_FILE = "meta.json"
-MATCHED = ("suite", "path", "limit", "seed", "model", "max_tokens", "temperature", "spl_train")
-"""meta.json fields a resumed run must share with the first one (approaches may grow)."""
+MATCHED = ("suite", "path", "seed", "model", "max_tokens", "temperature", "spl_train")
+"""meta.json fields a resumed run must share with the first one. Approaches may grow, and
+`limit` may change: a suite's items come in a fixed order, so another limit asks a prefix or an
+extension of the same items (an approach measured on fewer items is compared on those)."""
 
 _RESULT_FIELDS = tuple(f.name for f in fields(ItemResult))
 

@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import ExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ class BenchConfig:
     suite: str = "arith"
     path: Path | None = None
     limit: int | None = None
-    approaches: list[str] = field(default_factory=lambda: [NONE])
+    approaches: list[str] | None = None
+    """Default: none, and spl on a `--spl-train` run."""
     model: str | None = None
     base_url: str | None = None
     api_key: str | None = None
@@ -85,6 +86,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.out is None:
             self.out = default_out(self.suite)
+        if self.approaches is None:
+            self.approaches = [NONE, SPL] if self.spl_train else [NONE]
 
     @property
     def out_dir(self) -> Path:
@@ -92,9 +95,13 @@ class BenchConfig:
         return self.out
 
     def eval_approaches(self) -> list[str]:
-        """The approaches evaluated, in order, each once; an SPL run always has none and spl."""
-        asked = [NONE, SPL, *self.approaches] if self.spl_train else list(self.approaches)
-        return list(dict.fromkeys(asked))
+        """The approaches evaluated, in order, each once."""
+        return list(dict.fromkeys(self.approaches or ()))
+
+    def trains(self) -> bool:
+        """Whether this run learns first: a `--spl-train` run that evaluates `spl`. A run that
+        shares its items but not `spl` (a baseline added later) skips the training split."""
+        return self.spl_train > 0 and SPL in self.eval_approaches()
 
     def check(self, suite: Suite) -> None:
         """Refuse settings that cannot run, before anything is started."""
@@ -361,13 +368,15 @@ async def run(
         if previous is not None:
             check_resumable(previous, meta, out)
             grown = [*previous.get("approaches", []), *meta["approaches"]]
-            meta = {**previous, "approaches": list(dict.fromkeys(grown))}
+            limits = (previous.get("limit"), meta["limit"])
+            limit = None if None in limits else max(limits)
+            meta = {**previous, "approaches": list(dict.fromkeys(grown)), "limit": limit}
         write_meta(out, meta)
 
         writer = ResultWriter(out / ITEMS_FILE)
         asker = Asker(client, suite, config, model, writer, done, unique, progress)
         try:
-            if train:
+            if config.trains():
                 await asker.phase("train", SPL, train, concurrency=1, truth=True)
             for approach in config.eval_approaches():
                 # On an SPL run the test split must not teach the store what it is tested on.

@@ -1,6 +1,8 @@
 """`sc`: self-consistency. Several answers are sampled from the client's conversation as it
 is, each one's final answer is extracted, and the answer most samples agree on wins; the
-client gets the full response of the first sample that gave it.
+client gets the full response of the first sample that gave it. A sample cut off by
+`max_tokens` has no final answer (its last number is a step, not a result), so it does not
+vote; when no sample has an answer, the first sample is returned as it is.
 
 `samples` backend calls drawn concurrently (one call with a native-`n` backend). A failed call
 does not fail the request: the vote runs over the samples that came back, and only when every
@@ -21,6 +23,7 @@ from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
 NO_ANSWER = "(no answer)"
+CUT_OFF = "(cut off at max_tokens: no vote)"
 
 
 class SelfConsistencyConfig(StrategyConfig):
@@ -41,9 +44,10 @@ class SelfConsistency:
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         sampling = varied(ctx.sampling, self.config.temperature)
         samples = await ctx.sample(messages, self.config.samples, sampling, tolerate_failures=True)
-        answers = [extract_answer(s.content) for s in samples]
-        for i, answer in enumerate(answers, start=1):
-            ctx.reason(f"Sample {i}: {answer if answer is not None else NO_ANSWER}\n")
+        answers = [voice(s) for s in samples]
+        for i, (sample, answer) in enumerate(zip(samples, answers, strict=True), start=1):
+            shown = answer if answer is not None else NO_ANSWER
+            ctx.reason(f"Sample {i}: {CUT_OFF if cut_off(sample) else shown}\n")
         vote = majority_vote(answers)
         ctx.reason(
             f"Vote: {vote.winner if vote.winner is not None else NO_ANSWER} "
@@ -55,5 +59,16 @@ class SelfConsistency:
             winner=vote.winner,
             samples=self.config.samples,
             survivors=len(samples),
+            cut_off=sum(cut_off(s) for s in samples),
         )
         return [samples[vote.first]]
+
+
+def cut_off(sample: Completion) -> bool:
+    """Whether the sample stopped at `max_tokens` rather than finishing its answer."""
+    return sample.finish_reason == "length"
+
+
+def voice(sample: Completion) -> str | None:
+    """The answer a sample votes for: None for a sample cut off before it finished."""
+    return None if cut_off(sample) else extract_answer(sample.content)
