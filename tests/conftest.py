@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from ponder.config import Settings
 from ponder.proxy import create_app
-from ponder.spl_store import Store
+from ponder.spl_store import Lifecycle, Store
 from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
 from tests.services import fresh_database, postgres_server
@@ -69,8 +69,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    """An SPL and memory store in a fresh SQLite file."""
-    s = Store(f"sqlite:///{tmp_path}/store.db")
+    """An SPL and memory store in a fresh SQLite file, without a control arm (`explore` 0), so
+    that every learning request uses strategies and the fixed rates decide; the control arm's
+    own tests turn it on."""
+    s = Store(f"sqlite:///{tmp_path}/store.db", Lifecycle(explore=0.0))
     yield s
     s.close()
 

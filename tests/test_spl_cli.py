@@ -12,6 +12,7 @@ import yaml
 
 from ponder.cli import main
 from ponder.errors import Conflict
+from ponder.intervals import difference_interval, z_for
 from ponder.spl_store import Draft, ImportEntry, Lifecycle, Store
 
 ARITH = "Write down every intermediate result.\nCheck the units at the end."
@@ -83,6 +84,7 @@ def test_list_filters_and_json(capsys: pytest.CaptureFixture[str], store: Store)
         "problem_type": "logic",
         "status": "active",
         "origin": "starter",
+        "parent_id": None,
         "version": 1,
         "attempts": 0,
         "successes": 0,
@@ -528,3 +530,27 @@ def test_an_unusable_database_is_an_error_message(capsys: pytest.CaptureFixture[
     assert (code, out) == (1, "")
     assert err.startswith("ponder: the database failed: ")
     assert "secret" not in err
+
+
+def test_show_compares_the_strategy_with_its_types_baseline(
+    capsys: pytest.CaptureFixture[str], store: Store
+) -> None:
+    a, _, _ = seed(store)  # 2 of 3
+    code, out, _ = cli(capsys, store, "spl", "show", str(a))
+    assert "baseline:     none yet with no strategies (the control arm of its type)" in out
+    assert "vs baseline:  no baseline (too few control outcomes or attempts to compare)" in out
+    for i in range(10):
+        store.record_request("default", f"c{i}", "arithmetic", "q", "a", [], control=True)
+        store.record_outcome("default", f"c{i}", i < 4, "ground_truth")
+    code, out, _ = cli(capsys, store, "spl", "show", str(a))
+    assert code == 0
+    assert "baseline:     40% (4/10) with no strategies (the control arm of its type)" in out
+    # 2/3 against 4/10: +26.7 points, with Newcombe's 80% interval
+    low, high = difference_interval(4, 10, 2, 3, z_for(0.8))
+    shown = f"+26.7 points, 80% interval [{low * 100:+.1f}, {high * 100:+.1f}]: unclear"
+    assert f"vs baseline:  {shown}" in out.splitlines()
+    code, out, _ = cli(capsys, store, "spl", "show", str(a), "--json")
+    against = json.loads(out)["against_baseline"]
+    assert against["baseline"] == {"attempts": 10, "successes": 4, "rate": 0.4}
+    assert (against["verdict"], against["confidence"]) == ("unclear", 0.8)
+    assert against["interval"] == pytest.approx([low, high])

@@ -58,6 +58,7 @@ async def test_strategies_lists_only_the_keys_tenant(
         "problem_type": "logic",
         "status": "active",
         "origin": "learned",
+        "parent_id": None,
         "version": 1,
         "attempts": 4,
         "successes": 3,
@@ -168,7 +169,7 @@ async def test_feedback_does_not_override_ground_truth(
 
 
 async def test_feedback_reports_promotion(store: Store) -> None:
-    quick = Store(store.url, lifecycle=Lifecycle(promote_after=1))
+    quick = Store(store.url, lifecycle=Lifecycle(promote_after=1, explore=0))
     s1 = add(quick, "default", "logic", "One.")
     quick.record_request("default", "r", "logic", "q", "a", [s1])
     async with asgi_client(create_app(Settings(), backend=scripted(["x"]), store=quick)) as c:

@@ -309,12 +309,25 @@ async def test_a_similar_new_strategy_is_merged_into_the_existing_one(store: Sto
     )
     assert (merge.sampling.temperature, merge.sampling.max_tokens) == (0.0, 200)
     assert response.json()["usage"] == usage_for(backend, script.given)
-    (after,) = store.strategies(TENANT)
-    assert (after.id, after.text, after.version) == (s.id, script.merged, 2)
-    merged = store.events(TENANT, s.id)[0]
-    assert (merged.kind, merged.request_id, merged.detail["version"]) == ("merged", rid, 2)
+    # the merged text is a new active strategy with its own counters, linked to the old one
+    (after,) = store.strategies(TENANT, statuses=["active"])
+    assert (after.text, after.status, after.origin, after.parent_id) == (
+        script.merged,
+        "active",
+        "merged",
+        s.id,
+    )
+    assert (after.attempts, after.successes, after.version) == (0, 0, 1)
+    old = store.strategy(TENANT, s.id)
+    assert (old.status, old.text, old.attempts) == ("retired", STRATEGY, 1)
+    superseded = store.events(TENANT, s.id)[0]
+    assert (superseded.kind, superseded.request_id) == ("superseded", rid)
+    assert superseded.detail == {"before": "active", "by": after.id}
+    merged = store.events(TENANT, after.id)[0]
+    assert (merged.kind, merged.request_id, merged.detail["parent"]) == ("merged", rid, s.id)
     assert merged.detail["relevance"] >= 0.5
-    assert trace_steps(response.json(), "spl_merged")[0]["version"] == 2
+    (step,) = trace_steps(response.json(), "spl_merged")
+    assert (step["id"], step["parent"]) == (after.id, s.id)
 
 
 @pytest.mark.parametrize("truth", [WRONG, None])
@@ -334,15 +347,19 @@ async def test_a_weak_used_strategy_is_refined(store: Store, truth: str | None) 
         truth=TRUTH_SECTION.format(truth=truth) if truth else "",
     )
     assert response.json()["usage"] == usage_for(backend, script.given)
-    (after,) = store.strategies(TENANT)
-    assert (after.text, after.version, after.attempts, after.successes) == (
+    # the refined text starts its own counters; the old text keeps its record, retired
+    (after,) = store.strategies(TENANT, statuses=["active"])
+    assert (after.text, after.parent_id, after.attempts, after.successes) == (
         script.refined,
-        2,
-        7,
-        2,
+        s.id,
+        0,
+        0,
     )
-    refined = store.events(TENANT, s.id)[0]
+    old = store.strategy(TENANT, s.id)
+    assert (old.status, old.text, old.attempts, old.successes) == ("retired", STRATEGY, 7, 2)
+    refined = store.events(TENANT, after.id)[0]
     assert (refined.kind, refined.request_id) == ("refined", response.headers["x-request-id"])
+    assert (refined.detail["parent"], refined.detail["attempts"]) == (s.id, 7)
 
 
 async def test_a_refinement_never_overwrites_an_edit_made_meanwhile(store: Store) -> None:
@@ -358,7 +375,12 @@ async def test_a_refinement_never_overwrites_an_edit_made_meanwhile(store: Store
 
     assert kinds(backend) == ["classify", "answer", "refine"]
     (after,) = store.strategies(TENANT)
-    assert (after.text, after.version) == (operator_text, 2)
+    assert (after.id, after.text, after.version, after.status) == (
+        s.id,
+        operator_text,
+        2,
+        "active",
+    )
     assert [e.kind for e in store.events(TENANT, s.id)][:2] == ["edited", "failure"]
     (conflict,) = trace_steps(response.json(), "spl_conflict")
     assert (conflict["id"], conflict["kind"]) == (s.id, "refined")

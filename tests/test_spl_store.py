@@ -21,10 +21,9 @@ from ponder.spl_store import models as m
 
 @pytest.fixture
 def any_store(database_url: str) -> Iterator[Store]:
-    """A fresh store on each real database."""
-    s = Store(
-        database_url, Lifecycle(promote_after=2, retire_after=4, retire_rate=0.3, max_per_type=2)
-    )
+    """A fresh store on each real database, deciding by the fixed rates (no control arm)."""
+    rules = Lifecycle(promote_after=2, retire_after=4, retire_rate=0.3, max_per_type=2, explore=0)
+    s = Store(database_url, rules)
     yield s
     s.close()
 

@@ -21,6 +21,7 @@ from ponder.config import DEFAULT_TENANT, Settings
 from ponder.errors import InvalidRequest, PonderError
 from ponder.spl_store import (
     PROBLEM_TYPES,
+    Baseline,
     EventRecord,
     Status,
     Store,
@@ -28,6 +29,7 @@ from ponder.spl_store import (
     TenantSettings,
     portable,
 )
+from ponder.spl_store.decisions import compare
 from ponder.spl_store.rows import STATUSES
 
 STATUS_ORDER = {"active": 0, "candidate": 1, "retired": 2}
@@ -127,11 +129,16 @@ def _spl(store: Store, args: argparse.Namespace) -> int:
     elif command == "show":
         record = store.strategy(tenant, args.id)
         events = store.events(tenant, args.id)
+        baseline = store.baselines(tenant).get(record.problem_type)
+        rules = store.lifecycle
+        comparison = compare(record.successes, record.attempts, baseline, rules)
+        against = portable.comparison_fields(baseline, comparison, rules.confidence)
         if args.json:
             fields = portable.strategy_fields(record)
-            _json({**fields, "events": [portable.event_fields(e) for e in events]})
+            events_json = [portable.event_fields(e) for e in events]
+            _json({**fields, "against_baseline": against, "events": events_json})
         else:
-            _print_strategy(record, events)
+            _print_strategy(record, events, baseline, against)
     elif command == "export":
         _export(store, tenant, args.file)
     elif command == "import":
@@ -162,13 +169,21 @@ def _print_table(rows: Sequence[StrategyRecord]) -> None:
     _table(table)
 
 
-def _print_strategy(record: StrategyRecord, events: Sequence[EventRecord]) -> None:
+def _print_strategy(
+    record: StrategyRecord,
+    events: Sequence[EventRecord],
+    baseline: Baseline | None,
+    against: dict[str, Any],
+) -> None:
     for name, value in portable.strategy_fields(record).items():
         if name == "text":
             continue
         if name == "success_rate":
             value = portable.rate_label(record)
         print(f"{name + ':':14}{value}")
+    shown = "none yet" if baseline is None else portable.rate_label(baseline)
+    print(f"{'baseline:':14}{shown} with no strategies (the control arm of its type)")
+    print(f"{'vs baseline:':14}{_against_label(against)}")
     print("text:")
     for line in record.text.splitlines():
         print(f"  {line}")
@@ -178,6 +193,17 @@ def _print_strategy(record: StrategyRecord, events: Sequence[EventRecord]) -> No
         detail = ", ".join(f"{k}={v}" for k, v in event.detail.items())
         request = f" request {event.request_id}" if event.request_id else ""
         print(f"  {event.created_at:%Y-%m-%d %H:%M:%S}  {event.kind}{request}  {detail}".rstrip())
+
+
+def _against_label(against: dict[str, Any]) -> str:
+    """ "+12.0 points, 80% interval [-8.1, +31.0]: unclear", or why there is no comparison."""
+    if against["interval"] is None:
+        return f"{against['verdict']} (too few control outcomes or attempts to compare)"
+    low, high = against["interval"]
+    return (
+        f"{against['lift'] * 100:+.1f} points, {against['confidence']:.0%} interval "
+        f"[{low * 100:+.1f}, {high * 100:+.1f}]: {against['verdict']}"
+    )
 
 
 def _export(store: Store, tenant: str, path: str) -> None:

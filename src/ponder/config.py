@@ -75,9 +75,27 @@ class Settings(BaseSettings):
         description="Let clients turn on SPL learning for one request (ponder.spl.learn); "
         "otherwise only tenants switched on with `ponder spl learn` learn",
     )
+    spl_explore: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of learning requests answered with no strategies: the control arm "
+        "every strategy is compared with (0: none, and the fixed rates decide)",
+    )
+    spl_confidence: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Confidence of the interval (strategy - baseline) that promotes (all of it "
+        "above 0) or retires (all below 0) a strategy",
+    )
     spl_promote_after: int = Field(3, ge=1, description="Successes before a candidate is active")
-    spl_retire_after: int = Field(10, ge=1, description="Attempts before a weak strategy retires")
-    spl_retire_rate: float = Field(0.3, ge=0, le=1, description="Success rate below which it does")
+    spl_retire_after: int = Field(
+        10, ge=1, description="Attempts before a strategy worse than the baseline retires"
+    )
+    spl_retire_rate: float = Field(
+        0.3, ge=0, le=1, description="Without a control arm: success rate below which it does"
+    )
     spl_max_per_type: int = Field(5, ge=1, description="Most active strategies per problem type")
     memory_max_episodes: int = Field(1000, ge=1, description="Episodes kept per tenant")
     memory_max_age_days: float = Field(90.0, gt=0, description="Episodes older than this go")

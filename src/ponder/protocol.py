@@ -434,7 +434,10 @@ class SplStrategy(BaseModel):
     id: int
     problem_type: str
     status: Literal["candidate", "active", "retired"]
-    origin: str
+    origin: str = Field(description="starter, learned, imported, refined or merged")
+    parent_id: int | None = Field(
+        None, description="The strategy this one was refined or merged from"
+    )
     version: int
     attempts: int
     successes: int

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from ponder.errors import NotFound, PermissionDenied
+from ponder.errors import PermissionDenied
 from ponder.protocol import FeedbackResult, SplStrategyList
 from ponder.proxy.routes import error_responses, require_key, state_of
-from ponder.spl_store import PROBLEM_TYPES, OutcomeResult, Status
+from ponder.spl_store import PROBLEM_TYPES, Status
 from ponder.spl_store.portable import strategy_fields
 from ponder.spl_store.rows import STATUSES, check_status, check_type
 
@@ -103,7 +103,8 @@ class Feedback(BaseModel):
 )
 async def feedback(body: Feedback, request: Request) -> dict[str, Any]:
     """Apply the feedback to the SPL learning request (counters, promotion, retirement) and to
-    the memory episodes with this id. 404 when neither is known for the tenant.
+    the memory episodes with this id, in one transaction. 404 when neither is known for the
+    tenant.
 
     `applied`, `outcome` and `source` describe the learning request when there is one (feedback
     does not override ground truth, and the same outcome twice changes nothing); otherwise the
@@ -114,19 +115,8 @@ async def feedback(body: Feedback, request: Request) -> dict[str, Any]:
         )
     store = state_of(request).store
     tenant: str = request.state.principal.tenant
-    learned: OutcomeResult | None
-    try:
-        learned = await asyncio.to_thread(
-            store.record_outcome, tenant, body.request_id, body.correct, "feedback"
-        )
-    except NotFound:
-        learned = None
-    episodes = await asyncio.to_thread(store.episode_outcome, tenant, body.request_id, body.correct)
-    if learned is None and episodes == 0:
-        raise NotFound(
-            f"no request {body.request_id!r} of this tenant is known to SPL or memory",
-            param="request_id",
-        )
+    applied = await asyncio.to_thread(store.feedback, tenant, body.request_id, body.correct)
+    learned, episodes = applied.learned, applied.episodes
     if learned is None:
         return {
             "request_id": body.request_id,

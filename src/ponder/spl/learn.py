@@ -11,8 +11,10 @@
      known, a new strategy is written: one call. When it is as relevant as `MERGE_THRESHOLD`
      to an existing active or candidate strategy of the type, the two are merged instead of
      adding a near-duplicate: a second call. So evolution makes at most two calls.
-   Edits name the version they were based on; if someone changed the strategy meanwhile the
-   edit is dropped (traced as `spl_conflict`), never written over theirs.
+   A refined or merged text is a new strategy with its own counters (the old text's record
+   says nothing about the new one) and a link to its parent, which retires. Edits name the
+   version they were based on; if someone changed the strategy meanwhile the edit is dropped
+   (traced as `spl_conflict`), never written over theirs.
    A proposal that is not a usable strategy (too short, not prose, one line repeated, or about
    this one problem: it states an answer or repeats the problem's numbers) is not used; it is
    kept as a "rejected" learning event for the operator to see.
@@ -303,10 +305,11 @@ async def _edit(
     kind: str,
     detail: dict[str, Any],
 ) -> None:
-    """Replace the text if the strategy is still at the version it was read at."""
+    """Replace the strategy by one with the new text, its own counters and a link to it, if it
+    is still at the version it was read at."""
     try:
-        edited = await asyncio.to_thread(
-            store.edit_text,
+        child = await asyncio.to_thread(
+            store.supersede,
             ctx.tenant,
             target.id,
             text,
@@ -318,7 +321,7 @@ async def _edit(
     except Conflict as exc:
         ctx.step("spl_conflict", id=target.id, kind=kind, error=exc.message)
         return
-    ctx.step(f"spl_{kind}", id=edited.id, version=edited.version)
+    ctx.step(f"spl_{kind}", id=child.id, parent=target.id)
 
 
 async def _ask(

@@ -10,6 +10,10 @@ learning calls come after the answer (a streaming client has it by then); if one
 or the request's call budget runs out, learning stops (traced as `spl_learn_failed`) and the
 client still gets its answer.
 
+The control arm: in learning mode a share of requests (`PONDER_SPL_EXPLORE`, 0.2) is answered
+with no strategies at all. Their outcomes are the baseline of their problem type, which every
+strategy of the type is promoted or retired against (`ponder.spl_store.decisions`).
+
 Learning mode: the tenant has learning on (`ponder spl learn --tenant T on`), or the request
 asks for it with `ponder: {"spl": {"learn": true}}` and the server lets clients do that
 (`spl_client_learning`). `learn: false` turns it off for one request. The ground truth
@@ -21,6 +25,7 @@ twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -77,7 +82,9 @@ class SystemPromptLearning:
 
         statuses: tuple[Status, ...] = ("active", "candidate") if learning else ("active",)
         pool = await asyncio.to_thread(store.strategies, ctx.tenant, problem_type, statuses)
-        chosen = select(query, pool, self.config.max_strategies, learning)
+        control = learning and in_control(learn_id(ctx), store.lifecycle.explore)
+        limit = 0 if control else self.config.max_strategies
+        chosen = select(query, pool, limit, learning)
         ids = [r.strategy.id for r in chosen]
         ctx.step(
             "spl_select",
@@ -85,8 +92,11 @@ class SystemPromptLearning:
             scores=[round(r.score, 3) for r in chosen],
             considered=len(pool),
             learning=learning,
+            control=control,
         )
         used = ", ".join(f"#{i}" for i in ids) or "none"
+        if control:
+            used += " (control arm: measuring the baseline)"
         ctx.reason(f"Problem type: {problem_type}. Strategies used: {used}.\n")
         prompt = with_strategies(messages, problem_type, [r.strategy.text for r in chosen])
         choices = await ctx.final(prompt, n=ctx.n)
@@ -94,7 +104,7 @@ class SystemPromptLearning:
         if learning:
             answer = (choices[0].content or "") if choices else ""
             try:
-                await self.learn(ctx, store, problem_type, query, answer, tuple(ids))
+                await self.learn(ctx, store, problem_type, query, answer, tuple(ids), control)
             except (BackendError, BudgetExceeded) as exc:
                 # The answer is there; learning is best effort and must not cost the client it.
                 ctx.step("spl_learn_failed", error=exc.message)
@@ -140,22 +150,20 @@ class SystemPromptLearning:
         query: str,
         answer: str,
         ids: tuple[int, ...],
+        control: bool = False,
     ) -> None:
         """Record the request, apply its outcome, and evolve the strategies (still inside the
         request, so every call counts in its usage)."""
         if not query.strip() or not answer.strip():
             ctx.step("spl_learn", skipped="no question or no answer text")
             return
-        # Runs of a compound route share the request id; each records its own.
-        request_id = ctx.request_id
-        if ctx.choice_index:
-            request_id = f"{request_id}.{ctx.choice_index}"
+        request_id = learn_id(ctx)
         if await asyncio.to_thread(_recorded, store, ctx.tenant, request_id):
             # A client retrying with the same x-request-id: the first attempt was learned from.
             ctx.step("spl_learn", skipped="this request id was already learned from")
             return
         await asyncio.to_thread(
-            store.record_request, ctx.tenant, request_id, problem_type, query, answer, ids
+            store.record_request, ctx.tenant, request_id, problem_type, query, answer, ids, control
         )
         lesson = Lesson(request_id, problem_type, query, answer, self.config.answer, ids)
         correct, source = await outcome(ctx, lesson, self.config.judge)
@@ -173,6 +181,20 @@ class SystemPromptLearning:
                 retired=list(result.retired),
             )
         await evolve(ctx, store, lesson, correct, PROBLEM_TYPES[problem_type])
+
+
+def learn_id(ctx: RequestContext) -> str:
+    """The id a learning request is recorded under: the request id, with the choice index
+    where runs of a compound route share it (each records its own)."""
+    return f"{ctx.request_id}.{ctx.choice_index}" if ctx.choice_index else ctx.request_id
+
+
+def in_control(request_id: str, explore: float) -> bool:
+    """Whether a learning request is in the control arm: a uniform draw from its id's hash,
+    below `explore`. The same id always draws the same arm, so a retry is not counted in both;
+    distinct ids land in the arm at the rate `explore`."""
+    digest = hashlib.sha256(request_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < explore
 
 
 def _recorded(store: Store, tenant: str, request_id: str) -> bool:

@@ -2,6 +2,7 @@
 
 from ponder.spl_store.problem_types import FALLBACK_TYPE, PROBLEM_TYPES
 from ponder.spl_store.records import (
+    Baseline,
     Draft,
     EpisodeRecord,
     EventRecord,
@@ -20,6 +21,7 @@ from ponder.spl_store.store import Store
 __all__ = [
     "FALLBACK_TYPE",
     "PROBLEM_TYPES",
+    "Baseline",
     "Draft",
     "EpisodeRecord",
     "EventRecord",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, select
 
 from ponder.spl_store import models as m
 from ponder.spl_store import rows
@@ -76,9 +76,4 @@ class EpisodeMethods:
     def episode_outcome(self, tenant: str, request_id: str, correct: bool) -> int:
         """Record feedback on a remembered exchange; returns how many episodes it matched."""
         with write_session(self.engine, tenant) as s:
-            done = s.execute(
-                update(m.Episode)
-                .where(m.Episode.tenant == tenant, m.Episode.request_id == request_id)
-                .values(outcome=correct)
-            )
-            return int(done.rowcount)  # type: ignore[attr-defined]
+            return rows.episode_outcome(s, tenant, request_id, correct)

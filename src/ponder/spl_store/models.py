@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -69,7 +70,11 @@ class Strategy(Base):
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     origin: Mapped[str] = mapped_column(String(16))
-    """starter, learned, imported or merged"""
+    """starter, learned, imported, refined or merged"""
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("strategies.id", ondelete="SET NULL"), index=True
+    )
+    """The strategy this one's text was refined or merged from (retired when it was)."""
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     successes: Mapped[int] = mapped_column(Integer, default=0)
@@ -110,7 +115,23 @@ class SplRequest(Base):
     outcome: Mapped[bool | None] = mapped_column(Boolean)
     outcome_source: Mapped[str | None] = mapped_column(String(16))
     """ground_truth, feedback or judge"""
+    control: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """In the control arm: answered with no strategies, so its outcome counts for the
+    baseline of its problem type."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SplBaseline(Base):
+    """How a tenant's problems of one type go with no strategies: the control arm's outcomes,
+    which every strategy of the type is compared with."""
+
+    __tablename__ = "spl_baselines"
+
+    tenant: Mapped[str] = mapped_column(TENANT, primary_key=True)
+    problem_type: Mapped[str] = mapped_column(ForeignKey("problem_types.name"), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    successes: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Classification(Base):

@@ -33,7 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ponder.errors import InvalidRequest
-from ponder.spl_store.records import EventRecord, ImportEntry, Status, StrategyRecord
+from ponder.spl_store.decisions import Comparison
+from ponder.spl_store.records import Baseline, EventRecord, ImportEntry, Status, StrategyRecord
 from ponder.spl_store.rows import check_type, text_problem
 
 FORMATS = (".yaml", ".yml", ".json")
@@ -121,6 +122,7 @@ def strategy_fields(record: StrategyRecord) -> dict[str, Any]:
         "problem_type": record.problem_type,
         "status": record.status,
         "origin": record.origin,
+        "parent_id": record.parent_id,
         "version": record.version,
         "attempts": record.attempts,
         "successes": record.successes,
@@ -148,11 +150,31 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
-def rate_label(record: StrategyRecord) -> str:
-    """ "67% (2/3)", or "- (0/0)" for an untried strategy."""
-    rate = record.success_rate
+def rate_label(record: StrategyRecord | Baseline) -> str:
+    """ "67% (2/3)", or "- (0/0)" for an untried strategy or an empty baseline."""
+    rate = record.success_rate if isinstance(record, StrategyRecord) else record.rate
     shown = "-" if rate is None else f"{rate:.0%}"
     return f"{shown} ({record.successes}/{record.attempts})"
+
+
+def comparison_fields(
+    baseline: Baseline | None, comparison: Comparison, confidence: float
+) -> dict[str, Any]:
+    """A strategy against its type's baseline, as JSON: the control arm's counts, and the
+    difference of the rates with its interval and what it says."""
+    return {
+        "baseline": None
+        if baseline is None
+        else {
+            "attempts": baseline.attempts,
+            "successes": baseline.successes,
+            "rate": baseline.rate,
+        },
+        "lift": comparison.lift,
+        "interval": None if comparison.low is None else [comparison.low, comparison.high],
+        "confidence": confidence,
+        "verdict": comparison.verdict,
+    }
 
 
 def export_document(tenant: str, strategies: Sequence[StrategyRecord]) -> dict[str, Any]:

@@ -26,6 +26,8 @@ class StrategyRecord:
     successes: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    parent_id: int | None = None
+    """The strategy this text was refined or merged from."""
 
     @property
     def success_rate(self) -> float | None:
@@ -35,6 +37,19 @@ class StrategyRecord:
     def smoothed_rate(self) -> float:
         """Laplace-smoothed success rate: 0.5 for an untried strategy."""
         return (self.successes + 1) / (self.attempts + 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The control arm of one problem type: how its problems went with no strategies."""
+
+    problem_type: str
+    attempts: int = 0
+    successes: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        return self.successes / self.attempts if self.attempts else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +99,27 @@ class TenantSettings:
 @dataclass(frozen=True, slots=True)
 class Lifecycle:
     """When strategies change status. Promotion and retirement are decided in the same write
-    transaction as the outcome that triggers them."""
+    transaction as the outcome that triggers them, by comparing a strategy with its type's
+    baseline (`ponder.spl_store.decisions`)."""
 
+    explore: float = 0.2
+    """Share of learning requests answered with no strategies: the control arm that measures
+    the baseline. 0 turns it off, and decisions fall back to the fixed rates below."""
+    min_baseline: int = 5
+    """Control outcomes a type needs before its strategies are judged against them."""
+    confidence: float = 0.8
+    """Confidence of the interval of (strategy rate - baseline rate) that decisions read: a
+    strategy is promoted when all of it is above 0, retired when all of it is below."""
     promote_after: int = 3
-    """A candidate becomes active after this many successes..."""
+    """A candidate needs at least this many successes before it is promoted..."""
     promote_rate: float = 0.5
-    """...if its success rate is at least this (with `review`, it waits for an operator)."""
+    """...and, without a control arm, a success rate of at least this (with `review`, it
+    waits for an operator)."""
     retire_after: int = 10
-    """A strategy with this many attempts..."""
+    """A strategy needs this many attempts before it is retired for doing worse than the
+    baseline; a candidate not promoted after twice as many ends its trial."""
     retire_rate: float = 0.3
-    """...and a success rate below this is retired."""
+    """Without a control arm, a success rate below this retires a strategy."""
     max_per_type: int = 5
     """At most this many active strategies per problem type; the weakest beyond it retire."""
     max_candidates_per_type: int = 3

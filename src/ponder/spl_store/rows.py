@@ -5,7 +5,7 @@ with its promotions)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from ponder.errors import Conflict, InvalidRequest, NotFound
 from ponder.spl_store import models as m
+from ponder.spl_store.decisions import decide
 from ponder.spl_store.problem_types import PROBLEM_TYPES
 from ponder.spl_store.records import (
     STATUS_KINDS,
+    Baseline,
     Draft,
     EpisodeRecord,
     EventRecord,
@@ -90,7 +92,8 @@ def set_status(
 def lifecycle(
     s: Session, tenant: str, ids: Sequence[int], rules: Lifecycle
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Promote and retire among `ids` (after their counters changed), then cap each type."""
+    """Promote and retire among `ids` (after their counters changed) by comparing each with
+    its type's baseline (`decisions.decide`), then cap each type."""
     if not ids:
         return (), ()
     review = bool(s.scalar(select(m.Tenant.review).where(m.Tenant.name == tenant)))
@@ -101,28 +104,61 @@ def lifecycle(
         .where(m.Strategy.tenant == tenant, m.Strategy.id.in_(ids))
         .execution_options(populate_existing=True)
     ).all()
+    baselines = baselines_of(s, tenant, {r.problem_type for r in rows})
     for row in rows:
-        rate = row.successes / row.attempts if row.attempts else 0.0
-        if (
-            row.status != "retired"
-            and row.attempts >= rules.retire_after
-            and rate < rules.retire_rate
-        ):
-            set_row_status(
-                s, row, "retired", "retired", reason="low success rate", rate=round(rate, 3)
-            )
+        decision, reason, comparison = decide(
+            row.status, row.successes, row.attempts, baselines.get(row.problem_type), rules, review
+        )
+        if decision == "keep":
+            continue
+        detail: dict[str, Any] = {"reason": reason, "rate": round(row.successes / row.attempts, 3)}
+        if comparison.lift is not None:
+            detail["lift"] = round(comparison.lift, 3)
+            detail["bound"] = [round(comparison.low or 0.0, 3), round(comparison.high or 0.0, 3)]
+        if decision == "retire":
+            set_row_status(s, row, "retired", "retired", **detail)
             retired.append(row.id)
-        elif (
-            row.status == "candidate"
-            and not review
-            and row.successes >= rules.promote_after
-            and rate >= rules.promote_rate
-        ):
-            set_row_status(s, row, "active", "promoted", rate=round(rate, 3))
+        else:
+            set_row_status(s, row, "active", "promoted", **detail)
             promoted.append(row.id)
     for problem_type in sorted({r.problem_type for r in rows}):
         retired.extend(cap_active(s, tenant, problem_type, rules.max_per_type))
     return tuple(promoted), tuple(retired)
+
+
+def baselines_of(
+    s: Session, tenant: str, types: Iterable[str] | None = None
+) -> dict[str, Baseline]:
+    """The tenant's baselines by problem type (of `types`, or all)."""
+    query = select(m.SplBaseline).where(m.SplBaseline.tenant == tenant)
+    if types is not None:
+        query = query.where(m.SplBaseline.problem_type.in_(list(types)))
+    return {
+        b.problem_type: Baseline(b.problem_type, b.attempts, b.successes) for b in s.scalars(query)
+    }
+
+
+def count_baseline(
+    s: Session, tenant: str, problem_type: str, attempts: int, successes: int
+) -> None:
+    """Add to a type's control-arm counts (creating its row on the first outcome)."""
+    row = s.get(m.SplBaseline, (tenant, problem_type), populate_existing=True)
+    if row is None:
+        row = m.SplBaseline(tenant=tenant, problem_type=problem_type, attempts=0, successes=0)
+        s.add(row)
+    row.attempts += attempts
+    row.successes += successes
+    row.updated_at = m.utcnow()
+
+
+def episode_outcome(s: Session, tenant: str, request_id: str, correct: bool) -> int:
+    """Set the outcome of the tenant's episodes of one request; how many there were."""
+    done = s.execute(
+        update(m.Episode)
+        .where(m.Episode.tenant == tenant, m.Episode.request_id == request_id)
+        .values(outcome=correct)
+    )
+    return int(done.rowcount)  # type: ignore[attr-defined]
 
 
 def cap_active(s: Session, tenant: str, problem_type: str, max_per_type: int) -> list[int]:
@@ -296,6 +332,47 @@ def edit_text(
     event_row(s, tenant, strategy_id, request_id, kind, version=expected_version + 1, **detail)
 
 
+def supersede(
+    s: Session,
+    tenant: str,
+    parent_id: int,
+    new_text: str,
+    expected_version: int,
+    kind: str,
+    request_id: str | None,
+    detail: dict[str, Any],
+) -> m.Strategy:
+    """Replace a strategy by a new one with `new_text` (refined or merged from it): the new
+    one takes the parent's type and status, starts its own counters and links to its parent;
+    the parent is retired. `Conflict` when the parent is no longer at `expected_version` or
+    was retired meanwhile: someone else changed it, and nothing is overwritten."""
+    done = s.execute(
+        update(m.Strategy)
+        .where(
+            m.Strategy.id == parent_id,
+            m.Strategy.tenant == tenant,
+            m.Strategy.version == expected_version,
+            m.Strategy.status != "retired",
+        )
+        .values(version=m.Strategy.version + 1, updated_at=m.utcnow())
+    )
+    parent = strategy_row(s, tenant, parent_id, fresh=True)  # NotFound if it is not there
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        raise Conflict(
+            f"strategy {parent_id} is {parent.status} at version {parent.version}, not at "
+            f"version {expected_version}: reload it and apply the change again",
+            param="version",
+        )
+    draft = Draft(parent.problem_type, new_text, status=parent.status)  # type: ignore[arg-type]
+    child = insert_strategy(
+        s, tenant, draft, origin=kind, request_id=request_id, kind=kind, parent=parent_id, **detail
+    )
+    child.parent_id = parent_id
+    before, parent.status = parent.status, "retired"
+    event_row(s, tenant, parent_id, request_id, "superseded", before=before, by=child.id)
+    return child
+
+
 def set_row_status(s: Session, row: m.Strategy, status: Status, kind: str, **detail: Any) -> None:
     before = row.status
     row.status = status
@@ -335,6 +412,7 @@ def to_strategy(row: m.Strategy) -> StrategyRecord:
         successes=row.successes,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        parent_id=row.parent_id,
     )
 
 

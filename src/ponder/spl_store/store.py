@@ -56,6 +56,8 @@ class Store(OutcomeMethods, EpisodeMethods):
         return cls(
             settings.database_url,
             Lifecycle(
+                explore=settings.spl_explore,
+                confidence=settings.spl_confidence,
                 promote_after=settings.spl_promote_after,
                 retire_after=settings.spl_retire_after,
                 retire_rate=settings.spl_retire_rate,
@@ -247,6 +249,26 @@ class Store(OutcomeMethods, EpisodeMethods):
                 s, tenant, strategy_id, new_text, expected_version, kind, request_id, detail or {}
             )
             return rows.to_strategy(rows.strategy_row(s, tenant, strategy_id, fresh=True))
+
+    def supersede(
+        self,
+        tenant: str,
+        parent_id: int,
+        new_text: str,
+        *,
+        expected_version: int,
+        kind: str,
+        request_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> StrategyRecord:
+        """A refinement or merge of a strategy still at `expected_version`: a new strategy
+        with its own counters, linked to the parent, which retires (`rows.supersede`)."""
+        new_text = rows.clean_text(new_text)
+        with write_session(self.engine, tenant) as s:
+            child = rows.supersede(
+                s, tenant, parent_id, new_text, expected_version, kind, request_id, detail or {}
+            )
+            return rows.to_strategy(child)
 
     def set_status(
         self, tenant: str, strategy_id: int, status: Status, *, kind: str, **detail: Any
