@@ -284,3 +284,23 @@ def test_concurrent_outcomes_lose_no_counter_update(any_store: Store) -> None:
         event_ids = outcome_events.scalars().all()
     assert len(request_ids) == len(set(request_ids)) == workers * rounds
     assert len(event_ids) == len(set(event_ids)) == workers * rounds
+
+
+def test_a_superseded_strategy_passes_on_nothing_but_its_link(store: Store) -> None:
+    parent = active(store, "t", "1. Add the parts.\n2. Check the sum.")
+    outcome(store, "t", "r1", [parent], False)
+    child = store.supersede(
+        "t", parent, "1. Add the parts twice.", expected_version=1, kind="refined"
+    )
+    assert (child.status, child.parent_id, child.attempts, child.origin) == (
+        "active",
+        parent,
+        0,
+        "refined",
+    )
+    old = store.strategy("t", parent)
+    assert (old.status, old.attempts, old.version) == ("retired", 1, 2)
+    # a retired strategy is not superseded again, even at its current version
+    with pytest.raises(Conflict, match=r"at version 2 \(retired\)"):
+        store.supersede("t", parent, "1. Something else.", expected_version=2, kind="merged")
+    assert [s.id for s in store.strategies("t", statuses=["active"])] == [child.id]

@@ -302,6 +302,40 @@ def strategy_row(s: Session, tenant: str, strategy_id: int, fresh: bool = False)
     return row
 
 
+def bump_version(
+    s: Session,
+    tenant: str,
+    strategy_id: int,
+    expected_version: int,
+    *,
+    live: bool = False,
+    **values: Any,
+) -> m.Strategy:
+    """Move a strategy still at `expected_version` (and, with `live`, not retired) to the next
+    version, setting `values`; `Conflict` when someone changed it meanwhile."""
+    where = [
+        m.Strategy.id == strategy_id,
+        m.Strategy.tenant == tenant,
+        m.Strategy.version == expected_version,
+    ]
+    if live:
+        where.append(m.Strategy.status != "retired")
+    done = s.execute(
+        update(m.Strategy)
+        .where(*where)
+        .values(version=m.Strategy.version + 1, updated_at=m.utcnow(), **values)
+    )
+    current = strategy_row(s, tenant, strategy_id, fresh=True)  # NotFound if it is not there
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        state = " (retired)" if live and current.status == "retired" else ""
+        raise Conflict(
+            f"strategy {strategy_id} is at version {current.version}{state}, "
+            f"not {expected_version}: reload it and apply the change again",
+            param="version",
+        )
+    return current
+
+
 def edit_text(
     s: Session,
     tenant: str,
@@ -313,22 +347,7 @@ def edit_text(
     detail: dict[str, Any],
 ) -> None:
     """The versioned text update: `Conflict` when the row is no longer at `expected_version`."""
-    done = s.execute(
-        update(m.Strategy)
-        .where(
-            m.Strategy.id == strategy_id,
-            m.Strategy.tenant == tenant,
-            m.Strategy.version == expected_version,
-        )
-        .values(text=new_text, version=m.Strategy.version + 1, updated_at=m.utcnow())
-    )
-    if done.rowcount == 0:  # type: ignore[attr-defined]
-        current = strategy_row(s, tenant, strategy_id)  # NotFound if it is not there
-        raise Conflict(
-            f"strategy {strategy_id} is at version {current.version}, "
-            f"not {expected_version}: reload it and apply the change again",
-            param="version",
-        )
+    bump_version(s, tenant, strategy_id, expected_version, text=new_text)
     event_row(s, tenant, strategy_id, request_id, kind, version=expected_version + 1, **detail)
 
 
@@ -346,23 +365,7 @@ def supersede(
     one takes the parent's type and status, starts its own counters and links to its parent;
     the parent is retired. `Conflict` when the parent is no longer at `expected_version` or
     was retired meanwhile: someone else changed it, and nothing is overwritten."""
-    done = s.execute(
-        update(m.Strategy)
-        .where(
-            m.Strategy.id == parent_id,
-            m.Strategy.tenant == tenant,
-            m.Strategy.version == expected_version,
-            m.Strategy.status != "retired",
-        )
-        .values(version=m.Strategy.version + 1, updated_at=m.utcnow())
-    )
-    parent = strategy_row(s, tenant, parent_id, fresh=True)  # NotFound if it is not there
-    if done.rowcount == 0:  # type: ignore[attr-defined]
-        raise Conflict(
-            f"strategy {parent_id} is {parent.status} at version {parent.version}, not at "
-            f"version {expected_version}: reload it and apply the change again",
-            param="version",
-        )
+    parent = bump_version(s, tenant, parent_id, expected_version, live=True)
     draft = Draft(parent.problem_type, new_text, status=parent.status)  # type: ignore[arg-type]
     child = insert_strategy(
         s, tenant, draft, origin=kind, request_id=request_id, kind=kind, parent=parent_id, **detail

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# What each strategy buys on Qwen2.5-Coder 1.5B (and none/sc on 0.5B): every run behind
+# benchmarks/RESULTS.md, in the order they were run. Each step resumes where it stopped (the
+# bench keeps every finished item in its run directory), so after an interruption, or on a new
+# machine with the committed run directories, running this again does only what is missing.
+# Run it alone on the machine (two cores: a test run beside it measures neither); the whole
+# plan is about 8 hours of a 2-core CPU.
+#
+#   benchmarks/strategies.sh            # everything
+#   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others small
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PONDER=.venv/bin/ponder
+PY=.venv/bin/python
+GSM8K=../shared/data/gsm8k/test.jsonl
+RUNS=benchmarks/runs
+# GSM8K: items 1-100 of the file are SPL's training split, items 101-220 the test split that
+# every approach is measured on (the first 50 of them for the costlier approaches).
+GSM=(--suite gsm8k --path "$GSM8K" --spl-train 100 --max-tokens 512 --concurrency 8 --seed 0)
+ARITH=(--suite arith --limit 100 --max-tokens 512 --concurrency 8 --seed 0)
+
+want() { [ "${1:-all}" = all ] || [ "${1:-all}" = "$2" ]; }
+
+target=${1:-all}
+
+if want "$target" none; then
+    $PONDER bench "${GSM[@]}" --limit 120 --approaches none --no-progress --out $RUNS/gsm8k-1.5b
+fi
+if want "$target" arith; then
+    $PONDER bench "${ARITH[@]}" --approaches none --no-progress --out $RUNS/arith-1.5b
+fi
+if want "$target" types; then
+    $PY benchmarks/spl_types.py --model qwen2.5-coder-1.5b --limit 50 \
+        --out $RUNS/spl-types/1.5b.json
+fi
+if want "$target" voting; then
+    $PY benchmarks/voting.py --model qwen2.5-coder-1.5b --skip 100 --limit 30 \
+        --temperatures 0.7,0.4 --samples 8 --greedy $RUNS/gsm8k-1.5b/items.jsonl \
+        --out $RUNS/voting-1.5b
+fi
+if want "$target" spl; then
+    # learns on items 1-100 one at a time (with the ground truth), then is tested on 101-220
+    $PONDER bench "${GSM[@]}" --limit 120 --approaches spl --no-progress --out $RUNS/gsm8k-1.5b
+fi
+if want "$target" sc; then
+    $PONDER bench "${GSM[@]}" --limit 120 --approaches sc --no-progress --out $RUNS/gsm8k-1.5b
+    $PONDER bench "${ARITH[@]}" --approaches sc --no-progress --out $RUNS/arith-1.5b
+fi
+if want "$target" others; then
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches re2,cot_reflection,bon,moa,refine,tot,react \
+        --no-progress --out $RUNS/gsm8k-1.5b
+fi
+if want "$target" small; then
+    PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --limit 120 --approaches none,sc \
+        --no-progress --out $RUNS/gsm8k-0.5b
+    PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${ARITH[@]}" --approaches none,sc \
+        --no-progress --out $RUNS/arith-0.5b
+fi
