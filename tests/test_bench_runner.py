@@ -354,12 +354,19 @@ async def test_spl_train_in_process_learns_from_the_training_split_in_the_run_da
     try:
         with store.engine.connect() as db:
             learned = db.execute(
-                select(m.SplRequest.query, m.SplRequest.outcome, m.SplRequest.outcome_source)
+                select(
+                    m.SplRequest.request_id,
+                    m.SplRequest.query,
+                    m.SplRequest.outcome,
+                    m.SplRequest.outcome_source,
+                )
             ).all()
     finally:
         store.close()
+    # each under a stable id, from which SPL's control arm is drawn the same way on a rerun
     assert sorted(learned) == sorted(
-        (user_text(item), correct(item), "ground_truth") for item in ITEMS[:2]
+        (f"bench-train-spl-{item.id}", user_text(item), correct(item), "ground_truth")
+        for item in ITEMS[:2]
     )
     assert [(s.approach, s.items) for s in summaries] == [("none", 2), ("spl", 2)]
     assert {(r["phase"], r["approach"], r["item_id"]) for r in lines(out)} == {

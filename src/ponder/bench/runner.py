@@ -229,6 +229,8 @@ class Asker:
             "max_tokens": self.config.max_tokens,
             "temperature": self.config.temperature,
             "seed": self.config.seed,
+            # a stable id: SPL's control arm is drawn from it, so a rerun draws the same arms
+            "extra_headers": {"x-request-id": f"bench-{phase}-{approach}-{item.id}"},
         }
         if ponder is not None:
             request["extra_body"] = {"ponder": ponder}
