@@ -22,7 +22,8 @@ from ponder.spl.learn import (
     specific_to,
 )
 from ponder.spl.select import select, strategy_vector
-from ponder.spl_store import PROBLEM_TYPES, Draft, Policy, Store, StrategyRecord
+from ponder.spl.strategy import in_control
+from ponder.spl_store import PROBLEM_TYPES, Draft, Lifecycle, Policy, Store, StrategyRecord
 from ponder.testing import Call, ScriptedBackend
 from ponder.types import Message
 from ponder.vectors import similarities
@@ -408,12 +409,19 @@ async def test_full_candidate_slots_refuse_a_new_strategy(store: Store) -> None:
         ("1. Multiply 17 by 23.\n2. Add the rest.", None, "repeats numbers"),
         ("1. Expect a result near 395.\n2. Check it.", TRUTH, "repeats numbers"),
         ("1. Expect a result near 1,200.\n2. Check it.", "1200", "repeats numbers"),
+        # names of this problem (seen in training: "the total number of eggs Janet lays")
+        ("1. Count the eggs Janet lays.\n2. Subtract those she eats.", None, "names"),
+        ("1. Find what Janet sells.", None, "names"),
+        # a capitalized word that starts a sentence, or a name the problem does not have
+        ("1. Write the sum. Janet should be checked.\n2. Done.", None, None),
+        ("1. Use the Bezout identity.\n2. Check it.", None, None),
     ],
 )
 def test_a_strategy_about_this_one_problem_is_refused(
     text: str, truth: str | None, why: str | None
 ) -> None:
-    lesson = Lesson("r1", "arithmetic", QUESTION, ANSWER, truth, ())
+    question = f"Janet has {QUESTION}"
+    lesson = Lesson("r1", "arithmetic", question, ANSWER, truth, ())
     reason = specific_to(text, lesson)
     assert (reason is None) if why is None else (reason is not None and why in reason)
 
@@ -542,3 +550,51 @@ async def test_a_streamed_learning_request_streams_the_answer_then_learns(store:
     assert events[-1]["usage"] == usage_for(backend, script.given)
     assert store.strategy(TENANT, s.id).attempts == 1
     assert [x.text for x in store.strategies(TENANT, statuses=["candidate"])] == [UNRELATED]
+
+
+async def test_a_refinement_that_only_reformats_the_strategy_is_refused(store: Store) -> None:
+    """Seen in training on the 1.5B: asked to improve a strategy, it put each line in bold.
+    That is not a new strategy: it must not reset the old one's record."""
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active", attempts=6, successes=2))
+    bold = "\n".join(f"**{line}**" for line in STRATEGY.splitlines())
+    backend = scripted(Script(refined=bold))
+    response = await ask(backend, store, {"answer": WRONG})
+    assert kinds(backend) == ["classify", "answer", "refine"]
+    (after,) = store.strategies(TENANT)
+    assert (after.id, after.text, after.attempts, after.status) == (s.id, STRATEGY, 7, "active")
+    (skipped,) = trace_steps(response.json(), "spl_skipped")
+    assert "only its formatting differs" in skipped["reason"]
+
+
+@pytest.mark.parametrize(
+    ("baseline", "refined"),
+    [
+        ((10, 1), False),  # 2 of 7 beats a 10% baseline: no worse than no strategy, kept as is
+        ((10, 5), True),  # against 50%, 2 of 7 is worse: refined
+        ((3, 0), False),  # the baseline is still being measured: no refinement yet
+    ],
+)
+async def test_refinement_is_judged_against_the_baseline(
+    tmp_path: Path, baseline: tuple[int, int], refined: bool
+) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.db", Lifecycle(explore=0.2))
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active", attempts=6, successes=2))
+    attempts, successes = baseline
+    for i in range(attempts):
+        store.record_request(TENANT, f"c{i}", "arithmetic", "q", "a", [], control=True)
+        store.record_outcome(TENANT, f"c{i}", i < successes, "ground_truth")
+    backend = scripted(Script())
+    # a request id outside the control arm, so that the strategy is used
+    rid = next(f"r{i}" for i in range(100) if not in_control(f"r{i}", 0.2))
+    response = await chat(
+        backend,
+        SPL,
+        store=store,
+        messages=[user(QUESTION)],
+        headers={"x-request-id": rid},
+        ponder={"trace": True, "spl": {"answer": WRONG}},
+    )
+    assert response.status_code == 200
+    assert ("refine" in kinds(backend)) is refined
+    assert (store.strategy(TENANT, s.id).status == "retired") is refined
+    store.close()

@@ -5,8 +5,9 @@
    `Store.record_outcome` applies it: counters, examples, promotion and retirement.
 2. Evolution, one change per request:
    - a used strategy that keeps failing (the answer was wrong, it has at least `REFINE_AFTER`
-     attempts and a success rate below `REFINE_BELOW`, and it was not just retired) is refined:
-     one call;
+     attempts and a success rate below its type's baseline, or below `REFINE_BELOW` with the
+     control arm off, and it was not just retired) is refined: one call. Nothing is refined
+     while the baseline is still being measured;
    - otherwise, when no strategy was used, or the answer was wrong and the correct answer is
      known, a new strategy is written: one call. When it is as relevant as `MERGE_THRESHOLD`
      to an existing active or candidate strategy of the type, the two are merged instead of
@@ -15,9 +16,10 @@
    says nothing about the new one) and a link to its parent, which retires. Edits name the
    version they were based on; if someone changed the strategy meanwhile the edit is dropped
    (traced as `spl_conflict`), never written over theirs.
-   A proposal that is not a usable strategy (too short, not prose, one line repeated, or about
-   this one problem: it states an answer or repeats the problem's numbers) is not used; it is
-   kept as a "rejected" learning event for the operator to see.
+   A proposal that is not a usable strategy (too short, not prose, one line repeated, about
+   this one problem: it states an answer, repeats the problem's numbers or names its people
+   and things; or a rewrite that only reformats the old text) is not used; it is kept as a
+   "rejected" learning event for the operator to see.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ EVOLVE_MAX_TOKENS = 200
 REFINE_AFTER = 5
 """Attempts a strategy needs before a failure may refine it (fewer is not yet evidence)."""
 REFINE_BELOW = 0.5
-"""Success rate under which a failing strategy is refined."""
+"""Without a control arm: the success rate under which a failing strategy is refined."""
 MERGE_THRESHOLD = 0.5
 """Relevance of a new strategy to an existing one from which the two are merged."""
 MAX_STRATEGY_CHARS = 1000
@@ -93,6 +95,8 @@ _STATES_ANSWER = re.compile(
     r"\b(?:correct|final|original|right|wrong)\s+answer\s+(?:is|was|=)|\banswer\s+is\s+\$?\d",
     re.IGNORECASE,
 )
+_CAPITALIZED = re.compile(r"\b[A-Z][a-z]{2,}\b")
+_SENTENCE_END = ".!?:"
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _LABEL = re.compile(
     r"^[\s*#_]*(?:(?:improved|merged|combined|new|general)\s+)?strategy[\s*_]*:[\s*_]*",
@@ -162,7 +166,27 @@ def specific_to(text: str, lesson: Lesson) -> str | None:
         copied |= _numbers(lesson.truth)
     if numbers & copied:
         return "it repeats numbers of this problem"
+    names = _names_inside_sentences(text) & set(_CAPITALIZED.findall(lesson.query))
+    if names:
+        return f"it names this problem's people or things ({', '.join(sorted(names))})"
     return None
+
+
+def _names_inside_sentences(text: str) -> set[str]:
+    """Capitalized words inside a sentence ("the eggs Janet lays"): names of people, places
+    and things. A word that starts the text, a line, a step or a sentence is not counted."""
+    names = set()
+    for match in _CAPITALIZED.finditer(text):
+        before = text[: match.start()].rstrip(" \t*_\"'(")
+        if before and before[-1] not in _SENTENCE_END and before[-1] != "\n":
+            names.add(match.group())
+    return names
+
+
+def same_words(a: str, b: str) -> bool:
+    """Whether two strategies say the same words, whatever their markdown, case and spacing
+    (a weak model asked to improve a strategy may only put its lines in bold)."""
+    return _WORD.findall(a.lower()) == _WORD.findall(b.lower())
 
 
 def _numbers(text: str) -> set[str]:
@@ -223,13 +247,15 @@ async def evolve(
     records = await asyncio.to_thread(store.strategies, ctx.tenant, lesson.problem_type)
     by_id = {r.id: r for r in records}
     used = [by_id[i] for i in lesson.used if i in by_id]
+    bar = await asyncio.to_thread(refine_below, store, ctx.tenant, lesson.problem_type)
     weak = [
         s
         for s in used
         if correct is False
+        and bar is not None
         and s.status != "retired"
         and s.attempts >= REFINE_AFTER
-        and (s.success_rate or 0.0) < REFINE_BELOW
+        and (s.success_rate or 0.0) < bar
     ]
     if weak:
         target = min(weak, key=lambda s: (s.success_rate or 0.0, s.id))
@@ -237,6 +263,22 @@ async def evolve(
     elif not lesson.used or (correct is False and lesson.truth is not None):
         peers = [r for r in records if r.status in ("active", "candidate")]
         await _write(ctx, store, lesson, correct, description, peers)
+
+
+def refine_below(store: Store, tenant: str, problem_type: str) -> float | None:
+    """The success rate under which a failing strategy of the type is refined: the type's
+    baseline rate once the control arm has measured it (a strategy doing no worse than no
+    strategy is not rewritten); `REFINE_BELOW` with the control arm off; None (no refinement)
+    while the baseline is still being measured."""
+    rules = store.lifecycle
+    baseline = store.baselines(tenant).get(problem_type)
+    if (
+        baseline is not None
+        and baseline.rate is not None
+        and baseline.attempts >= rules.min_baseline
+    ):
+        return baseline.rate
+    return None if rules.explore > 0 else REFINE_BELOW
 
 
 async def _write(
@@ -278,7 +320,7 @@ async def _merge(
     relevance: float,
 ) -> None:
     messages = merge_messages(lesson.problem_type, existing.text, new)
-    merged = await _ask(ctx, store, lesson, messages, "merged", existing.id)
+    merged = await _ask(ctx, store, lesson, messages, "merged", existing.id, existing.text)
     if merged is None:
         return
     detail = {"relevance": round(relevance, 3)}
@@ -289,7 +331,7 @@ async def _refine(
     ctx: RequestContext, store: Store, lesson: Lesson, target: StrategyRecord
 ) -> None:
     messages = refine_messages(lesson, target.text)
-    refined = await _ask(ctx, store, lesson, messages, "refined", target.id)
+    refined = await _ask(ctx, store, lesson, messages, "refined", target.id, target.text)
     if refined is None:
         return
     detail = {"attempts": target.attempts, "successes": target.successes}
@@ -331,6 +373,7 @@ async def _ask(
     messages: Sequence[Message],
     what: str,
     strategy_id: int | None = None,
+    original: str | None = None,
 ) -> str | None:
     """The model's strategy text for `messages`, or None when it is not usable: then the
     refusal is traced and kept as a "rejected" learning event, so an operator can see what
@@ -338,6 +381,8 @@ async def _ask(
     (reply,) = await ctx.complete(messages, helper_sampling(ctx.sampling, EVOLVE_MAX_TOKENS))
     text = clean_strategy(reply.content)
     why = "it is too short or not prose" if text is None else specific_to(text, lesson)
+    if why is None and text is not None and original is not None and same_words(text, original):
+        why = "it does not change the strategy (only its formatting differs)"
     if text is not None and why is None:
         return text
     reason = f"the {what} strategy was not used: {why}"
