@@ -415,6 +415,16 @@ async def test_full_candidate_slots_refuse_a_new_strategy(store: Store) -> None:
         # a capitalized word that starts a sentence, or a name the problem does not have
         ("1. Write the sum. Janet should be checked.\n2. Done.", None, None),
         ("1. Use the Bezout identity.\n2. Check it.", None, None),
+        # seen in training: an answer in a box, and a worked solution instead of a method
+        (
+            "1. Subtract what is eaten.\n2. Multiply.\n\nThe answer is \\(\\boxed{94}\\).",
+            None,
+            "answer",
+        ),
+        ("1. Add the parts.\n2. Report \\boxed{x}.", None, "answer"),
+        ("1. Count the classes: \\[ 5 \\times 5 = 25 \\]", None, "calculations"),
+        ("1. Multiply: 3 * 4 = 12.", None, "calculations"),
+        ("1. Write the answer as N.\n2. A rate is distance / time.", None, None),
     ],
 )
 def test_a_strategy_about_this_one_problem_is_refused(

@@ -92,9 +92,12 @@ _WORD = re.compile(r"[^\W\d_]{2,}")
 _NOT_WORD = re.compile(r"[\d\W_]+")
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _STATES_ANSWER = re.compile(
-    r"\b(?:correct|final|original|right|wrong)\s+answer\s+(?:is|was|=)|\banswer\s+is\s+\$?\d",
+    r"\b(?:correct|final|original|right|wrong)\s+answer\s+(?:is|was|=)"
+    r"|\banswer\s+is\b[^\n]*\d|\\boxed\{",
     re.IGNORECASE,
 )
+_CALCULATION = re.compile(r"\d\s*(?:[-+*/\u00d7\u00f7x]|\\times|\\div|\\cdot)\s*\d[^\n=]*=\s*\$?\d")
+"""A worked calculation ("5 \\times 5 = 25"): a solution of one problem, not a method."""
 _CAPITALIZED = re.compile(r"\b[A-Z][a-z]{2,}\b")
 _SENTENCE_END = ".!?:"
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
@@ -160,6 +163,8 @@ def specific_to(text: str, lesson: Lesson) -> str | None:
     problem (a strategy that leaks an answer would mislead every later problem)."""
     if _STATES_ANSWER.search(text):
         return "it states an answer instead of a method"
+    if _CALCULATION.search(text):
+        return "it works out this problem's calculations instead of describing a method"
     numbers = _numbers(text)
     copied = {n for n in _numbers(lesson.query) if len(n.replace(".", "")) >= 2}
     if lesson.truth is not None:
