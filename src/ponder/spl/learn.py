@@ -34,6 +34,7 @@ from ponder.answers import same_answer
 from ponder.errors import Conflict
 from ponder.spl.select import strategy_vector
 from ponder.spl_store import Draft, Store, StrategyRecord
+from ponder.spl_store.decisions import measured
 from ponder.strategies.common import helper_sampling
 from ponder.strategies.context import RequestContext
 from ponder.types import Message
@@ -276,13 +277,9 @@ def refine_below(store: Store, tenant: str, problem_type: str) -> float | None:
     strategy is not rewritten); `REFINE_BELOW` with the control arm off; None (no refinement)
     while the baseline is still being measured."""
     rules = store.lifecycle
-    baseline = store.baselines(tenant).get(problem_type)
-    if (
-        baseline is not None
-        and baseline.rate is not None
-        and baseline.attempts >= rules.min_baseline
-    ):
-        return baseline.rate
+    baseline = measured(store.baselines(tenant).get(problem_type), rules)
+    if baseline is not None:
+        return baseline.successes / baseline.attempts
     return None if rules.explore > 0 else REFINE_BELOW
 
 

@@ -43,11 +43,17 @@ class Comparison:
 NO_BASELINE = Comparison(None, None, None, "no baseline")
 
 
+def measured(baseline: Baseline | None, rules: Lifecycle) -> Baseline | None:
+    """The baseline when it has the control outcomes (`min_baseline`) to judge by, else None."""
+    return baseline if baseline is not None and baseline.attempts >= rules.min_baseline else None
+
+
 def compare(
     successes: int, attempts: int, baseline: Baseline | None, rules: Lifecycle
 ) -> Comparison:
     """The strategy's rate minus the baseline's, with its interval at `rules.confidence`."""
-    if baseline is None or baseline.attempts < rules.min_baseline or attempts == 0:
+    baseline = measured(baseline, rules)
+    if baseline is None or attempts == 0:
         return NO_BASELINE
     low, high = difference_interval(
         baseline.successes, baseline.attempts, successes, attempts, z_for(rules.confidence)
