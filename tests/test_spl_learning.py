@@ -16,11 +16,9 @@ from ponder.spl.learn import (
     SOLUTION_SECTION,
     TRUTH_SECTION,
     WRITE_PROMPT,
-    Lesson,
-    clean_strategy,
     parse_verdict,
-    specific_to,
 )
+from ponder.spl.proposals import Lesson, clean_strategy, specific_to
 from ponder.spl.select import select, strategy_vector
 from ponder.spl.strategy import in_control
 from ponder.spl_store import PROBLEM_TYPES, Draft, Lifecycle, Policy, Store, StrategyRecord

@@ -19,7 +19,7 @@
    A proposal that is not a usable strategy (too short, not prose, one line repeated, about
    this one problem: it states an answer, repeats the problem's numbers or names its people
    and things; or a rewrite that only reformats the old text) is not used; it is kept as a
-   "rejected" learning event for the operator to see.
+   "rejected" learning event for the operator to see (the checks are in `proposals.py`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ponder.answers import same_answer
 from ponder.errors import Conflict
+from ponder.spl.proposals import Lesson, clean_strategy, same_words, specific_to
 from ponder.spl.select import strategy_vector
 from ponder.spl_store import Draft, Store, StrategyRecord
 from ponder.spl_store.decisions import measured
@@ -48,11 +48,6 @@ REFINE_BELOW = 0.5
 """Without a control arm: the success rate under which a failing strategy is refined."""
 MERGE_THRESHOLD = 0.5
 """Relevance of a new strategy to an existing one from which the two are merged."""
-MAX_STRATEGY_CHARS = 1000
-MIN_STRATEGY_CHARS = 20
-MIN_DISTINCT_WORDS = 3
-MIN_DISTINCT_LINES = 0.7
-"""Share of a strategy's lines that must differ from each other."""
 REJECTED_PREVIEW = 300
 """Characters of a rejected proposal kept in its learning event."""
 PROMPT_TEXT_LIMIT = 2000
@@ -89,35 +84,7 @@ REFINE_PROMPT = (
 SOLUTION_SECTION = "\n\nA correct solution:\n{answer}"
 TRUTH_SECTION = "\n\nThe correct answer:\n{truth}"
 
-_WORD = re.compile(r"[^\W\d_]{2,}")
-_NOT_WORD = re.compile(r"[\d\W_]+")
-_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
-_STATES_ANSWER = re.compile(
-    r"\b(?:correct|final|original|right|wrong)\s+answer\s+(?:is|was|=)"
-    r"|\banswer\s+is\b[^\n]*\d|\\boxed\{",
-    re.IGNORECASE,
-)
-_CALCULATION = re.compile(r"\d\s*(?:[-+*/\u00d7\u00f7x]|\\times|\\div|\\cdot)\s*\d[^\n=]*=\s*\$?\d")
-"""A worked calculation ("5 \\times 5 = 25"): a solution of one problem, not a method."""
-_CAPITALIZED = re.compile(r"\b[A-Z][a-z]{2,}\b")
-_SENTENCE_END = ".!?:"
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_LABEL = re.compile(
-    r"^[\s*#_]*(?:(?:improved|merged|combined|new|general)\s+)?strategy[\s*_]*:[\s*_]*",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Lesson:
-    """What one learning request saw and produced."""
-
-    request_id: str
-    problem_type: str
-    query: str
-    answer: str
-    truth: str | None
-    used: tuple[int, ...]
 
 
 def _cut(text: str) -> str:
@@ -128,75 +95,6 @@ def parse_verdict(reply: str | None) -> bool | None:
     """YES -> True, NO -> False (the first of them in the reply), anything else -> None."""
     match = _VERDICT.search(reply or "")
     return None if match is None else match.group(1).lower() == "yes"
-
-
-def clean_strategy(reply: str | None) -> str | None:
-    """A model's strategy text without a leading "Strategy:" label, cut to
-    `MAX_STRATEGY_CHARS` (at a line end where there is one); None when it is too short or not
-    prose (a weak model may answer with a run of step numbers or one word repeated)."""
-    text = _LABEL.sub("", (reply or "").strip(), count=1).strip()
-    if len(text) > MAX_STRATEGY_CHARS:
-        cut = text[:MAX_STRATEGY_CHARS]
-        line_end = cut.rfind("\n")
-        text = (cut[:line_end] if line_end >= MAX_STRATEGY_CHARS // 2 else cut).strip()
-    return text if len(text) >= MIN_STRATEGY_CHARS and _is_prose(text) else None
-
-
-def _is_prose(text: str) -> bool:
-    """At least `MIN_DISTINCT_WORDS` different words, letters for most of the text, and no
-    line said over and over (numbers aside)."""
-    words = {w.lower() for w in _WORD.findall(text)}
-    visible = [c for c in text if not c.isspace()]
-    letters = sum(c.isalpha() for c in visible)
-    # lines compared without their numbers: "2 to 6 steps", "3 to 6 steps" is one line repeated
-    lines = [_NOT_WORD.sub(" ", line).strip().lower() for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    return (
-        len(words) >= MIN_DISTINCT_WORDS
-        and letters >= 0.5 * len(visible)
-        and len(set(lines)) >= MIN_DISTINCT_LINES * len(lines)
-    )
-
-
-def specific_to(text: str, lesson: Lesson) -> str | None:
-    """Why `text` is about this one problem rather than a general method, or None: it states
-    an answer, or it repeats the correct answer or a number of two or more digits from the
-    problem (a strategy that leaks an answer would mislead every later problem)."""
-    if _STATES_ANSWER.search(text):
-        return "it states an answer instead of a method"
-    if _CALCULATION.search(text):
-        return "it works out this problem's calculations instead of describing a method"
-    numbers = _numbers(text)
-    copied = {n for n in _numbers(lesson.query) if len(n.replace(".", "")) >= 2}
-    if lesson.truth is not None:
-        copied |= _numbers(lesson.truth)
-    if numbers & copied:
-        return "it repeats numbers of this problem"
-    names = _names_inside_sentences(text) & set(_CAPITALIZED.findall(lesson.query))
-    if names:
-        return f"it names this problem's people or things ({', '.join(sorted(names))})"
-    return None
-
-
-def _names_inside_sentences(text: str) -> set[str]:
-    """Capitalized words inside a sentence ("the eggs Janet lays"): names of people, places
-    and things. A word that starts the text, a line, a step or a sentence is not counted."""
-    names = set()
-    for match in _CAPITALIZED.finditer(text):
-        before = text[: match.start()].rstrip(" \t*_\"'(")
-        if before and before[-1] not in _SENTENCE_END and before[-1] != "\n":
-            names.add(match.group())
-    return names
-
-
-def same_words(a: str, b: str) -> bool:
-    """Whether two strategies say the same words, whatever their markdown, case and spacing
-    (a weak model asked to improve a strategy may only put its lines in bold)."""
-    return _WORD.findall(a.lower()) == _WORD.findall(b.lower())
-
-
-def _numbers(text: str) -> set[str]:
-    return {n.replace(",", "").rstrip(".") for n in _NUMBER.findall(text)}
 
 
 def judge_messages(query: str, answer: str) -> list[Message]:

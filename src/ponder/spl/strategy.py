@@ -33,7 +33,8 @@ from pydantic import Field
 
 from ponder.errors import BackendError, BudgetExceeded, NotFound, PermissionDenied
 from ponder.spl.classify import classify
-from ponder.spl.learn import Lesson, evolve, outcome
+from ponder.spl.learn import evolve, outcome
+from ponder.spl.proposals import Lesson
 from ponder.spl.select import select, with_strategies
 from ponder.spl.starter import starter_drafts
 from ponder.spl_store import PROBLEM_TYPES, Status, Store, TenantSettings
