@@ -174,7 +174,10 @@ def report(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any]:
             "k": [],
         }
         for k in range(1, args.samples + 1):
-            per_item = [vote_accuracy(r["samples"], k, cut_offs_vote=False) for r in mine]
+            voted = {
+                r["item_id"]: vote_accuracy(r["samples"], k, cut_offs_vote=False) for r in mine
+            }
+            per_item = list(voted.values())
             old = [vote_accuracy(r["samples"], k, cut_offs_vote=True) for r in mine]
             low, high = bootstrap(per_item)
             row: dict[str, Any] = {
@@ -185,10 +188,7 @@ def report(args: argparse.Namespace, items: Sequence[Item]) -> dict[str, Any]:
                 "accuracy_cut_offs_voting": fmean(old),
             }
             if paired:
-                diffs = [
-                    vote_accuracy(r["samples"], k, cut_offs_vote=False) - greedy[r["item_id"]]
-                    for r in paired
-                ]
+                diffs = [voted[r["item_id"]] - greedy[r["item_id"]] for r in paired]
                 row["vs_greedy"] = fmean(diffs)
                 row["vs_greedy_ci"] = bootstrap(diffs)
             entry["k"].append(row)

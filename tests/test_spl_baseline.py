@@ -14,8 +14,9 @@ from ponder.spl.strategy import in_control
 from ponder.spl_store import Baseline, Draft, Lifecycle, Store
 from ponder.spl_store import rows as store_rows
 from ponder.spl_store.decisions import compare, decide
-from tests.conftest import chat, scripted, trace_steps, user
-from tests.test_spl import QUESTION, SPL, STRATEGY, TENANT, Script, answer_call, kinds, seed
+from tests.conftest import scripted, trace_steps
+from tests.test_spl import QUESTION, STRATEGY, TENANT, Script, answer_call, kinds, seed
+from tests.test_spl_learning import ask
 
 TRUTH = "395"
 WRONG = "400"
@@ -33,15 +34,7 @@ async def ask_as(
 ) -> tuple[list[str], dict[str, Any]]:
     """One learning request with the ground truth under `request_id`: (its calls, its body)."""
     backend = scripted(Script())
-    response = await chat(
-        backend,
-        SPL,
-        store=store,
-        messages=[user(QUESTION)],
-        headers={"x-request-id": request_id},
-        ponder={"trace": True, "spl": {"answer": truth}},
-    )
-    assert response.status_code == 200, response.text
+    response = await ask(backend, store, {"answer": truth}, request_id=request_id)
     strategies_in_prompt = STRATEGY in answer_call(backend).messages[0].text
     return (["strategies"] if strategies_in_prompt else []) + kinds(backend), response.json()
 
@@ -89,14 +82,7 @@ async def test_without_learning_there_is_no_control_arm(explore_store: Store) ->
     (s,) = seed(explore_store, Draft("arithmetic", STRATEGY, status="active"))
     control_id = next(f"c{i}" for i in range(40) if in_control(f"c{i}", 0.25))
     backend = scripted(Script())
-    response = await chat(
-        backend,
-        SPL,
-        store=explore_store,
-        messages=[user(QUESTION)],
-        headers={"x-request-id": control_id},
-        ponder={"trace": True},
-    )
+    response = await ask(backend, explore_store, request_id=control_id)
     assert STRATEGY in answer_call(backend).messages[0].text
     assert trace_steps(response.json(), "spl_select")[0]["control"] is False
     assert explore_store.baselines(TENANT) == {}

@@ -52,14 +52,21 @@ def learning(store: Store, *drafts: Draft) -> list[StrategyRecord]:
 
 
 async def ask(
-    backend: ScriptedBackend, store: Store, spl: dict[str, Any] | None = None, **ponder: Any
+    backend: ScriptedBackend,
+    store: Store,
+    spl: dict[str, Any] | None = None,
+    *,
+    request_id: str | None = None,
+    **ponder: Any,
 ) -> httpx.Response:
-    """One request for QUESTION with a trace and these spl options."""
+    """One request for QUESTION with a trace and these spl options (under `request_id`, from
+    which the control arm is drawn, when given)."""
     response = await chat(
         backend,
         SPL,
         store=store,
         messages=[user(QUESTION)],
+        headers={"x-request-id": request_id} if request_id else None,
         ponder={"trace": True, "spl": spl or {}, **ponder},
     )
     assert response.status_code == 200, response.text
@@ -594,15 +601,7 @@ async def test_refinement_is_judged_against_the_baseline(
     backend = scripted(Script())
     # a request id outside the control arm, so that the strategy is used
     rid = next(f"r{i}" for i in range(100) if not in_control(f"r{i}", 0.2))
-    response = await chat(
-        backend,
-        SPL,
-        store=store,
-        messages=[user(QUESTION)],
-        headers={"x-request-id": rid},
-        ponder={"trace": True, "spl": {"answer": WRONG}},
-    )
-    assert response.status_code == 200
+    await ask(backend, store, {"answer": WRONG}, request_id=rid)
     assert ("refine" in kinds(backend)) is refined
     assert (store.strategy(TENANT, s.id).status == "retired") is refined
     store.close()
