@@ -18,7 +18,7 @@ from ponder.spl.classify import CLASSIFY_PROMPT, classification_messages, parse_
 from ponder.spl.learn import JUDGE_PROMPT, MERGE_PROMPT, REFINE_PROMPT, WRITE_PROMPT
 from ponder.spl.select import select, with_strategies
 from ponder.spl.starter import parse_starter, starter_drafts
-from ponder.spl_store import FALLBACK_TYPE, PROBLEM_TYPES, Draft, Store, StrategyRecord
+from ponder.spl_store import FALLBACK_TYPE, PROBLEM_TYPES, Draft, Lifecycle, Store, StrategyRecord
 from ponder.testing import Call, ScriptedBackend
 from ponder.types import Message
 from tests.conftest import (
@@ -458,7 +458,8 @@ async def test_n_2_gives_two_choices_from_one_answer_call_and_one_classification
 
 
 async def test_a_tenant_never_sees_another_tenants_strategies(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/tenants.db")
+    # no control arm: a request drawn into it would learn from an unaided answer
+    store = Store(f"sqlite:///{tmp_path}/tenants.db", Lifecycle(explore=0.0))
     settings = Settings(api_keys=["alice:key-a", "bob:key-b"])  # type: ignore[list-item]
     secret = "1. Alice's secret method: multiply by seven.\n2. Then add the magic number."
     store.seed("alice", [Draft("arithmetic", secret, status="active")])

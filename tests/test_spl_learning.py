@@ -480,7 +480,8 @@ async def test_a_rejected_refinement_leaves_the_strategy_and_shows_in_its_histor
 
 
 async def test_a_client_may_learn_where_the_server_allows_it(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/open.db", policy=Policy(client_learning=True))
+    policy = Policy(client_learning=True)
+    store = Store(f"sqlite:///{tmp_path}/open.db", Lifecycle(explore=0.0), policy=policy)
     (s,) = seed(store, Draft("arithmetic", STRATEGY, status="active"))
     backend = scripted(Script())
     response = await ask(backend, store, {"learn": True, "answer": TRUTH})
