@@ -17,8 +17,10 @@ GSM8K=../shared/data/gsm8k/test.jsonl
 RUNS=benchmarks/runs
 # GSM8K: items 1-100 of the file are SPL's training split, items 101-220 the test split that
 # every approach is measured on (the first 50 of them for the costlier approaches).
-GSM=(--suite gsm8k --path "$GSM8K" --spl-train 100 --max-tokens 512 --concurrency 8 --seed 0)
-ARITH=(--suite arith --limit 100 --max-tokens 512 --concurrency 8 --seed 0)
+# --trace keeps each request's strategy trace in the run's traces.jsonl, to read why it failed.
+GSM=(--suite gsm8k --path "$GSM8K" --spl-train 100 --max-tokens 512 --concurrency 8 --seed 0
+    --trace)
+ARITH=(--suite arith --limit 100 --max-tokens 512 --concurrency 8 --seed 0 --trace)
 
 want() { [ "${1:-all}" = all ] || [ "${1:-all}" = "$2" ]; }
 

@@ -451,3 +451,26 @@ async def test_a_run_resumes_with_another_limit_over_the_same_items(tmp_path: Pa
     assert [(s.approach, s.items) for s in summaries] == [("none", 4), ("re2", 2)]
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["limit"], meta["approaches"]) == (4, ["none", "re2"])
+
+
+async def test_trace_keeps_each_requests_trace_beside_its_result(tmp_path: Path) -> None:
+    backend = scripted(solve)
+    out = tmp_path / "run"
+    with ponder(backend) as url:
+        await run(
+            bench(out, url, limit=2, approaches=["none", "re2"], model=MODEL, trace=True),
+            progress=False,
+        )
+
+    traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    assert sorted((t["approach"], t["item_id"], t["phase"]) for t in traces) == sorted(
+        (a, item.id, "eval") for a in ("none", "re2") for item in ITEMS[:2]
+    )
+    for t in traces:
+        assert t["question"] == BY_ID[t["item_id"]].question
+        steps = [step["step"] for step in t["trace"]]
+        assert ("reread" in steps) == (t["approach"] == "re2")
+    # asking for the trace changes no answer
+    assert sorted((r["approach"], r["item_id"], r["correct"]) for r in lines(out)) == sorted(
+        (a, item.id, correct(item)) for a in ("none", "re2") for item in ITEMS[:2]
+    )

@@ -68,6 +68,11 @@ def add_parser(sub: Any) -> None:
         "then evaluate the approaches on the rest; skipped when spl is not among them",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="keep each request's strategy trace in traces.jsonl (a Ponder endpoint only)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -91,6 +96,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         temperature=args.temperature,
         spl_train=args.spl_train,
         timeout=args.timeout,
+        trace=args.trace,
     )
 
 

@@ -1,6 +1,7 @@
 """A run directory's files: `items.jsonl` (one `ItemResult` per line, appended and flushed as
-each item finishes) and `meta.json` (what was run). Resuming reads both back: the results say
-what is done, the meta says whether the directory holds the same run.
+each item finishes), `meta.json` (what was run) and, with `--trace`, `traces.jsonl` (each
+request's strategy trace as Ponder returned it). Resuming reads the first two back: the results
+say what is done, the meta says whether the directory holds the same run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ponder.bench.types import ItemResult
 from ponder.errors import InvalidRequest
 
 ITEMS_FILE = "items.jsonl"
+TRACES_FILE = "traces.jsonl"
 META_FILE = "meta.json"
 MATCHED = ("suite", "path", "seed", "model", "max_tokens", "temperature", "spl_train")
 """meta.json fields a resumed run must share with the first one. Approaches may grow, and
@@ -56,18 +58,29 @@ def _parse_result(line: str) -> ItemResult:
     return ItemResult(**{k: data[k] for k in _RESULT_FIELDS if k in data})
 
 
-class ResultWriter:
-    """Appends results to `items.jsonl`, one line each, flushed at once."""
+class JsonLines:
+    """Appends JSON objects to a file, one line each, flushed at once. A last line an
+    interruption cut short is ended first, so that the next object starts a line of its own."""
 
     def __init__(self, path: Path) -> None:
+        cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         self._handle: TextIO = path.open("a", encoding="utf-8")
+        if cut:
+            self._handle.write("\n")
 
-    def write(self, result: ItemResult) -> None:
-        self._handle.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+    def write_row(self, row: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
         self._handle.close()
+
+
+class ResultWriter(JsonLines):
+    """Appends results to `items.jsonl`."""
+
+    def write(self, result: ItemResult) -> None:
+        self.write_row(asdict(result))
 
 
 def read_meta(out: Path) -> dict[str, Any] | None:

@@ -36,6 +36,8 @@ from ponder.backends.base import Backend
 from ponder.bench import report
 from ponder.bench.results import (
     ITEMS_FILE,
+    TRACES_FILE,
+    JsonLines,
     ResultWriter,
     check_resumable,
     read_meta,
@@ -82,6 +84,9 @@ class BenchConfig:
     """Seconds one request may take (Ponder's own default deadline)."""
     retries: int = 2
     """How often the client retries a connection error, a 429 or a 5xx."""
+    trace: bool = False
+    """Ask Ponder for each request's trace and keep it in `traces.jsonl` (a Ponder endpoint
+    only: another upstream may refuse the `ponder` field)."""
 
     def __post_init__(self) -> None:
         if self.out is None:
@@ -217,6 +222,7 @@ class Asker:
     done: set[tuple[str, str, str]]
     results: list[ItemResult]
     progress: bool
+    traces: JsonLines | None = None
 
     async def ask(
         self, approach: str, item: Item, phase: str, ponder: dict[str, Any] | None
@@ -232,6 +238,8 @@ class Asker:
             # a stable id: SPL's control arm is drawn from it, so a rerun draws the same arms
             "extra_headers": {"x-request-id": f"bench-{phase}-{approach}-{item.id}"},
         }
+        if self.traces is not None:
+            ponder = {**(ponder or {}), "trace": True}
         if ponder is not None:
             request["extra_body"] = {"ponder": ponder}
         base = {
@@ -259,6 +267,9 @@ class Asker:
                 error=_error_text(exc),
             )
         latency = time.perf_counter() - started
+        if self.traces is not None:
+            extra = (completion.model_extra or {}).get("ponder") or {}
+            self.traces.write_row({**base, "trace": extra.get("trace")})
         answer = (completion.choices[0].message.content or "") if completion.choices else ""
         extracted, correct = self.suite.score(item, answer)
         usage = completion.usage
@@ -376,7 +387,8 @@ async def run(
         write_meta(out, meta)
 
         writer = ResultWriter(out / ITEMS_FILE)
-        asker = Asker(client, suite, config, model, writer, done, unique, progress)
+        traces = JsonLines(out / TRACES_FILE) if config.trace else None
+        asker = Asker(client, suite, config, model, writer, done, unique, progress, traces)
         try:
             if config.trains():
                 await asker.phase("train", SPL, train, concurrency=1, truth=True)
@@ -386,6 +398,8 @@ async def run(
                 await asker.phase("eval", approach, test, config.concurrency, ponder)
         finally:
             writer.close()
+            if traces is not None:
+                traces.close()
 
     ordered = _ordered(asker.results, meta["approaches"], items)
     summaries = report.summarize(ordered)
