@@ -50,7 +50,7 @@ if want "$target" sc; then
     $PONDER bench "${ARITH[@]}" --approaches sc --no-progress --out $RUNS/arith-1.5b
 fi
 if want "$target" others; then
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches re2,cot_reflection,bon,moa,refine,tot,react \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches re2,cot_reflection,react,bon,refine,moa,tot \
         --no-progress --out $RUNS/gsm8k-1.5b
 fi
 if want "$target" small; then
