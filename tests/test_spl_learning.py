@@ -114,6 +114,14 @@ def test_parse_verdict(reply: str | None, verdict: bool | None) -> None:
         ("  Strategy: 1. Read it.\n2. Solve it.  ", "1. Read it.\n2. Solve it."),
         ("**Improved strategy:**\n1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
         ("1. Read it.\n2. Solve it.", "1. Read it.\n2. Solve it."),
+        # the steps only: not an introduction before them, nor a comment after them
+        (
+            "To find the total, follow these steps:\n\n1. List each quantity.\n"
+            "2. Combine them,\n   one at a time.\n\nThe improved strategy avoids the mistake "
+            "by computing each train's distance separately.",
+            "1. List each quantity.\n2. Combine them,\n   one at a time.",
+        ),
+        ("Read the problem twice. Then solve it.", "Read the problem twice. Then solve it."),
         ("Strategy: too short", None),
         ("The answer was 460.\nThe answer was 460.\nThe answer was 460.\nCheck it.", None),
         ("1. 2 to 6 numbered steps:\n2. 3 to 6 numbered steps:\n3. 4 to 6 numbered steps:", None),

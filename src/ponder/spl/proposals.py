@@ -23,6 +23,8 @@ _STATES_ANSWER = re.compile(
 )
 _CALCULATION = re.compile(r"\d\s*(?:[-+*/\u00d7\u00f7x]|\\times|\\div|\\cdot)\s*\d[^\n=]*=\s*\$?\d")
 """A worked calculation ("5 \\times 5 = 25"): a solution of one problem, not a method."""
+_STEP = re.compile(r"\s*[*_]*\d{1,2}[.)]\s")
+"""A line that starts a numbered step ("1. ", "**2) ")."""
 _CAPITALIZED = re.compile(r"\b[A-Z][a-z]{2,}\b")
 _SENTENCE_END = ".!?:"
 _LABEL = re.compile(
@@ -44,15 +46,31 @@ class Lesson:
 
 
 def clean_strategy(reply: str | None) -> str | None:
-    """A model's strategy text without a leading "Strategy:" label, cut to
-    `MAX_STRATEGY_CHARS` (at a line end where there is one); None when it is too short or not
-    prose (a weak model may answer with a run of step numbers or one word repeated)."""
-    text = _LABEL.sub("", (reply or "").strip(), count=1).strip()
+    """A model's strategy text without a leading "Strategy:" label, its numbered steps only
+    when it has them (`steps_only`), cut to `MAX_STRATEGY_CHARS` (at a line end where there is
+    one); None when it is too short or not prose (a weak model may answer with a run of step
+    numbers or one word repeated)."""
+    text = steps_only(_LABEL.sub("", (reply or "").strip(), count=1).strip())
     if len(text) > MAX_STRATEGY_CHARS:
         cut = text[:MAX_STRATEGY_CHARS]
         line_end = cut.rfind("\n")
         text = (cut[:line_end] if line_end >= MAX_STRATEGY_CHARS // 2 else cut).strip()
     return text if len(text) >= MIN_STRATEGY_CHARS and _is_prose(text) else None
+
+
+def steps_only(text: str) -> str:
+    """The numbered steps of a reply that has at least two: from the first step to the end of
+    the paragraph of the last one. What a weak model writes around the steps it was asked for
+    (an introduction to one problem, a comment on what the new steps fix) is not part of the
+    strategy. A reply without numbered steps is kept as it is."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if _STEP.match(line)]
+    if len(starts) < 2:
+        return text
+    end = starts[-1] + 1
+    while end < len(lines) and lines[end].strip():
+        end += 1
+    return "\n".join(lines[starts[0] : end]).strip()
 
 
 def _is_prose(text: str) -> bool:
