@@ -105,8 +105,10 @@ class Lifecycle:
     explore: float = 0.2
     """Share of learning requests answered with no strategies: the control arm that measures
     the baseline. 0 turns it off, and decisions fall back to the fixed rates below."""
-    min_baseline: int = 5
-    """Control outcomes a type needs before its strategies are judged against them."""
+    min_baseline: int = 10
+    """Control outcomes a type needs before its strategies are judged against them (5 let a
+    learning run promote noise: baselines of 1 of 5 and 2 of 6 made one-problem solutions look
+    better)."""
     confidence: float = 0.8
     """Confidence of the interval of (strategy rate - baseline rate) that decisions read: a
     strategy is promoted when all of it is above 0, retired when all of it is below."""
