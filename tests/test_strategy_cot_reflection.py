@@ -74,6 +74,14 @@ PARSE_CASES = [
     ("<output>first</output><output>second</output><thinking>late</thinking>", "first", ""),
     ("<thinking>unclosed thought <output>7</output>", "7", "unclosed thought"),
     ("<output>a <thinking> inside</output>", "a <thinking> inside", ""),
+    # the tags written back to back, each section's content after them (a 1.5B model did so)
+    (
+        "Inside <thinking></thinking>\n5 + 15 = 20\n\nInside <reflection></reflection>\n"
+        "Checked.\n\nInside <output>\n</output>\nThe answer is 20.",
+        "The answer is 20.",
+        "5 + 15 = 20\n\nInside\n\nChecked.\n\nInside",
+    ),
+    ("<thinking>x<reflection>y</reflection></thinking> Then 7.", "Then 7.", "x\n\ny"),
     ("", "", ""),
 ]
 

@@ -8,6 +8,9 @@ may be split across stream deltas) and gives the same result however the text is
 
 - The answer is the first `<output>` section, trimmed; text after `</output>` is ignored. An
   `<output>` that is never closed runs to the end of the text.
+- A section whose closing tag follows its opening tag directly ("<output></output>", as a
+  small model copying the format writes it, with the content after) is not empty: its closing
+  tag is ignored, so the text after it is the section's, up to the next tag.
 - Without an (non-empty) output section the answer is the text outside the thinking and
   reflection sections, trimmed, and when that is empty too, the whole text, trimmed. While
   streaming, text outside any section is held back until the end, since it only becomes the
@@ -35,14 +38,17 @@ from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Delta, Message
 
 INSTRUCTIONS = (
-    "Answer in three parts, using these tags exactly:\n"
-    "1. Inside <thinking></thinking>, work through the problem step by step.\n"
-    "2. Inside <reflection></reflection>, check that reasoning for errors, gaps or wrong "
-    "assumptions, and correct it where needed.\n"
-    "3. Inside <output></output>, give only the final answer to the user's request, complete "
-    "and self-contained, with no reference to your thinking.\n"
-    "Write nothing outside these three sections."
+    "Answer in three tagged sections, in this order:\n"
+    "<thinking>\nWork through the problem step by step.\n</thinking>\n"
+    "<reflection>\nCheck that reasoning for errors, gaps or wrong assumptions, and correct it "
+    "where needed.\n</reflection>\n"
+    "<output>\nOnly the final answer to the user's request, complete and self-contained, with "
+    "no reference to your thinking.\n</output>\n"
+    "Write each section's content between its opening and closing tags, and nothing outside "
+    "the three sections."
 )
+"""The format shown as the model should write it: asked "inside <thinking></thinking>, work
+through the problem", a 1.5B model wrote the tags back to back and its working after them."""
 
 SECTION_SEPARATOR = "\n\n"
 
@@ -84,6 +90,7 @@ class TagSplitter:
         self._buffer = ""
         self._state: State = "outside"
         self._depth = 0  # nesting of reasoning sections
+        self._just_opened = False  # the last thing read was an opening tag (or blanks after it)
         self._section_start = True
         self._pending_ws = ""
         self._untagged: list[str] = []
@@ -158,6 +165,9 @@ class TagSplitter:
 
     def _tag(self, tag: str) -> None:
         state = self._state
+        just_opened, self._just_opened = self._just_opened, tag in (_OPEN_OUTPUT, *_OPEN_REASONING)
+        if just_opened and tag in (_CLOSE_OUTPUT, *_CLOSE_REASONING):
+            return  # "<output></output>": the section's content follows its closing tag
         if tag == _OPEN_OUTPUT:
             self._enter("output")
         elif tag == _CLOSE_OUTPUT:
@@ -185,6 +195,8 @@ class TagSplitter:
     def _text(self, text: str, out: list[Piece]) -> None:
         if not text:
             return
+        if not text.isspace():
+            self._just_opened = False
         state = self._state
         if state == "outside":
             self._untagged.append(text)
