@@ -413,6 +413,39 @@ def test_cli_runs_a_bench_and_writes_the_report(
     assert len(lines(out)) == 6
 
 
+def test_report_only_draws_a_runs_report_again_from_its_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    with ponder(scripted(solve)) as url:
+        assert main(["bench", "--limit", "4", "--approaches", "none,re2", "--base-url", url,
+                     "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    first = (out / "summary.json").read_text()
+    capsys.readouterr()
+    for name in ("summary.md", "summary.json", "latency.png"):
+        (out / name).unlink()
+    # a run stopped half-way through its second approach: the report has what it has
+    kept = [line for line in (out / "items.jsonl").read_text().splitlines()
+            if '"re2"' not in line or f'"{ITEMS[0].id}"' in line]  # fmt: skip
+    (out / "items.jsonl").write_text("\n".join(kept) + "\n")
+
+    assert main(["bench", "--report-only", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| none | 50.0% [" in printed
+    assert correct(ITEMS[0]) and "| re2 | 100.0% [" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["approach"], s["items"]) for s in summary["summaries"]] == [("none", 4), ("re2", 1)]
+    assert summary != json.loads(first)
+    assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_only_needs_a_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--report-only", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"ponder: {tmp_path} holds no run: it has no meta.json.\n"
+
+
 def test_cli_reports_a_suite_without_its_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ponder.errors import Unsupported
+from ponder.errors import InvalidRequest, Unsupported
 
 if TYPE_CHECKING:
     from ponder.bench.runner import BenchConfig
@@ -73,6 +73,11 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="keep each request's strategy trace in traces.jsonl (a Ponder endpoint only)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="draw the report of the run in --out again from its files, asking nothing",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -115,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
     from ponder.bench import report, runner
 
     config = config_from(args)
+    if args.report_only:
+        if args.out is None:
+            raise InvalidRequest("--report-only needs the run's --out.", param="--out")
+        runner.report_only(args.out)
+        print((args.out / report.SUMMARY_MD).read_text(encoding="utf-8"))
+        return 0
     # One INFO line per HTTP request would bury the progress bars.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -36,6 +36,7 @@ from ponder.backends.base import Backend
 from ponder.bench import report
 from ponder.bench.results import (
     ITEMS_FILE,
+    META_FILE,
     TRACES_FILE,
     JsonLines,
     ResultWriter,
@@ -359,13 +360,8 @@ async def run(
     previous = read_meta(out)
     if previous is not None:
         check_resumable(previous, meta, out)
-    results = read_results(out / ITEMS_FILE, repair=True)
-    done: set[tuple[str, str, str]] = set()
-    unique = []
-    for r in results:
-        if (r.phase, r.approach, r.item_id) not in done:
-            done.add((r.phase, r.approach, r.item_id))
-            unique.append(r)
+    unique = _unique(read_results(out / ITEMS_FILE, repair=True))
+    done = {(r.phase, r.approach, r.item_id) for r in unique}
 
     async with (
         endpoint(config, backend) as base_url,
@@ -405,6 +401,35 @@ async def run(
     summaries = report.summarize(ordered)
     report.write_report(out, summaries, meta, ordered)
     return summaries
+
+
+def report_only(out: Path) -> list[Summary]:
+    """Draw a run directory's report again from its files, asking nothing: a run still going,
+    or stopped, shows what it has so far."""
+    meta = read_meta(out)
+    if meta is None:
+        raise InvalidRequest(f"{out} holds no run: it has no {META_FILE}.", param="--out")
+    suite = get_suite(meta["suite"])
+    limit, train = meta.get("limit"), meta.get("spl_train") or 0
+    path = Path(meta["path"]) if meta.get("path") else None
+    items = suite.load(path, None if limit is None else limit + train, meta.get("seed", 0))
+    results = _unique(read_results(out / ITEMS_FILE))
+    ordered = _ordered(results, meta.get("approaches", []), items)
+    summaries = report.summarize(ordered)
+    report.write_report(out, summaries, meta, ordered)
+    return summaries
+
+
+def _unique(results: Sequence[ItemResult]) -> list[ItemResult]:
+    """The first result of each (phase, approach, item): a resumed run may have asked one again
+    after an interruption."""
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for r in results:
+        if (r.phase, r.approach, r.item_id) not in seen:
+            seen.add((r.phase, r.approach, r.item_id))
+            unique.append(r)
+    return unique
 
 
 def _ordered(
