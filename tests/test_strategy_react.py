@@ -109,7 +109,7 @@ async def test_calculator_observation_reaches_the_next_step_then_the_final_answe
     system = first.messages[0].text
     assert system.startswith("Be terse.\n\n" + REACT_INSTRUCTIONS)
     assert f"- calculator: {BUILTIN_TOOLS['calculator'].description}" in system
-    assert f"- search_context: {BUILTIN_TOOLS['search_context'].description}" in system
+    assert "search_context" not in system  # one short question: nothing to search
     assert first.prompt == "What is 17 * 23 + 4?"
 
     assert [m.role for m in second.messages] == ["system", "user", "assistant", "user"]
@@ -157,6 +157,29 @@ async def test_search_context_reads_the_conversation_and_step_tokens_option() ->
         "[user] When is the budget review?"
     )
     assert [c.sampling.max_tokens for c in backend.calls] == [64, 64]
+
+
+SEARCH_LINE = f"- search_context: {BUILTIN_TOOLS['search_context'].description}"
+
+
+@pytest.mark.parametrize(
+    ("messages", "options", "offered"),
+    [
+        ([user("What is 2 + 2?")], {}, False),
+        ([user("Summarize this report.\n" + "The plant ran at full load. " * 80)], {}, True),
+        ([user("It is 4."), {"role": "assistant", "content": "Noted."}, user("What?")], {}, True),
+        ([user("What is 2 + 2?")], {"tools": ["calculator", "search_context"]}, True),
+    ],
+)
+async def test_search_context_is_offered_where_there_is_something_to_search(
+    messages: list[dict[str, Any]], options: dict[str, Any], offered: bool
+) -> None:
+    backend = scripted(["Final Answer: 4"])
+    response = await chat(backend, REACT, messages=messages, ponder={"react": options})
+    assert response.status_code == 200
+    system = backend.calls[0].messages[0].text
+    assert (SEARCH_LINE in system) is offered
+    assert f"- calculator: {BUILTIN_TOOLS['calculator'].description}" in system
 
 
 async def test_client_tool_call_then_its_result_continues_the_loop() -> None:
