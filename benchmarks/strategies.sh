@@ -67,7 +67,7 @@ for line in open(sys.argv[1]):
     if r["approach"] == "none" and 101 <= int(r["item_id"].split("-")[1]) <= 150:
         sys.stdout.write(line)' $RUNS/gsm8k-1.5b/items.jsonl > $FIXED/items.jsonl
     fi
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches cot_reflection --no-progress --out $FIXED
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches cot_reflection,react --no-progress --out $FIXED
 fi
 if want "$target" small; then
     PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --limit 120 --approaches none,sc \
