@@ -8,7 +8,7 @@
 #
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
-#                                       # fixes small
+#                                       # fixes spl2 small
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,20 +54,30 @@ if want "$target" others; then
     $PONDER bench "${GSM[@]}" --limit 50 --approaches re2,cot_reflection,react,bon,refine,moa,tot \
         --no-progress --out $RUNS/gsm8k-1.5b
 fi
-if want "$target" fixes; then
-    # The approaches whose traces showed a fault of Ponder's, measured again after the fix on
-    # the same 50 items (the first run's table is kept). none is not re-run: its results on
-    # these items are copied from the first run, since no fix touches it.
-    FIXED=$RUNS/gsm8k-1.5b-fixes
-    mkdir -p $FIXED
-    if [ ! -s $FIXED/items.jsonl ]; then
+# A run directory that starts with none's results on GSM8K items FIRST-LAST copied from the
+# first run (none is not re-run where nothing that touches it changed).
+with_none() {
+    mkdir -p "$1"
+    if [ ! -s "$1/items.jsonl" ]; then
         $PY -c 'import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    if r["approach"] == "none" and 101 <= int(r["item_id"].split("-")[1]) <= 150:
-        sys.stdout.write(line)' $RUNS/gsm8k-1.5b/items.jsonl > $FIXED/items.jsonl
+    if r["approach"] == "none" and int(sys.argv[2]) <= int(r["item_id"].split("-")[1]) <= int(sys.argv[3]):
+        sys.stdout.write(line)' $RUNS/gsm8k-1.5b/items.jsonl "$2" "$3" > "$1/items.jsonl"
     fi
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches cot_reflection,react --no-progress --out $FIXED
+}
+if want "$target" fixes; then
+    # The approaches whose traces showed a fault of Ponder's, measured again after the fix on
+    # the same 50 items (the first run's table is kept).
+    with_none $RUNS/gsm8k-1.5b-fixes 101 150
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches cot_reflection,react --no-progress \
+        --out $RUNS/gsm8k-1.5b-fixes
+fi
+if want "$target" spl2; then
+    # SPL again on a fresh store, with the fixes its first run led to: learns on items 1-100,
+    # tested on 101-220 (the first run's store and table are kept)
+    with_none $RUNS/gsm8k-1.5b-spl2 101 220
+    $PONDER bench "${GSM[@]}" --limit 120 --approaches spl --no-progress --out $RUNS/gsm8k-1.5b-spl2
 fi
 if want "$target" small; then
     PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --limit 120 --approaches none,sc \
