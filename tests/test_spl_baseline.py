@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ponder.config import Settings
 from ponder.errors import InvalidRequest
 from ponder.spl.strategy import in_control
 from ponder.spl_store import Baseline, Draft, Lifecycle, Store
@@ -105,6 +106,20 @@ def test_a_control_request_with_strategies_is_refused(store: Store) -> None:
 
 
 # ---- decisions ---------------------------------------------------------------------------------
+
+
+def test_the_servers_settings_set_the_control_arm_and_its_decisions(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/s.db",
+        spl_explore=0.3,
+        spl_confidence=0.9,
+        spl_min_baseline=20,
+    )
+    store = Store.for_settings(settings)
+    rules = store.lifecycle
+    assert (rules.explore, rules.confidence, rules.min_baseline) == (0.3, 0.9, 20)
+    assert Lifecycle().min_baseline == Settings().spl_min_baseline == 10
+    store.close()
 
 
 def test_no_decision_until_the_baseline_has_enough_outcomes() -> None:

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         description="Confidence of the interval (strategy - baseline) that promotes (all of it "
         "above 0) or retires (all below 0) a strategy",
     )
+    spl_min_baseline: int = Field(
+        10, ge=1, description="Control outcomes a problem type needs before decisions use them"
+    )
     spl_promote_after: int = Field(3, ge=1, description="Successes before a candidate is active")
     spl_retire_after: int = Field(
         10, ge=1, description="Attempts before a strategy worse than the baseline retires"

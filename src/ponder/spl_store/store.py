@@ -58,6 +58,7 @@ class Store(OutcomeMethods, EpisodeMethods):
             Lifecycle(
                 explore=settings.spl_explore,
                 confidence=settings.spl_confidence,
+                min_baseline=settings.spl_min_baseline,
                 promote_after=settings.spl_promote_after,
                 retire_after=settings.spl_retire_after,
                 retire_rate=settings.spl_retire_rate,
