@@ -38,17 +38,18 @@ from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Delta, Message
 
 INSTRUCTIONS = (
-    "Answer in three tagged sections, in this order:\n"
-    "<thinking>\nWork through the problem step by step.\n</thinking>\n"
-    "<reflection>\nCheck that reasoning for errors, gaps or wrong assumptions, and correct it "
-    "where needed.\n</reflection>\n"
-    "<output>\nOnly the final answer to the user's request, complete and self-contained, with "
-    "no reference to your thinking.\n</output>\n"
-    "Write each section's content between its opening and closing tags, and nothing outside "
-    "the three sections."
+    "Answer in three parts, using these tags exactly:\n"
+    "1. Inside <thinking></thinking>, work through the problem step by step.\n"
+    "2. Inside <reflection></reflection>, check that reasoning for errors, gaps or wrong "
+    "assumptions, and correct it where needed.\n"
+    "3. Inside <output></output>, give only the final answer to the user's request, complete "
+    "and self-contained, with no reference to your thinking.\n"
+    "Write nothing outside these three sections."
 )
-"""The format shown as the model should write it: asked "inside <thinking></thinking>, work
-through the problem", a 1.5B model wrote the tags back to back and its working after them."""
+"""Read literally by a small model, which may write the tags back to back and the content after
+them: the parser takes that text as the section's. Showing the format as it is to be written
+was tried and dropped: the 1.5B then wrote the tags right but kept its thinking short, and
+scored 40% against this prompt's 56% on GSM8K (benchmarks/RESULTS.md)."""
 
 SECTION_SEPARATOR = "\n\n"
 
