@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ponder.bench.results import read_results
+from ponder.bench.results import JsonLines, read_results
 from ponder.bench.runner import BenchConfig, run
 from ponder.bench.suites import ArithSuite
 from ponder.bench.types import Item
@@ -507,3 +507,20 @@ async def test_trace_keeps_each_requests_trace_beside_its_result(tmp_path: Path)
     assert sorted((r["approach"], r["item_id"], r["correct"]) for r in lines(out)) == sorted(
         (a, item.id, correct(item)) for a in ("none", "re2") for item in ITEMS[:2]
     )
+
+
+def test_a_line_cut_by_an_interruption_is_ended_before_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    path.write_text('{"item_id": "a"}\n{"item_id": "b", "tra')
+    writer = JsonLines(path)
+    writer.write_row({"item_id": "c"})
+    writer.close()
+    assert path.read_text().splitlines() == [
+        '{"item_id": "a"}',
+        '{"item_id": "b", "tra',
+        '{"item_id": "c"}',
+    ]
+    writer = JsonLines(path)  # a file that ends a line gets no blank line
+    writer.write_row({"item_id": "d"})
+    writer.close()
+    assert path.read_text().endswith('"c"}\n{"item_id": "d"}\n')

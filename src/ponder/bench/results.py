@@ -7,6 +7,7 @@ say what is done, the meta says whether the directory holds the same run.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,9 +64,8 @@ class JsonLines:
     interruption cut short is ended first, so that the next object starts a line of its own."""
 
     def __init__(self, path: Path) -> None:
-        cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         self._handle: TextIO = path.open("a", encoding="utf-8")
-        if cut:
+        if not _ends_a_line(path):
             self._handle.write("\n")
 
     def write_row(self, row: dict[str, Any]) -> None:
@@ -74,6 +74,15 @@ class JsonLines:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or its last byte ends a line (only that byte is read)."""
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return True
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 class ResultWriter(JsonLines):

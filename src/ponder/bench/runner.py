@@ -198,8 +198,7 @@ async def run(
     suite = get_suite(config.suite)
     config.check(suite)
     train_n = config.spl_train
-    load_limit = None if config.limit is None else config.limit + train_n
-    items = suite.load(config.path, load_limit, config.seed)
+    items = _load(suite, config.path, config.limit, train_n, config.seed)
     train, test = split(items, train_n)
     if not test:
         raise InvalidRequest(
@@ -250,10 +249,7 @@ async def run(
             if traces is not None:
                 traces.close()
 
-    ordered = _ordered(asker.results, meta["approaches"], items)
-    summaries = report.summarize(ordered)
-    report.write_report(out, summaries, meta, ordered)
-    return summaries
+    return _report(out, asker.results, meta, items)
 
 
 def report_only(out: Path) -> list[Summary]:
@@ -265,8 +261,19 @@ def report_only(out: Path) -> list[Summary]:
     suite = get_suite(meta["suite"])
     limit, train = meta.get("limit"), meta.get("spl_train") or 0
     path = Path(meta["path"]) if meta.get("path") else None
-    items = suite.load(path, None if limit is None else limit + train, meta.get("seed", 0))
-    results = _unique(read_results(out / ITEMS_FILE))
+    items = _load(suite, path, limit, train, meta.get("seed", 0))
+    return _report(out, _unique(read_results(out / ITEMS_FILE)), meta, items)
+
+
+def _load(suite: Suite, path: Path | None, limit: int | None, train: int, seed: int) -> list[Item]:
+    """The run's items: the training split and at most `limit` more to evaluate."""
+    return suite.load(path, None if limit is None else limit + train, seed)
+
+
+def _report(
+    out: Path, results: Sequence[ItemResult], meta: dict[str, Any], items: Sequence[Item]
+) -> list[Summary]:
+    """Write the report of `results` into `out`, in a stable order, and return its summary."""
     ordered = _ordered(results, meta.get("approaches", []), items)
     summaries = report.summarize(ordered)
     report.write_report(out, summaries, meta, ordered)

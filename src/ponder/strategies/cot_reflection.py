@@ -61,6 +61,8 @@ _OPEN_REASONING = tuple(f"<{name}>" for name in _REASONING_NAMES)
 _CLOSE_REASONING = tuple(f"</{name}>" for name in _REASONING_NAMES)
 _OPEN_OUTPUT = "<output>"
 _CLOSE_OUTPUT = "</output>"
+_OPENING = (*_OPEN_REASONING, _OPEN_OUTPUT)
+_CLOSING = (*_CLOSE_REASONING, _CLOSE_OUTPUT)
 
 _LONGEST_TAG = max(len(t) for t in (*_OPEN_REASONING, *_CLOSE_REASONING, _CLOSE_OUTPUT))
 
@@ -166,8 +168,8 @@ class TagSplitter:
 
     def _tag(self, tag: str) -> None:
         state = self._state
-        just_opened, self._just_opened = self._just_opened, tag in (_OPEN_OUTPUT, *_OPEN_REASONING)
-        if just_opened and tag in (_CLOSE_OUTPUT, *_CLOSE_REASONING):
+        just_opened, self._just_opened = self._just_opened, tag in _OPENING
+        if just_opened and tag in _CLOSING:
             return  # "<output></output>": the section's content follows its closing tag
         if tag == _OPEN_OUTPUT:
             self._enter("output")
