@@ -8,7 +8,7 @@
 #
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
-#                                       # fixes spl2 small
+#                                       # fixes fixes2 spl2 small
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +72,13 @@ if want "$target" fixes; then
     with_none $RUNS/gsm8k-1.5b-fixes 101 150
     $PONDER bench "${GSM[@]}" --limit 50 --approaches cot_reflection,react --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes
+fi
+if want "$target" fixes2; then
+    # The second round: react with its steps and observations as turns of their own and no
+    # built-in call run twice (the first round's react ran out of steps in 26 of 50 items).
+    with_none $RUNS/gsm8k-1.5b-fixes2 101 150
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react --no-progress \
+        --out $RUNS/gsm8k-1.5b-fixes2
 fi
 if want "$target" spl2; then
     # SPL again on a fresh store, with the fixes its first run led to: learns on items 1-100,

@@ -114,10 +114,10 @@ async def test_calculator_observation_reaches_the_next_step_then_the_final_answe
 
     assert [m.role for m in second.messages] == ["system", "user", "assistant", "user"]
     assert second.messages[:2] == first.messages
-    assert second.messages[2].text == (
-        "Thought: I should compute it.\nAction: calculator[17 * 23 + 4]\nObservation: 395"
+    assert (
+        second.messages[2].text == "Thought: I should compute it.\nAction: calculator[17 * 23 + 4]"
     )
-    assert second.prompt == CONTINUE
+    assert second.prompt == f"Observation: 395\n\n{CONTINUE}"
 
     assert_no_tool_traffic(backend)
     for call in backend.calls:
@@ -151,10 +151,10 @@ async def test_search_context_reads_the_conversation_and_step_tokens_option() ->
     response = await chat(backend, REACT, messages=messages, ponder={"react": {"step_tokens": 64}})
     assert response.json()["choices"][0]["message"]["content"] == "Thursday at 3pm."
     second = backend.calls[1]
-    assert second.messages[-2].text == (
-        "Action: search_context[budget review]\n"
+    assert second.messages[-2].text == "Action: search_context[budget review]"
+    assert second.prompt == (
         "Observation: [user] Notes: the budget review moved to Thursday at 3pm.\n"
-        "[user] When is the budget review?"
+        f"[user] When is the budget review?\n\n{CONTINUE}"
     )
     assert [c.sampling.max_tokens for c in backend.calls] == [64, 64]
 
@@ -223,10 +223,8 @@ async def test_client_tool_call_then_its_result_continues_the_loop() -> None:
     assert [m.role for m in call.messages] == ["system", "user", "assistant", "user"]
     assert call.messages[0].text.startswith("You are a weather bot.\n\n" + REACT_INSTRUCTIONS)
     assert call.messages[1].text == "What is the weather in Paris?"
-    assert call.messages[2].text == (
-        f"Action: get_weather[{tool_call.function.arguments}]\nObservation: 18C sunny"
-    )
-    assert call.prompt == CONTINUE
+    assert call.messages[2].text == f"Action: get_weather[{tool_call.function.arguments}]"
+    assert call.prompt == f"Observation: 18C sunny\n\n{CONTINUE}"
     assert body["usage"] == usage_for(backend, replies)
 
 
@@ -246,13 +244,34 @@ async def test_a_repeated_client_tool_call_gets_the_earlier_result() -> None:
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["choices"][0]["message"]["content"] == "18C and sunny."
     assert len(backend.calls) == 2
-    assert backend.calls[1].messages[-2].text == (
-        'Action: get_weather[{"city": "Paris"}]\n'
-        "Observation: 18C sunny\n"
-        'Action: get_weather[{"city":"Paris"}]\n'
-        f"Observation: {REPEATED_CALL}18C sunny"
-    )
+    assert [(m.role, m.text) for m in backend.calls[1].messages[-4:]] == [
+        ("assistant", 'Action: get_weather[{"city": "Paris"}]'),
+        ("user", "Observation: 18C sunny"),
+        ("assistant", 'Action: get_weather[{"city":"Paris"}]'),
+        ("user", f"Observation: {REPEATED_CALL}18C sunny\n\n{CONTINUE}"),
+    ]
     assert body["usage"] == usage_for(backend, replies)
+
+
+async def test_a_repeated_builtin_call_is_not_run_again() -> None:
+    replies = [
+        "Thought: weekly sheets.\nAction: calculator[2 * 30]",
+        "Thought: weekly sheets again.\nAction: calculator[2 * 30]",
+        "Thought: a month is four weeks.\nAction: calculator[60 * 4]",
+        "Final Answer: 240",
+    ]
+    backend = scripted(replies)
+    response = await chat(
+        backend, REACT, messages=[user("2 pads a week, 30 sheets a pad: sheets a month?")]
+    )
+    assert response.json()["choices"][0]["message"]["content"] == "240"
+    assert len(backend.calls) == 4
+    observations = [m.text for m in backend.calls[3].messages if m.role == "user"][1:]
+    assert observations == [
+        "Observation: 60",
+        f"Observation: {REPEATED_CALL}60",
+        f"Observation: 240\n\n{CONTINUE}",
+    ]
 
 
 async def test_earlier_turn_tool_exchanges_become_assistant_text() -> None:
@@ -323,13 +342,13 @@ async def test_max_steps_then_one_streamed_call_for_the_answer() -> None:
     assert len(backend.calls) == 3
     steps, final = backend.calls[:2], backend.calls[2]
     assert [c.stream for c in backend.calls] == [False, False, True]
-    assert [m.role for m in final.messages] == ["user", "assistant", "user"]
-    assert final.messages[0].text == "Half of six sevens?"
-    assert final.messages[1].text == (
-        "Thought: first part.\nAction: calculator[6 * 7]\nObservation: 42\n"
-        "Thought: second part.\nAction: calculator[42 / 2]\nObservation: 21"
-    )
-    assert final.prompt == FORCE_FINAL
+    assert [(m.role, m.text) for m in final.messages] == [
+        ("user", "Half of six sevens?"),
+        ("assistant", "Thought: first part.\nAction: calculator[6 * 7]"),
+        ("user", "Observation: 42"),
+        ("assistant", "Thought: second part.\nAction: calculator[42 / 2]"),
+        ("user", f"Observation: 21\n\n{FORCE_FINAL}"),
+    ]
     assert (final.sampling.stop, final.sampling.max_tokens) == (("END",), 40)
     assert [c.sampling.max_tokens for c in steps] == [256, 256]
     assert_no_tool_traffic(backend)
@@ -380,22 +399,19 @@ async def test_unknown_tool_gets_an_error_observation_listing_the_tools() -> Non
     assert response.json()["choices"][0]["message"]["content"] == "2"
     assert len(backend.calls) == 2
     assert "- calculator:" not in backend.calls[0].messages[0].text
-    assert backend.calls[1].messages[-2].text == (
-        "Action: calculator[1 + 1]\n"
-        "Observation: Error: there is no tool 'calculator'. The tools are: search_context."
+    assert backend.calls[1].messages[-2].text == "Action: calculator[1 + 1]"
+    assert backend.calls[1].prompt == (
+        "Observation: Error: there is no tool 'calculator'. The tools are: search_context.\n\n"
+        + CONTINUE
     )
 
     backend = scripted(replies)
     response = await chat(backend, REACT, ponder={"react": {"tools": []}})
     assert response.json()["choices"][0]["message"]["content"] == "2"
     assert backend.calls[0].messages[0].text == f"{REACT_INSTRUCTIONS}\n\n{NO_TOOLS}"
-    assert (
-        backend.calls[1]
-        .messages[-2]
-        .text.endswith(
-            "Observation: Error: there is no tool 'calculator'; no tools are available. "
-            "Write your Final Answer."
-        )
+    assert backend.calls[1].prompt.startswith(
+        "Observation: Error: there is no tool 'calculator'; no tools are available. "
+        "Write your Final Answer.\n\n"
     )
 
 
@@ -415,9 +431,7 @@ async def test_tool_choice_none_hides_the_client_tools() -> None:
     response = await chat(backend, REACT, tools=[WEATHER_TOOL], tool_choice="none")
     assert response.json()["choices"][0]["message"]["content"] == "no idea"
     assert "get_weather" not in backend.calls[0].messages[0].text
-    assert (
-        "Observation: Error: there is no tool 'get_weather'" in backend.calls[1].messages[-2].text
-    )
+    assert backend.calls[1].prompt.startswith("Observation: Error: there is no tool 'get_weather'")
 
 
 async def test_failure_mid_loop_is_an_openai_shaped_503() -> None:
@@ -497,13 +511,13 @@ def test_parallel_tool_calls_are_paired_with_their_results() -> None:
     ]
     conversation, scratchpad = split_scratchpad(messages)
     assert conversation == messages[:2]
-    assert scratchpad == (
-        'Action: get_weather[{"city": "Paris"}]\n'
-        "Observation: 18C\n"
-        'Action: get_weather[{"city": "Rome"}]\n'
-        "Observation: 25C"
-    )
-    assert split_scratchpad(messages[:2]) == (messages[:2], "")
+    assert [(m.role, m.text) for m in scratchpad] == [
+        ("assistant", 'Action: get_weather[{"city": "Paris"}]'),
+        ("user", "Observation: 18C"),
+        ("assistant", 'Action: get_weather[{"city": "Rome"}]'),
+        ("user", "Observation: 25C"),
+    ]
+    assert split_scratchpad(messages[:2]) == (messages[:2], [])
 
 
 def test_step_sampling_keeps_at_most_four_stop_sequences_with_ours_first() -> None:

@@ -4,8 +4,11 @@ reads each tool's result as "Observation: ..." before its next step, until it wr
 
 It is text only, so it works with every backend, the embedded one included: the tools are
 described in the system prompt and no backend call carries `tools` or `tool_choice`. The
-scratchpad (the steps so far) goes to the model as an assistant turn followed by a user turn
-asking it to continue; the stop sequence "\\nObservation:" keeps it from inventing results.
+scratchpad (the steps so far) goes to the model as turns: each step ("Thought: ... Action: ...")
+an assistant turn, each tool result ("Observation: ...") a user turn, the last of which also
+asks it to continue. (Given every step in one assistant turn, the 1.5B model often started
+over or redid a calculation it had just made, on GSM8K.) The stop sequence "\\nObservation:"
+keeps it from inventing results.
 
 Tools:
 
@@ -17,7 +20,8 @@ Tools:
   turned back into the scratchpad ("Action: ..." / "Observation: ...") and the loop goes on.
   Tool exchanges of earlier turns are turned into assistant text, so the backend never
   receives `tool` messages or `tool_calls`. A call the client already answered in this turn
-  is not sent again: the model gets the same result as its observation.
+  is not sent again: the model gets the same result as its observation, as it does for a
+  built-in tool called again with the same input in one loop (REPEATED_CALL).
 
 Backend calls: one per step, at most `max_steps`; when no step gave a final answer, one more
 call (streamed to a streaming client) asks for it. When the client asked for a
@@ -39,7 +43,7 @@ from pydantic import Field, field_validator
 
 from ponder.errors import PermissionDenied
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import followup, text_sampling, with_system
+from ponder.strategies.common import text_sampling, with_system
 from ponder.strategies.context import RequestContext
 from ponder.strategies.tool_exchange import answered_calls, split_scratchpad, tool_arguments
 from ponder.strategies.tools import BUILTIN_TOOLS, OPTIONAL_TOOLS, SearchContext, Tool
@@ -132,14 +136,15 @@ class ReAct:
         builtins = {name: enabled(ctx, name) for name in names}
         answered = answered_calls(messages)
         if scratchpad:
-            ctx.step("react_resume", scratchpad=scratchpad)
+            ctx.step("react_resume", scratchpad="\n".join(turn.text for turn in scratchpad))
         prompt = with_system(conversation, instructions(builtins, client_tools))
         sampling = step_sampling(ctx.sampling, self.config.step_tokens)
         shaped = ctx.sampling.response_format is not None or ctx.sampling.logprobs
+        observed: dict[tuple[str, str], str] = {}  # this loop's built-in calls and results
 
         for number in range(1, self.config.max_steps + 1):
-            turn = followup(prompt, scratchpad, CONTINUE) if scratchpad else prompt
-            (reply,) = await ctx.complete(turn, sampling)
+            turns = asking(prompt, scratchpad, CONTINUE) if scratchpad else prompt
+            (reply,) = await ctx.complete(turns, sampling)
             step = parse_step(reply.content or "")
 
             if step.action is None:
@@ -152,7 +157,7 @@ class ReAct:
                         ctx.reason(f"Thought: {step.thought}\n")
                 ctx.step("react_step", number=number, thought=step.thought, final_answer=answer)
                 if shaped:  # the answer must come from a call with the client's sampling
-                    scratchpad = _join(scratchpad, render_final(step, answer))
+                    scratchpad = [*scratchpad, Message("assistant", render_final(step, answer))]
                     ctx.reason(f"Final Answer: {answer}\n{SHAPING_NOTE}")
                     return await self._final(ctx, conversation, scratchpad, SHAPE_FINAL)
                 finish: FinishReason = "length" if reply.finish_reason == "length" else "stop"
@@ -182,8 +187,11 @@ class ReAct:
                 observation = REPEATED_CALL + answered[step.action, arguments]
             elif tool is None:
                 observation = unknown_tool(step.action, [*builtins, *client_tools])
+            elif (step.action, step.input) in observed:
+                observation = REPEATED_CALL + observed[step.action, step.input]
             else:
                 observation = await tool.run(step.input, messages)
+                observed[step.action, step.input] = observation
             ctx.reason(f"Observation: {observation}\n")
             ctx.step(
                 "react_step",
@@ -193,19 +201,27 @@ class ReAct:
                 input=step.input,
                 observation=observation,
             )
-            scratchpad = _join(scratchpad, render_step(step, observation))
+            scratchpad = [
+                *scratchpad,
+                Message("assistant", render_action(step)),
+                Message("user", f"Observation: {observation}"),
+            ]
 
         ctx.reason(NO_STEPS_LEFT)
         return await self._final(ctx, conversation, scratchpad, FORCE_FINAL)
 
     async def _final(
-        self, ctx: RequestContext, conversation: list[Message], scratchpad: str, request: str
+        self,
+        ctx: RequestContext,
+        conversation: list[Message],
+        scratchpad: Sequence[Message],
+        request: str,
     ) -> list[Completion]:
         """The answer from one more call, with the client's sampling (its response format and
         logprobs included), streamed to a streaming client."""
         ctx.step("react_final", request=request)
         sampling = ctx.sampling.with_(tools=(), tool_choice=None)
-        return await ctx.final(followup(conversation, scratchpad, request), sampling)
+        return await ctx.final(asking(conversation, scratchpad, request), sampling)
 
 
 # ---- prompts --------------------------------------------------------------------------------
@@ -283,18 +299,23 @@ def unknown_tool(name: str, available: Sequence[str]) -> str:
     return f"Error: there is no tool {name!r}. The tools are: {', '.join(available)}."
 
 
-def render_step(step: ParsedStep, observation: str) -> str:
+def asking(prompt: Sequence[Message], scratchpad: Sequence[Message], request: str) -> list[Message]:
+    """The prompt, the scratchpad's turns, then `request` from the user: after the last
+    observation (a user turn), in the same turn."""
+    if scratchpad and scratchpad[-1].role == "user":
+        last = scratchpad[-1]
+        return [*prompt, *scratchpad[:-1], Message("user", f"{last.text}\n\n{request}")]
+    return [*prompt, *scratchpad, Message("user", request)]
+
+
+def render_action(step: ParsedStep) -> str:
     thought = f"Thought: {step.thought}\n" if step.thought else ""
-    return f"{thought}Action: {step.action}[{step.input}]\nObservation: {observation}"
+    return f"{thought}Action: {step.action}[{step.input}]"
 
 
 def render_final(step: ParsedStep, answer: str) -> str:
     thought = f"Thought: {step.thought}\n" if step.thought and step.final is not None else ""
     return f"{thought}Final Answer: {answer}"
-
-
-def _join(scratchpad: str, more: str) -> str:
-    return f"{scratchpad}\n{more}" if scratchpad else more
 
 
 # ---- parsing the model's steps ----------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from ponder.types import Message
+from ponder.types import Message, Role
 
 
 def tool_arguments(text: str) -> str:
@@ -31,15 +31,16 @@ def _turn_start(messages: Sequence[Message]) -> int:
     return cut
 
 
-def split_scratchpad(messages: Sequence[Message]) -> tuple[list[Message], str]:
-    """The conversation to send, and the scratchpad rebuilt from the tool exchange that follows
-    the last user (or system) message, if there is one. Earlier tool exchanges become plain
-    assistant turns: the backend never receives `tool` messages or `tool_calls`."""
+def split_scratchpad(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+    """The conversation to send, and the scratchpad rebuilt (as `exchange_turns`) from the tool
+    exchange that follows the last user (or system) message, if there is one. Earlier tool
+    exchanges become plain assistant turns: the backend never receives `tool` messages or
+    `tool_calls`."""
     cut = _turn_start(messages)
     tail = messages[cut:]
     if not _has_tool_traffic(tail):
-        return _without_tool_traffic(messages), ""
-    return _without_tool_traffic(messages[:cut]), render_exchange(tail)
+        return _without_tool_traffic(messages), []
+    return _without_tool_traffic(messages[:cut]), exchange_turns(tail)
 
 
 def answered_calls(messages: Sequence[Message]) -> dict[tuple[str, str], str]:
@@ -56,25 +57,41 @@ def answered_calls(messages: Sequence[Message]) -> dict[tuple[str, str], str]:
     }
 
 
-def render_exchange(messages: Sequence[Message]) -> str:
-    """Assistant and tool messages as scratchpad text: a tool call becomes
-    "Action: name[arguments]", its result "Observation: content"."""
+def exchange_turns(messages: Sequence[Message]) -> list[Message]:
+    """Assistant and tool messages as ReAct turns: a tool call becomes an assistant turn
+    "Action: name[arguments]" (after the text the model wrote with it), its result a user turn
+    "Observation: content"; turns of the same role in a row are joined by a newline."""
     results = {m.tool_call_id: m.text for m in messages if m.role == "tool"}
     used: set[str | None] = set()
-    lines: list[str] = []
+    turns: list[Message] = []
     for m in messages:
         if m.role == "assistant":
-            if m.text.strip():
-                lines.append(m.text.strip())
+            text = m.text.strip()
             for call in m.tool_calls:
-                lines.append(f"Action: {call.name}[{call.arguments}]")
+                action = f"Action: {call.name}[{call.arguments}]"
+                _add_turn(turns, "assistant", f"{text}\n{action}" if text else action)
+                text = ""
                 if call.id in results and call.id not in used:  # its result, right after it
                     used.add(call.id)
-                    lines.append(f"Observation: {results[call.id]}")
+                    _add_turn(turns, "user", f"Observation: {results[call.id]}")
+            if text:
+                _add_turn(turns, "assistant", text)
         elif m.tool_call_id is None or m.tool_call_id not in used:
             used.add(m.tool_call_id)
-            lines.append(f"Observation: {m.text}")
-    return "\n".join(lines)
+            _add_turn(turns, "user", f"Observation: {m.text}")
+    return turns
+
+
+def render_exchange(messages: Sequence[Message]) -> str:
+    """Assistant and tool messages as one scratchpad text: `exchange_turns`, one per line."""
+    return "\n".join(turn.text for turn in exchange_turns(messages))
+
+
+def _add_turn(turns: list[Message], role: Role, text: str) -> None:
+    if turns and turns[-1].role == role:
+        turns[-1] = Message(role, f"{turns[-1].text}\n{text}")
+    else:
+        turns.append(Message(role, text))
 
 
 def _has_tool_traffic(messages: Sequence[Message]) -> bool:
