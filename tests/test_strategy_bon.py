@@ -9,6 +9,7 @@ from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.bon import SCORE_PROMPT
 from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.types import Completion
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -84,6 +85,36 @@ async def test_best_scored_candidate_wins_with_exact_calls_prompts_and_usage() -
     steps = {s["step"]: s for s in body["ponder"]["trace"]}
     assert steps["scores"]["scores"] == [6.0, 9.0, 0.0]
     assert steps["scores"]["best"] == 1
+
+
+async def test_a_tie_goes_to_the_answer_most_candidates_share() -> None:
+    candidates = ["Each box holds 4, so 12.", "3 boxes of 5: 15.", "The answer is 15."]
+    reply, _ = judge(candidates, {c: "10" for c in candidates})
+    backend = scripted(reply)
+    response = await chat(backend, BON, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == candidates[1]
+    assert len(backend.calls) == 6
+    steps = {s["step"]: s for s in body["ponder"]["trace"]}
+    assert (steps["scores"]["scores"], steps["scores"]["best"]) == ([10.0, 10.0, 10.0], 1)
+
+
+async def test_a_candidate_cut_off_at_max_tokens_loses_to_a_finished_one() -> None:
+    cut = Completion("First 6 * 7 = 42, then 42 + 8 = 50, and", finish_reason="length")
+    candidates: list[Reply] = [cut, "It is 48.", "It is 49."]
+    drawn = iter(candidates)
+
+    def reply(call: Call, index: int) -> Reply:
+        if call.prompt == SCORE_PROMPT:
+            return "10" if call.messages[-2].text == cut.content else "3"
+        return next(drawn)
+
+    backend = scripted(reply)
+    response = await chat(backend, BON, max_tokens=16)
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "It is 48."
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert len(backend.calls) == 6
 
 
 async def test_ties_go_to_the_first_and_unparseable_scores_count_as_zero() -> None:

@@ -1,6 +1,10 @@
 """`bon`: best-of-n. Several candidate answers are sampled from the client's conversation, the
-model rates each one from 0 to 10, and the client gets the best-rated candidate (the first one
-on a tie).
+model rates each one from 0 to 10, and the client gets the best candidate (`best`): one that
+finished before `max_tokens` over one cut off, then the best-rated. A tie goes to the candidate
+whose final answer most candidates share, then to the first. The model's own rating is a weak
+judge: on GSM8K the 1.5B rated all three candidates 10 in 15 of 20 problems, where a tie to
+the first candidate made best-of-3 one sample. The candidates' agreement is what is left to
+tell them apart then.
 
 Calls: `candidates` samples drawn concurrently (one call with a native-`n` backend), then one
 scoring call per candidate, all at once: `2 * candidates` calls, or `1 + candidates`. A failed
@@ -9,6 +13,7 @@ call fails the request. For the request's `n`, the engine runs `n` independent s
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -17,10 +22,12 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
+    cut_off,
     followup,
     helper_sampling,
     parse_score,
     varied,
+    voice,
 )
 from ponder.strategies.context import RequestContext, gather
 from ponder.types import Completion, Message
@@ -61,6 +68,19 @@ class BestOfN:
         scores = [parse_score(r[0].content, 0, 10) or 0.0 for r in ratings]
         for i, score in enumerate(scores, start=1):
             ctx.reason(f"Candidate {i} scored {score:g}\n")
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        ctx.step("scores", scores=scores, best=best)
-        return [candidates[best]]
+        chosen = best(candidates, scores)
+        ctx.step("scores", scores=scores, best=chosen)
+        return [candidates[chosen]]
+
+
+def best(candidates: Sequence[Completion], scores: Sequence[float]) -> int:
+    """The index of the best candidate: finished over cut off at `max_tokens`, then the higher
+    score, then the final answer more candidates share, then the earlier."""
+    answers = [voice(c) for c in candidates]
+    support = Counter(a for a in answers if a is not None)
+
+    def rank(i: int) -> tuple[bool, float, int, int]:
+        answer = answers[i]
+        return (not cut_off(candidates[i]), scores[i], support[answer] if answer else 0, -i)
+
+    return max(range(len(candidates)), key=rank)

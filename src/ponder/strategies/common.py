@@ -20,7 +20,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from ponder.types import ContentPart, Message, Sampling
+from ponder.answers import extract_answer
+from ponder.types import Completion, ContentPart, Message, Sampling
 
 _FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -124,3 +125,14 @@ def parse_score(text: str | None, low: float, high: float) -> float | None:
     if match is None:
         return None
     return min(high, max(low, float(match.group())))
+
+
+def cut_off(sample: Completion) -> bool:
+    """Whether the sample stopped at `max_tokens` rather than finishing its answer."""
+    return sample.finish_reason == "length"
+
+
+def voice(sample: Completion) -> str | None:
+    """The final answer a sample stands for: None for a sample cut off before it finished (its
+    last number is a step of the working, not a result)."""
+    return None if cut_off(sample) else extract_answer(sample.content)

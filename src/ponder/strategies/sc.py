@@ -16,9 +16,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ponder.answers import extract_answer, majority_vote
+from ponder.answers import majority_vote
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import SampleTemperature, varied
+from ponder.strategies.common import SampleTemperature, cut_off, varied, voice
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
@@ -62,13 +62,3 @@ class SelfConsistency:
             cut_off=sum(cut_off(s) for s in samples),
         )
         return [samples[vote.first]]
-
-
-def cut_off(sample: Completion) -> bool:
-    """Whether the sample stopped at `max_tokens` rather than finishing its answer."""
-    return sample.finish_reason == "length"
-
-
-def voice(sample: Completion) -> str | None:
-    """The answer a sample votes for: None for a sample cut off before it finished."""
-    return None if cut_off(sample) else extract_answer(sample.content)
