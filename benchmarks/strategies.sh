@@ -75,9 +75,11 @@ if want "$target" fixes; then
 fi
 if want "$target" fixes2; then
     # The second round: react with its steps and observations as turns of their own and no
-    # built-in call run twice (the first round's react ran out of steps in 26 of 50 items).
+    # built-in call run twice (the first round's react ran out of steps in 26 of 50 items);
+    # bon with a tie of ratings going to the answer most candidates share (the judge said 10
+    # to all three in most problems).
     with_none $RUNS/gsm8k-1.5b-fixes2 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,bon --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes2
 fi
 if want "$target" spl2; then
