@@ -341,10 +341,8 @@ async def test_react_runs_python_when_the_server_turns_it_on() -> None:
     tool = PythonTool(5, 128)
     assert f"- python: {tool.description}" in first.messages[0].text
     assert "python[" in tool.description
-    assert second.messages[2].text == (
-        "Thought: I will compute it.\nAction: python[print(6*7)]\nObservation: 42"
-    )
-    assert second.prompt == CONTINUE
+    assert second.messages[2].text == "Thought: I will compute it.\nAction: python[print(6*7)]"
+    assert second.prompt == f"Observation: 42\n\n{CONTINUE}"
 
 
 async def test_react_refuses_python_on_a_default_server() -> None:
