@@ -275,8 +275,10 @@ async def test_react_reads_the_page_text_as_its_observation() -> None:
     assert "calculator" not in first.messages[0].text
     assert second.messages[-2].role == "assistant"
     assert second.messages[-2].text == (
-        "Thought: I should read it.\nAction: fetch_url[https://example.com/a]\n"
-        "Observation: URL: https://example.com/a\nPage A\nAlpha facts."
+        "Thought: I should read it.\nAction: fetch_url[https://example.com/a]"
+    )
+    assert second.prompt.startswith(
+        "Observation: URL: https://example.com/a\nPage A\nAlpha facts.\n\n"
     )
     assert [str(r.url) for r in web.requests] == [f"https://{PUBLIC}/a"]
     assert web.resolved == ["example.com"]
