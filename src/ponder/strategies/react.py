@@ -45,7 +45,13 @@ from ponder.errors import PermissionDenied
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import text_sampling, with_system
 from ponder.strategies.context import RequestContext
-from ponder.strategies.tool_exchange import answered_calls, split_scratchpad, tool_arguments
+from ponder.strategies.tool_exchange import (
+    action_line,
+    answered_calls,
+    observation_line,
+    split_scratchpad,
+    tool_arguments,
+)
 from ponder.strategies.tools import BUILTIN_TOOLS, OPTIONAL_TOOLS, SearchContext, Tool
 from ponder.types import Completion, FinishReason, Message, Sampling, ToolCall
 
@@ -165,7 +171,7 @@ class ReAct:
 
             if step.thought:
                 ctx.reason(f"Thought: {step.thought}\n")
-            ctx.reason(f"Action: {step.action}[{step.input}]\n")
+            ctx.reason(action_line(step.action, step.input) + "\n")
 
             arguments = tool_arguments(step.input) if step.action in client_tools else ""
             if step.action in client_tools and (step.action, arguments) not in answered:
@@ -192,7 +198,7 @@ class ReAct:
             else:
                 observation = await tool.run(step.input, messages)
                 observed[step.action, step.input] = observation
-            ctx.reason(f"Observation: {observation}\n")
+            ctx.reason(observation_line(observation) + "\n")
             ctx.step(
                 "react_step",
                 number=number,
@@ -203,8 +209,8 @@ class ReAct:
             )
             scratchpad = [
                 *scratchpad,
-                Message("assistant", render_action(step)),
-                Message("user", f"Observation: {observation}"),
+                Message("assistant", render_action(step, step.action)),
+                Message("user", observation_line(observation)),
             ]
 
         ctx.reason(NO_STEPS_LEFT)
@@ -308,9 +314,9 @@ def asking(prompt: Sequence[Message], scratchpad: Sequence[Message], request: st
     return [*prompt, *scratchpad, Message("user", request)]
 
 
-def render_action(step: ParsedStep) -> str:
+def render_action(step: ParsedStep, action: str) -> str:
     thought = f"Thought: {step.thought}\n" if step.thought else ""
-    return f"{thought}Action: {step.action}[{step.input}]"
+    return thought + action_line(action, step.input)
 
 
 def render_final(step: ParsedStep, answer: str) -> str:

@@ -57,6 +57,16 @@ def answered_calls(messages: Sequence[Message]) -> dict[tuple[str, str], str]:
     }
 
 
+def action_line(name: str, tool_input: str) -> str:
+    """A tool call in ReAct's words: "Action: name[input]"."""
+    return f"Action: {name}[{tool_input}]"
+
+
+def observation_line(result: str) -> str:
+    """A tool's result in ReAct's words: "Observation: result"."""
+    return f"Observation: {result}"
+
+
 def exchange_turns(messages: Sequence[Message]) -> list[Message]:
     """Assistant and tool messages as ReAct turns: a tool call becomes an assistant turn
     "Action: name[arguments]" (after the text the model wrote with it), its result a user turn
@@ -68,17 +78,17 @@ def exchange_turns(messages: Sequence[Message]) -> list[Message]:
         if m.role == "assistant":
             text = m.text.strip()
             for call in m.tool_calls:
-                action = f"Action: {call.name}[{call.arguments}]"
+                action = action_line(call.name, call.arguments)
                 _add_turn(turns, "assistant", f"{text}\n{action}" if text else action)
                 text = ""
                 if call.id in results and call.id not in used:  # its result, right after it
                     used.add(call.id)
-                    _add_turn(turns, "user", f"Observation: {results[call.id]}")
+                    _add_turn(turns, "user", observation_line(results[call.id]))
             if text:
                 _add_turn(turns, "assistant", text)
         elif m.tool_call_id is None or m.tool_call_id not in used:
             used.add(m.tool_call_id)
-            _add_turn(turns, "user", f"Observation: {m.text}")
+            _add_turn(turns, "user", observation_line(m.text))
     return turns
 
 
