@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from ponder.errors import BackendUnavailable
-from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT, finds_nothing
+from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT, needs_fix
+from ponder.types import Completion
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -94,21 +95,67 @@ async def test_a_critique_with_nothing_to_fix_stops_at_once_with_the_draft() -> 
     assert response.headers["x-ponder-backend-calls"] == "2"
     assert turns(backend.calls[1].messages)[-1] == ("user", CRITIQUE_PROMPT)
     (critique,) = trace_steps(body, "critique")
-    assert critique["no_issues"] is True
+    assert (critique["verdict"], critique["revise"]) == (None, False)
     assert body["usage"] == usage_for(backend, [DRAFT, "no issues."])
 
 
+CHECK = "Step 1 says 3 - 1 = 2: it holds.\nStep 2 says 2 + 5 = 8: 2 + 5 is 7, so it is wrong."
+
+
 @pytest.mark.parametrize(
-    ("critique", "stops"),
+    ("critique", "cut", "fix"),
     [
-        ("NO ISSUES", True),
-        ("**No issues.**", True),
-        ("There are no issues with the units, but step 2 adds wrongly.", False),
-        ("No issues in the method; the final sum is wrong.", False),
+        ("NO ISSUES", False, False),
+        ("**No issues.**", False, False),
+        ("There are no issues with the units, but step 2 adds wrongly.", False, True),
+        ("No issues in the method; the final sum is wrong.", False, True),
+        (f"{CHECK}\n- Step 2: use 7.\nVERDICT: FIX", False, True),
+        (f"{CHECK}\n**Verdict:** fix.", False, True),
+        ("Step 1 holds. Step 2 holds.\nVERDICT: NO ISSUES", False, False),
+        ("Step 1 holds.\n`VERDICT: NO ISSUES`", False, False),
+        # the last verdict line rules, not one quoted earlier
+        ("I could write VERDICT: NO ISSUES, but step 2 is wrong.\nVERDICT: FIX", False, True),
+        # no verdict: a check cut off by the token limit changes nothing, a finished list of
+        # problems is acted on
+        (CHECK, True, False),
+        (CHECK, False, True),
     ],
 )
-def test_only_the_marker_alone_means_nothing_to_fix(critique: str, stops: bool) -> None:
-    assert finds_nothing(critique) is stops
+def test_the_verdict_line_decides_whether_to_revise(critique: str, cut: bool, fix: bool) -> None:
+    assert needs_fix(critique, cut=cut) is fix
+
+
+async def test_a_check_that_ends_with_no_issues_keeps_the_draft() -> None:
+    critique = f"Step 1 says 3 - 1 + 5 = 8: 3 - 1 + 5 is 7... {DRAFT}\nVERDICT: {NO_ISSUES}"
+    backend = scripted([DRAFT, critique])
+    response = await chat(backend, REFINE, messages=CONVERSATION, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == DRAFT
+    assert len(backend.calls) == 2
+    (step,) = trace_steps(body, "critique")
+    assert (step["critique"], step["verdict"], step["revise"]) == (critique, NO_ISSUES, False)
+
+
+async def test_a_check_that_ends_with_fix_sends_the_whole_check_to_the_revision() -> None:
+    critique = f"{CHECK}\n- Step 2: 2 + 5 is 7.\nVERDICT: FIX"
+    backend = scripted([DRAFT, critique, REVISION_1])
+    response = await chat(backend, REFINE, messages=CONVERSATION, ponder={"refine": {"rounds": 1}})
+    assert response.json()["choices"][0]["message"]["content"] == REVISION_1
+    assert len(backend.calls) == 3
+    assert turns(backend.calls[2].messages)[-1] == (
+        "user",
+        REVISE_PROMPT.format(critique=critique),
+    )
+
+
+async def test_a_critique_cut_off_before_its_verdict_keeps_the_draft() -> None:
+    backend = scripted([DRAFT, Completion(CHECK, finish_reason="length")])
+    response = await chat(backend, REFINE, messages=CONVERSATION, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == DRAFT
+    assert len(backend.calls) == 2
+    (step,) = trace_steps(body, "critique")
+    assert (step["verdict"], step["revise"]) == (None, False)
 
 
 async def test_a_clean_critique_in_round_two_keeps_the_first_revision() -> None:
@@ -159,7 +206,7 @@ async def test_critique_temperature_option() -> None:
     backend = scripted(list(FULL))
     await chat(backend, REFINE, ponder={"refine": {"temperature": 0.4}})
     assert [c.sampling.temperature for c in backend.calls] == [None, 0.4, None, 0.4, None]
-    assert backend.calls[1].sampling.max_tokens == 256
+    assert backend.calls[1].sampling.max_tokens == 512
 
 
 async def test_streams_reasoning_then_the_last_revision_token_by_token() -> None:
