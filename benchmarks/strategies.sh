@@ -8,7 +8,7 @@
 #
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
-#                                       # fixes fixes2 spl2 small
+#                                       # fixes fixes2 fixes3 spl2 small
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +81,13 @@ if want "$target" fixes2; then
     with_none $RUNS/gsm8k-1.5b-fixes2 101 150
     $PONDER bench "${GSM[@]}" --limit 50 --approaches react,bon --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes2
+fi
+if want "$target" fixes3; then
+    # The third round: refine with a critique that checks each step before its verdict line
+    # (the first run's critique said NO ISSUES to all 50 answers, 21 of them wrong).
+    with_none $RUNS/gsm8k-1.5b-fixes3 101 150
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches refine --no-progress \
+        --out $RUNS/gsm8k-1.5b-fixes3
 fi
 if want "$target" spl2; then
     # SPL again on a fresh store, with the fixes its first run led to: learns on items 1-100,
