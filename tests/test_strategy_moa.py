@@ -8,8 +8,16 @@ import pytest
 
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
-from ponder.strategies.moa import CRITIQUE_PROMPT, SYNTHESIS_PROMPT, drafts_text
+from ponder.strategies.moa import (
+    CRITIQUE_PROMPT,
+    CUT_OFF_MARK,
+    DRAFTS_INTRO,
+    REVIEW_INTRO,
+    SYNTHESIS_PROMPT,
+    drafts_text,
+)
 from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.types import Completion
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -51,11 +59,15 @@ CLIENT = [
 
 
 def kind(call: Call) -> str:
-    if call.prompt == CRITIQUE_PROMPT:
+    if call.prompt.endswith(CRITIQUE_PROMPT):
         return "critique"
-    if call.prompt == SYNTHESIS_PROMPT:
+    if call.prompt.endswith(SYNTHESIS_PROMPT):
         return "synthesis"
     return "draft"
+
+
+def finished(*texts: str) -> list[Completion]:
+    return [Completion(text) for text in texts]
 
 
 class Mixture:
@@ -105,24 +117,52 @@ async def test_prompts_keep_the_conversation_and_carry_drafts_and_critique() -> 
     await chat(backend, MOA, messages=CONVERSATION)
     for call in calls_of(backend, "draft"):
         assert [(m.role, m.text) for m in call.messages] == CLIENT
-    # the drafts and the critique arrive as assistant turns: user and assistant alternate
-    listed = drafts_text(DRAFTS[:3])
-    for i, draft in enumerate(DRAFTS[:3], start=1):
-        assert f"Draft {i}: {draft}" in listed
+    listed = drafts_text(finished(*DRAFTS[:3]))
+    assert listed == "\n\n".join(f"Draft {i}: {d}" for i, d in enumerate(DRAFTS[:3], start=1))
+    request = CLIENT[-1][1]
+    intro = DRAFTS_INTRO.format(count=3)
+    # the drafts go in the last user turn, after the request: every earlier turn is kept as is
     (critique,) = calls_of(backend, "critique")
     assert [(m.role, m.text) for m in critique.messages] == [
-        *CLIENT,
-        ("assistant", listed),
-        ("user", CRITIQUE_PROMPT),
+        *CLIENT[:-1],
+        ("user", f"{request}\n\n{intro}\n\n{listed}\n\n{CRITIQUE_PROMPT}"),
     ]
     (synthesis,) = calls_of(backend, "synthesis")
     assert [(m.role, m.text) for m in synthesis.messages] == [
-        *CLIENT,
-        ("assistant", listed),
-        ("user", CRITIQUE_PROMPT),
-        ("assistant", CRITIQUE),
-        ("user", SYNTHESIS_PROMPT),
+        *CLIENT[:-1],
+        (
+            "user",
+            f"{request}\n\n{intro}\n\n{listed}\n\n{REVIEW_INTRO}\n\n{CRITIQUE}\n\n"
+            f"{SYNTHESIS_PROMPT}",
+        ),
     ]
+
+
+async def test_a_draft_cut_off_at_the_token_limit_is_marked_for_the_critique() -> None:
+    drafts: list[Reply] = [Completion("Step 1: 12 * 4 = 48", finish_reason="length"), "70"]
+
+    def reply(call: Call, index: int) -> Reply:
+        if kind(call) == "draft":
+            return drafts.pop(0)
+        return CRITIQUE if kind(call) == "critique" else ANSWER
+
+    backend = scripted(reply)
+    response = await chat(backend, MOA, ponder={"moa": {"drafts": 2}, "trace": True})
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    (critique,) = calls_of(backend, "critique")
+    assert f"Draft 1{CUT_OFF_MARK}: Step 1: 12 * 4 = 48\n\nDraft 2: 70" in critique.prompt
+    (step,) = trace_steps(response.json(), "drafts")
+    assert (step["drafts"], step["cut_off"]) == (["Step 1: 12 * 4 = 48", "70"], [1])
+
+
+async def test_a_conversation_without_a_user_turn_gets_the_drafts_in_one_of_its_own() -> None:
+    backend = scripted(Mixture())
+    system_only = [{"role": "system", "content": "Write a haiku about the sea."}]
+    response = await chat(backend, MOA, messages=system_only)
+    assert response.status_code == 200
+    (critique,) = calls_of(backend, "critique")
+    assert [m.role for m in critique.messages] == ["system", "user"]
+    assert critique.prompt.startswith(DRAFTS_INTRO.format(count=3))
 
 
 async def test_the_number_of_drafts_is_configurable() -> None:
@@ -132,7 +172,7 @@ async def test_the_number_of_drafts_is_configurable() -> None:
     assert len(backend.calls) == 7
     assert response.headers["x-ponder-backend-calls"] == "7"
     (critique,) = calls_of(backend, "critique")
-    assert critique.messages[-2].text == drafts_text(DRAFTS[:5])
+    assert drafts_text(finished(*DRAFTS[:5])) in critique.prompt
     assert response.json()["usage"] == usage_for(backend, mixture.replies)
 
 
@@ -145,7 +185,7 @@ async def test_native_n_draws_the_drafts_in_one_call() -> None:
     assert response.headers["x-ponder-backend-calls"] == "3"
     assert [c.n for c in backend.calls] == [3, 1, 1]
     (critique,) = calls_of(backend, "critique")
-    assert critique.messages[-2].text == drafts_text(DRAFTS[:3])
+    assert drafts_text(finished(*DRAFTS[:3])) in critique.prompt
     assert response.json()["usage"] == usage_for(backend, mixture.replies)
 
 

@@ -2,6 +2,13 @@
 model critiques them side by side, and then writes one final answer from the drafts and the
 critique; that answer streams to a streaming client.
 
+The drafts, and then the critique, go to the model inside the client's last user turn, after its
+request, with the instructions for that call; the rest of the conversation is kept as it is.
+(Given the drafts as an assistant turn of their own, Qwen2.5-Coder 1.5B did not see them as
+drafts: its critique asked for them to be provided, in 5 of 5 GSM8K items.) A draft cut off at
+the token limit is marked as such, so that the critique does not take its last line for its
+answer.
+
 Calls: `drafts` samples drawn concurrently (one call with a native-`n` backend), one critique,
 one synthesis: `drafts + 2` calls, or 3. A failed call fails the request. For the request's
 `n`, the engine runs `n` independent mixtures.
@@ -17,21 +24,26 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
-    followup,
+    cut_off,
     helper_sampling,
+    last_user_index,
     preview,
+    rewrite_last_user,
     varied,
 )
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
+DRAFTS_INTRO = "Here are {count} draft answers to my request above, written independently:"
+CUT_OFF_MARK = " (cut off at the length limit before it finished)"
 CRITIQUE_PROMPT = (
-    "Above are several draft answers to my request. For each draft, list its strengths "
-    "and its weaknesses: mistakes, gaps and unclear parts."
+    "Do not answer my request yourself yet. For each draft, check its facts, steps and "
+    "calculations, and list its strengths and its weaknesses: mistakes, gaps and unclear parts."
 )
+REVIEW_INTRO = "A review of the drafts:"
 SYNTHESIS_PROMPT = (
-    "Using the drafts and the critique above, write the one best final answer to my original "
-    "request. Reply with the answer only, without mentioning the drafts or the critique."
+    "Using the drafts and the review, write the one best answer to my request: complete, with "
+    "its working, in the form my request asks for. Do not mention the drafts or the review."
 )
 
 
@@ -41,9 +53,22 @@ class MixtureOfAgentsConfig(StrategyConfig):
     critique_tokens: int = Field(512, ge=1, description="Token limit of the critique call")
 
 
-def drafts_text(drafts: Sequence[str]) -> str:
-    """The drafts as "Draft 1: ...\\n\\nDraft 2: ..."."""
-    return "\n\n".join(f"Draft {i}: {d}" for i, d in enumerate(drafts, start=1))
+def drafts_text(drafts: Sequence[Completion]) -> str:
+    """The drafts, "Draft 1: ..." and so on, a paragraph each; one cut off at the token limit is
+    marked as such."""
+    return "\n\n".join(
+        f"Draft {i}{CUT_OFF_MARK if cut_off(d) else ''}: {d.content or ''}"
+        for i, d in enumerate(drafts, start=1)
+    )
+
+
+def after_request(messages: Sequence[Message], *blocks: str) -> list[Message]:
+    """The conversation with `blocks` added to its last user turn, after the request (or as a
+    user turn of their own when it has none)."""
+    text = "\n\n".join(blocks)
+    if last_user_index(messages) < 0:
+        return [*messages, Message("user", text)]
+    return rewrite_last_user(messages, lambda request: f"{request}\n\n{text}")
 
 
 class MixtureOfAgents:
@@ -58,17 +83,21 @@ class MixtureOfAgents:
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         sampling = varied(ctx.sampling, self.config.temperature)
-        drafts = [d.content or "" for d in await ctx.sample(messages, self.config.drafts, sampling)]
+        drafts = await ctx.sample(messages, self.config.drafts, sampling)
         for i, draft in enumerate(drafts, start=1):
-            ctx.reason(f"Draft {i}: {preview(draft, 80)}\n")
-        ctx.step("drafts", drafts=drafts)
-        # The drafts and the critique come in as assistant turns, so user and assistant turns
-        # keep alternating (some chat templates refuse two user turns in a row).
-        asked = followup(messages, drafts_text(drafts), CRITIQUE_PROMPT)
+            ctx.reason(f"Draft {i}: {preview(draft.content, 80)}\n")
+        ctx.step(
+            "drafts",
+            drafts=[d.content or "" for d in drafts],
+            cut_off=[i for i, d in enumerate(drafts, start=1) if cut_off(d)],
+        )
+        listed = (DRAFTS_INTRO.format(count=len(drafts)), drafts_text(drafts))
         (critique,) = await ctx.complete(
-            asked, helper_sampling(ctx.sampling, self.config.critique_tokens, 0.0)
+            after_request(messages, *listed, CRITIQUE_PROMPT),
+            helper_sampling(ctx.sampling, self.config.critique_tokens, 0.0),
         )
         review = critique.content or ""
         ctx.reason(f"Critique: {preview(review, 200)}\n")
         ctx.step("critique", critique=review)
-        return await ctx.final(followup(asked, review, SYNTHESIS_PROMPT), ctx.sampling)
+        synthesis = after_request(messages, *listed, REVIEW_INTRO, review, SYNTHESIS_PROMPT)
+        return await ctx.final(synthesis, ctx.sampling)
