@@ -524,3 +524,21 @@ def test_a_line_cut_by_an_interruption_is_ended_before_the_next_one(tmp_path: Pa
     writer.write_row({"item_id": "d"})
     writer.close()
     assert path.read_text().endswith('"c"}\n{"item_id": "d"}\n')
+
+
+async def test_the_in_process_server_ends_a_request_before_the_client_gives_up(
+    tmp_path: Path,
+) -> None:
+    backend = scripted(solve)
+    backend.hold()  # no call ever finishes
+    out = tmp_path / "run"
+    await run(
+        bench(out, None, limit=1, timeout=1.0, retries=0, model=MODEL),
+        progress=False,
+        backend=backend,
+    )
+    (result,) = lines(out)
+    # Ponder's 504 at 0.9 s, not the client's own timeout at 1 s
+    assert result["error"].startswith("504: ")
+    assert "deadline of 0.9 s" in result["error"]
+    assert result["correct"] is False

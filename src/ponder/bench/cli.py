@@ -67,7 +67,12 @@ def add_parser(sub: Any) -> None:
         help="learn with spl on the first N items (one at a time, with the ground truth), "
         "then evaluate the approaches on the rest; skipped when spl is not among them",
     )
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds per request (Ponder served in-process ends one at 90%% of it)",
+    )
     p.add_argument(
         "--trace",
         action="store_true",

@@ -151,6 +151,11 @@ def _meta(config: BenchConfig, model: str | None) -> dict[str, Any]:
 # --- the endpoint ----------------------------------------------------------------------------
 
 
+DEADLINE_SHARE = 0.9
+"""The in-process server's request deadline, as a share of the client's `timeout` (540 s of the
+default 600 s): a slower request fails as the item's error, with the server's own reason."""
+
+
 @asynccontextmanager
 async def endpoint(config: BenchConfig, backend: Backend | None = None) -> AsyncIterator[str]:
     """The base URL to ask: `config.base_url`, or Ponder served in-process for the run (over
@@ -164,6 +169,8 @@ async def endpoint(config: BenchConfig, backend: Backend | None = None) -> Async
 
     settings = Settings(
         database_url=f"sqlite:///{(config.out_dir / DB_FILE).resolve()}",
+        # a request ends with Ponder's 504 a little before the client gives up on it
+        deadline_s=config.timeout * DEADLINE_SHARE,
         spl_client_learning=True,
         api_keys=[],  # loopback only, for this run's client alone
     )
