@@ -26,6 +26,11 @@ from ponder.answers import extract_answer, majority_vote, normalize_number, same
         ("-3.0", "-3"),
         ("Paris.", "paris"),
         ("The final answer is  Paris ", "paris"),
+        ("Yep.", "yes"),
+        ("The answer is: True", "yes"),
+        ("Answer: incorrect", "no"),
+        ("Nope!", "no"),
+        ("Yes, because it rains", "yes, because it rains"),  # only a lone word is read
         ("", None),
         ("   ", None),
         (None, None),

@@ -179,7 +179,7 @@ def _request_validator() -> Any:
         ({"optillm_approach": "sc&re2|bon"}, False),
         ({"optillm_approach": "self_consistency|re2"}, True),
         ({"optillm_approach": ""}, True),
-        ({"ponder": {"sc": {}, "majority_voting": {}}}, False),
+        ({"ponder": {"sc": {}, "self_consistency": {}}}, False),
         ({"ponder": {"nosuch": {}}}, False),
         ({"ponder": {"sc": {"samples": 0}}}, False),
         ({"ponder": {"sc": {"samples": True}}}, False),

@@ -33,6 +33,7 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "re2": ({}, 1, 1),
     "cot_reflection": ({}, 1, 1),
     "sc": ({"samples": 3}, 1, 1),  # the 3 samples in one call
+    "majority_voting": ({"samples": 3}, 1, 1),
     "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),

@@ -307,7 +307,6 @@ async def test_reasoning_can_be_turned_off_in_a_stream() -> None:
 async def test_aliases_select_the_same_strategy() -> None:
     for model, fields in (
         (MODEL, {"optillm_approach": "self_consistency"}),
-        (f"majority_voting-{MODEL}", {}),
         (f"self_consistency-{MODEL}", {}),
     ):
         backend = scripted(list(REPLIES))
@@ -319,9 +318,43 @@ async def test_aliases_select_the_same_strategy() -> None:
 
 async def test_options_under_an_alias_reach_the_strategy() -> None:
     backend = scripted(lambda call, i: "42")
-    response = await chat(backend, SC, ponder={"majority_voting": {"samples": 3}})
+    response = await chat(backend, SC, ponder={"self_consistency": {"samples": 3}})
     assert response.status_code == 200
     assert len(backend.calls) == 3
+
+
+async def test_majority_voting_is_the_same_vote_with_six_samples_at_0_6() -> None:
+    for fields in ({"model": f"majority_voting-{MODEL}"}, {"optillm_approach": "majority_voting"}):
+        replies = [
+            "The answer is 7.",
+            "Yes, 42.",
+            "The answer is 7.",
+            "42",
+            "42",
+            "The answer is 42",
+        ]
+        backend = scripted(list(replies))
+        response = await chat(backend, **{"model": MODEL, **fields}, ponder={"trace": True})
+        body = response.json()
+        assert body["choices"][0]["message"]["content"] == "Yes, 42."
+        assert len(backend.calls) == 6
+        assert response.headers["x-ponder-backend-calls"] == "6"
+        assert {c.sampling.temperature for c in backend.calls} == {0.6}
+        (vote,) = trace_steps(body, "vote")
+        assert vote["tally"] == {"7": 2, "42": 4}
+        assert body["usage"] == usage_for(backend, replies)
+
+
+async def test_majority_voting_options_are_its_own() -> None:
+    backend = scripted(lambda call, i: "42")
+    response = await chat(
+        backend, f"majority_voting-{MODEL}", ponder={"majority_voting": {"samples": 3}}
+    )
+    assert len(backend.calls) == 3
+    response = await chat(
+        backend, f"majority_voting-{MODEL}", ponder={"majority_voting": {"samples": 65}}
+    )
+    assert_error(response, 400, param="ponder.majority_voting.samples")
 
 
 async def test_request_n_runs_independent_votes() -> None:

@@ -8,7 +8,8 @@ so that "The answer is $1,200." and "\\boxed{1200}" compare equal. In order of p
 3. the last "answer is ..." / "Answer: ..." / "final answer ..." phrase;
 4. a multiple-choice letter, written alone or as "(B)" / "B)" / "B." at the start;
 5. the last number in the text;
-6. else the whole text, lower-cased with whitespace and end punctuation normalized.
+6. else the whole text, lower-cased with whitespace and end punctuation normalized, and a lone
+   yes or no word ("yep", "true", "incorrect"...) read as "yes" or "no".
 
 Within 1-3, a phrase containing a number yields its last number; a lone letter A-J yields the
 letter; anything else yields its normalized text.
@@ -96,8 +97,17 @@ def _normalize(candidate: str) -> str:
     return _normalize_text(phrase)
 
 
+_YES = frozenset({"yes", "yeah", "yep", "true", "correct", "right"})
+_NO = frozenset({"no", "nope", "false", "incorrect", "wrong"})
+
+
 def _normalize_text(text: str) -> str:
-    return " ".join(text.lower().split()).strip(_END_PUNCT)
+    words = " ".join(text.lower().split()).strip(_END_PUNCT)
+    if words in _YES:
+        return "yes"
+    if words in _NO:
+        return "no"
+    return words
 
 
 def _last(pattern: re.Pattern[str], text: str) -> str | None:

@@ -16,13 +16,14 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
-    from ponder.strategies.sc import SelfConsistency
+    from ponder.strategies.sc import MajorityVoting, SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
 
     return [
         PassThrough,
         ReRead,
         SelfConsistency,
+        MajorityVoting,
         BestOfN,
         TreeOfThoughts,
         MixtureOfAgents,

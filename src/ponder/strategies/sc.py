@@ -33,7 +33,7 @@ class SelfConsistencyConfig(StrategyConfig):
 
 class SelfConsistency:
     slug: ClassVar[str] = "sc"
-    aliases: ClassVar[tuple[str, ...]] = ("self_consistency", "majority_voting")
+    aliases: ClassVar[tuple[str, ...]] = ("self_consistency",)
     Config: ClassVar[type[StrategyConfig]] = SelfConsistencyConfig
     draws_n: ClassVar[bool] = False
 
@@ -62,3 +62,18 @@ class SelfConsistency:
             cut_off=sum(cut_off(s) for s in samples),
         )
         return [samples[vote.first]]
+
+
+class MajorityVotingConfig(SelfConsistencyConfig):
+    samples: int = Field(6, ge=1, le=64, description="How many answers are sampled and voted on")
+    temperature: SampleTemperature = 0.6
+
+
+class MajorityVoting(SelfConsistency):
+    """`majority_voting`: the same vote as `sc`, with the defaults its name stands for elsewhere
+    (6 samples at temperature 0.6), so that a client moving its model names over gets the same
+    number of samples."""
+
+    slug: ClassVar[str] = "majority_voting"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StrategyConfig]] = MajorityVotingConfig
