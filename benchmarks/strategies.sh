@@ -8,7 +8,7 @@
 #
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
-#                                       # fixes fixes2 fixes3 spl2 small
+#                                       # fixes fixes2 fixes3 spl2 small more
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,4 +106,12 @@ if want "$target" small; then
         --no-progress --out $RUNS/gsm8k-0.5b
     PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${ARITH[@]}" --approaches none,sc \
         --no-progress --out $RUNS/arith-0.5b
+fi
+if want "$target" more; then
+    # The approaches added for drop-in model names, on the first 30 test items (none copied
+    # in). The costliest (pvg and cepo, 18 to 24 calls an item) come last.
+    with_none $RUNS/gsm8k-1.5b-more 101 130
+    $PONDER bench "${GSM[@]}" --limit 30 \
+        --approaches majority_voting,leap,rto,genselect,deepthink,mars,plansearch,cepo,pvg \
+        --no-progress --out $RUNS/gsm8k-1.5b-more
 fi
