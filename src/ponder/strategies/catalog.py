@@ -9,6 +9,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.genselect import GenSelect
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -26,6 +27,7 @@ def builtin() -> list[StrategyFactory]:
         BestOfN,
         TreeOfThoughts,
         MixtureOfAgents,
+        GenSelect,
         SelfRefine,
         CoTReflection,
         ReAct,
