@@ -17,6 +17,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
+    from ponder.strategies.rto import RoundTrip
     from ponder.strategies.sc import SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
 
@@ -28,6 +29,7 @@ def builtin() -> list[StrategyFactory]:
         TreeOfThoughts,
         MixtureOfAgents,
         GenSelect,
+        RoundTrip,
         SelfRefine,
         CoTReflection,
         ReAct,
