@@ -36,6 +36,9 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "majority_voting": ({"samples": 3}, 1, 1),
     "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
+    "genselect": ({"candidates": 2, "compare_tokens": 48}, 2, 2),  # candidates, selection
+    # answer, restatement, second answer; a judge and a reconciliation where needed
+    "rto": ({"restate_tokens": 48, "judge_tokens": 4}, 2, 5),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

@@ -9,6 +9,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.genselect import GenSelect
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -16,6 +17,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
+    from ponder.strategies.rto import RoundTrip
     from ponder.strategies.sc import MajorityVoting, SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
 
@@ -27,6 +29,8 @@ def builtin() -> list[StrategyFactory]:
         BestOfN,
         TreeOfThoughts,
         MixtureOfAgents,
+        GenSelect,
+        RoundTrip,
         SelfRefine,
         CoTReflection,
         ReAct,
