@@ -8,6 +8,7 @@ from ponder.strategies.base import StrategyFactory
 def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
+    from ponder.strategies.cepo import PlanningOptimization
     from ponder.strategies.cot_reflection import CoTReflection
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
@@ -28,6 +29,7 @@ def builtin() -> list[StrategyFactory]:
         TreeOfThoughts,
         MixtureOfAgents,
         ProverVerifierGame,
+        PlanningOptimization,
         SelfRefine,
         CoTReflection,
         ReAct,
