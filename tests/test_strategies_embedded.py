@@ -39,6 +39,10 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "genselect": ({"candidates": 2, "compare_tokens": 48}, 2, 2),  # candidates, selection
     # answer, restatement, second answer; a judge and a reconciliation where needed
     "rto": ({"restate_tokens": 48, "judge_tokens": 4}, 2, 5),
+    # per round: helpful and sneaky solutions (one call each), 4 verifier calls
+    "pvg": ({"rounds": 2, "solutions": 2, "score_tokens": 4}, 12, 12),
+    # per attempt: plan, executions (one call), refinement; then 2 ratings
+    "cepo": ({"attempts": 2, "executions": 2, "plan_tokens": 32, "score_tokens": 4}, 8, 8),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

@@ -8,11 +8,13 @@ from ponder.strategies.base import StrategyFactory
 def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
+    from ponder.strategies.cepo import PlanningOptimization
     from ponder.strategies.cot_reflection import CoTReflection
     from ponder.strategies.genselect import GenSelect
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
+    from ponder.strategies.pvg import ProverVerifierGame
     from ponder.strategies.re2 import ReRead
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
@@ -31,6 +33,8 @@ def builtin() -> list[StrategyFactory]:
         MixtureOfAgents,
         GenSelect,
         RoundTrip,
+        ProverVerifierGame,
+        PlanningOptimization,
         SelfRefine,
         CoTReflection,
         ReAct,
