@@ -36,6 +36,8 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "majority_voting": ({"samples": 3}, 1, 1),
     "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
+    # 2 agents, both passes of a solution in one call; failures improved and checked again
+    "mars": ({"agents": 2, "verify_tokens": 48}, 4, 8),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

@@ -9,6 +9,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.mars import MultiAgentReasoning
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -27,6 +28,7 @@ def builtin() -> list[StrategyFactory]:
         BestOfN,
         TreeOfThoughts,
         MixtureOfAgents,
+        MultiAgentReasoning,
         SelfRefine,
         CoTReflection,
         ReAct,
