@@ -38,6 +38,8 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
     # 2 agents, both passes of a solution in one call; failures improved and checked again
     "mars": ({"agents": 2, "verify_tokens": 48}, 4, 8),
+    # select, adapt, implement, the chains in one call, and a greedy call if they disagree
+    "deepthink": ({"chains": 2, "plan_tokens": 48}, 4, 5),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

@@ -9,6 +9,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.deepthink import DeepThink
     from ponder.strategies.mars import MultiAgentReasoning
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
@@ -31,6 +32,7 @@ def builtin() -> list[StrategyFactory]:
         MultiAgentReasoning,
         SelfRefine,
         CoTReflection,
+        DeepThink,
         ReAct,
         ReadUrls,
         SystemPromptLearning,
