@@ -43,6 +43,10 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "pvg": ({"rounds": 2, "solutions": 2, "score_tokens": 4}, 12, 12),
     # per attempt: plan, executions (one call), refinement; then 2 ratings
     "cepo": ({"attempts": 2, "executions": 2, "plan_tokens": 32, "score_tokens": 4}, 8, 8),
+    # 2 agents, both passes of a solution in one call; failures improved and checked again
+    "mars": ({"agents": 2, "verify_tokens": 48}, 4, 8),
+    # select, adapt, implement, the chains in one call, and a greedy call if they disagree
+    "deepthink": ({"chains": 2, "plan_tokens": 48}, 4, 5),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

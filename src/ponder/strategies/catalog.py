@@ -10,7 +10,9 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cepo import PlanningOptimization
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.deepthink import DeepThink
     from ponder.strategies.genselect import GenSelect
+    from ponder.strategies.mars import MultiAgentReasoning
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -35,8 +37,10 @@ def builtin() -> list[StrategyFactory]:
         RoundTrip,
         ProverVerifierGame,
         PlanningOptimization,
+        MultiAgentReasoning,
         SelfRefine,
         CoTReflection,
+        DeepThink,
         ReAct,
         ReadUrls,
         SystemPromptLearning,
