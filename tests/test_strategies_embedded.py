@@ -35,6 +35,18 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "sc": ({"samples": 3}, 1, 1),  # the 3 samples in one call
     "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
+    # observations; combinations, plans and solutions of up to 2 subsets; a selection when 2
+    "plansearch": (
+        {
+            "observations": 3,
+            "plans": 2,
+            "observation_tokens": 32,
+            "plan_tokens": 32,
+            "select_tokens": 32,
+        },
+        3,
+        8,
+    ),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

@@ -12,6 +12,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
+    from ponder.strategies.plansearch import PlanSearch
     from ponder.strategies.re2 import ReRead
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
@@ -26,6 +27,7 @@ def builtin() -> list[StrategyFactory]:
         BestOfN,
         TreeOfThoughts,
         MixtureOfAgents,
+        PlanSearch,
         SelfRefine,
         CoTReflection,
         ReAct,
