@@ -47,6 +47,19 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
         3,
         8,
     ),
+    # extraction and the answer; with an example found, its attempt, a lesson, a condensation
+    "leap": (
+        {
+            "max_examples": 1,
+            "max_principles": 2,
+            "extract_tokens": 64,
+            "attempt_tokens": 32,
+            "principle_tokens": 32,
+            "condense_tokens": 32,
+        },
+        2,
+        5,
+    ),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from ponder.errors import BackendUnavailable
@@ -123,9 +124,8 @@ def calls_of(backend: ScriptedBackend, name: str) -> list[Call]:
     return [c for c in backend.calls if kind(c) == name]
 
 
-def answer(response: object) -> str:
-    body = response.json()  # type: ignore[attr-defined]
-    content: str = body["choices"][0]["message"]["content"]
+def answer(response: httpx.Response) -> str:
+    content: str = response.json()["choices"][0]["message"]["content"]
     return content
 
 

@@ -9,6 +9,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.leap import Leap
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -28,6 +29,7 @@ def builtin() -> list[StrategyFactory]:
         TreeOfThoughts,
         MixtureOfAgents,
         PlanSearch,
+        Leap,
         SelfRefine,
         CoTReflection,
         ReAct,
