@@ -47,6 +47,31 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "mars": ({"agents": 2, "verify_tokens": 48}, 4, 8),
     # select, adapt, implement, the chains in one call, and a greedy call if they disagree
     "deepthink": ({"chains": 2, "plan_tokens": 48}, 4, 5),
+    # observations; combinations, plans and solutions of up to 2 subsets; a selection when 2
+    "plansearch": (
+        {
+            "observations": 3,
+            "plans": 2,
+            "observation_tokens": 32,
+            "plan_tokens": 32,
+            "select_tokens": 32,
+        },
+        3,
+        8,
+    ),
+    # extraction and the answer; with an example found, its attempt, a lesson, a condensation
+    "leap": (
+        {
+            "max_examples": 1,
+            "max_principles": 2,
+            "extract_tokens": 64,
+            "attempt_tokens": 32,
+            "principle_tokens": 32,
+            "condense_tokens": 32,
+        },
+        2,
+        5,
+    ),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

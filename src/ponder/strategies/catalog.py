@@ -12,10 +12,12 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.cot_reflection import CoTReflection
     from ponder.strategies.deepthink import DeepThink
     from ponder.strategies.genselect import GenSelect
+    from ponder.strategies.leap import Leap
     from ponder.strategies.mars import MultiAgentReasoning
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
+    from ponder.strategies.plansearch import PlanSearch
     from ponder.strategies.pvg import ProverVerifierGame
     from ponder.strategies.re2 import ReRead
     from ponder.strategies.react import ReAct
@@ -38,6 +40,8 @@ def builtin() -> list[StrategyFactory]:
         ProverVerifierGame,
         PlanningOptimization,
         MultiAgentReasoning,
+        PlanSearch,
+        Leap,
         SelfRefine,
         CoTReflection,
         DeepThink,
