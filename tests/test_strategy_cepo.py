@@ -11,8 +11,6 @@ from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.cepo import (
     ANSWER_INTRO,
-    CUT_OFF_MARK,
-    CUT_OFF_NOTE,
     EXECUTE_PROMPT,
     EXECUTIONS_INTRO,
     MARKER,
@@ -22,6 +20,7 @@ from ponder.strategies.cepo import (
     REFINE_PROMPT,
     split_refinement,
 )
+from ponder.strategies.showing import CUT_OFF_MARK, CUT_OFF_NOTE
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion
 from tests.conftest import (

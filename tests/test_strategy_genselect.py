@@ -9,13 +9,8 @@ import pytest
 
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
-from ponder.strategies.genselect import (
-    CANDIDATES_INTRO,
-    SELECT_PROMPT,
-    candidates_text,
-    parse_selection,
-)
-from ponder.strategies.moa import CUT_OFF_MARK
+from ponder.strategies.genselect import CANDIDATES_INTRO, SELECT_PROMPT
+from ponder.strategies.showing import CUT_OFF_MARK, numbered, selection
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion
 from tests.conftest import (
@@ -114,16 +109,16 @@ async def test_the_selected_candidate_is_returned_with_exact_calls_prompts_and_u
         assert [(m.role, m.text) for m in call.messages] == CLIENT
         s = call.sampling
         assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.7, 80, ("END",), 5)
-    (selection,) = selection_calls(backend)
+    (select_call,) = selection_calls(backend)
     listed = "\n\n".join(f"Candidate {i}: {c}" for i, c in enumerate(CANDIDATES[:4], start=1))
-    assert [(m.role, m.text) for m in selection.messages] == [
+    assert [(m.role, m.text) for m in select_call.messages] == [
         *CLIENT[:-1],
         (
             "user",
             f"{CLIENT[-1][1]}\n\n{CANDIDATES_INTRO.format(count=4)}\n\n{listed}\n\n{SELECT_PROMPT}",
         ),
     ]
-    s = selection.sampling
+    s = select_call.sampling
     assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.3, 1024, (), 5)
     assert body["usage"] == usage_for(backend, selector.replies)
     (step,) = trace_steps(body, "selection")
@@ -137,9 +132,11 @@ async def test_a_candidate_cut_off_at_the_token_limit_is_marked() -> None:
     backend = scripted(selector)
     response = await chat(backend, GENSELECT, ponder={"genselect": {"candidates": 2}})
     assert content(response.json()) == CANDIDATES[0]
-    (selection,) = selection_calls(backend)
-    assert f"Candidate 1{CUT_OFF_MARK}: 6 * 4 = 24, then 24 -\n\nCandidate 2: " in selection.prompt
-    assert candidates_text([cut, Completion("x")]) == (
+    (select_call,) = selection_calls(backend)
+    assert (
+        f"Candidate 1{CUT_OFF_MARK}: 6 * 4 = 24, then 24 -\n\nCandidate 2: " in select_call.prompt
+    )
+    assert numbered("Candidate", [cut, Completion("x")]) == (
         f"Candidate 1{CUT_OFF_MARK}: {cut.content}\n\nCandidate 2: x"
     )
 
@@ -159,8 +156,8 @@ async def test_a_candidate_cut_off_at_the_token_limit_is_marked() -> None:
         (None, 4, None),
     ],
 )
-def test_parse_selection(text: str | None, count: int, expected: int | None) -> None:
-    assert parse_selection(text, count) == expected
+def test_selection(text: str | None, count: int, expected: int | None) -> None:
+    assert selection(text, count) == expected
 
 
 async def test_an_unparseable_selection_falls_back_to_the_most_shared_answer() -> None:
@@ -261,8 +258,8 @@ async def test_options_and_client_temperature() -> None:
     assert content(response.json()) == CANDIDATES[5]
     assert len(backend.calls) == 7
     assert {c.sampling.temperature for c in backend.calls[:6]} == {1.1}
-    (selection,) = selection_calls(backend)
-    assert (selection.sampling.temperature, selection.sampling.max_tokens) == (0.0, 64)
+    (select_call,) = selection_calls(backend)
+    assert (select_call.sampling.temperature, select_call.sampling.max_tokens) == (0.0, 64)
 
 
 async def test_streams_candidates_and_selection_as_reasoning_then_the_choice() -> None:

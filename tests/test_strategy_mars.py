@@ -15,9 +15,11 @@ from ponder.strategies.mars import (
     IMPROVE_PROMPT,
     ISSUES_INTRO,
     SOLUTION_INTRO,
+    VERDICT,
+    VERDICTS,
     VERIFY_PROMPT,
-    verdict,
 )
+from ponder.strategies.showing import verdict
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion
 from tests.conftest import (
@@ -283,7 +285,7 @@ async def test_solutions_without_an_answer_return_the_first_as_it_is() -> None:
     ],
 )
 def test_verdict_lines(review: str, said: str | None) -> None:
-    assert verdict(review) == said
+    assert verdict(review, VERDICTS, VERDICT) == said
 
 
 async def test_agents_then_passes_then_improvements_are_in_flight_at_once() -> None:

@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from ponder.errors import BackendUnavailable
-from ponder.strategies.moa import CUT_OFF_MARK
 from ponder.strategies.plansearch import (
     COMBINE_PROMPT,
     OBSERVATIONS_INTRO,
@@ -18,11 +17,9 @@ from ponder.strategies.plansearch import (
     SELECT_PROMPT,
     SOLUTIONS_INTRO,
     SOLVE_PROMPT,
-    parse_list,
-    parse_selection,
-    solutions_text,
     subsets,
 )
+from ponder.strategies.showing import CUT_OFF_MARK, numbered, parse_list, selection
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion
 from tests.conftest import (
@@ -153,8 +150,8 @@ async def test_the_selected_solution_is_the_answer_with_exact_calls_and_usage() 
         [OBSERVATIONS[0], OBSERVATIONS[2], "Insight from 1+3."],
         [OBSERVATIONS[1], OBSERVATIONS[2], "Insight from 2+3."],
     ]
-    (selection,) = trace_steps(body, "selection")
-    assert (selection["selected"], selection["chosen"]) == (1, 1)
+    (step,) = trace_steps(body, "selection")
+    assert (step["selected"], step["chosen"]) == (1, 1)
 
 
 async def test_prompts_keep_the_conversation_and_carry_the_material_after_the_request() -> None:
@@ -183,9 +180,9 @@ async def test_prompts_keep_the_conversation_and_carry_the_material_after_the_re
     (select,) = calls_of(backend, "select")
     solutions = [Completion(s) for s in Search().solutions.values()]
     assert turns(select) == last_turn(
-        SOLUTIONS_INTRO.format(count=3), solutions_text(solutions), SELECT_PROMPT
+        SOLUTIONS_INTRO.format(count=3), numbered("Solution", solutions), SELECT_PROMPT
     )
-    assert solutions_text(solutions).startswith(f"Solution 1: {solutions[0].content}\n\n")
+    assert numbered("Solution", solutions).startswith(f"Solution 1: {solutions[0].content}\n\n")
 
 
 async def test_sampling_of_each_kind_of_call() -> None:
@@ -236,8 +233,8 @@ async def test_without_a_usable_selection_the_most_shared_answer_wins(verdict: s
     backend = scripted(Search(solutions=solutions, verdict=verdict))
     response = await chat(backend, PLANSEARCH, ponder={"trace": True})
     assert answer(response) == "12 - 2 = 10. The answer is 10."
-    (selection,) = trace_steps(response.json(), "selection")
-    assert (selection["selected"], selection["chosen"]) == (None, 1)
+    (step,) = trace_steps(response.json(), "selection")
+    assert (step["selected"], step["chosen"]) == (None, 1)
 
 
 async def test_with_no_usable_selection_and_no_shared_answer_the_first_wins() -> None:
@@ -432,11 +429,11 @@ def test_parsing_lists_selections_and_subsets() -> None:
     assert parse_list("  just one idea  ") == ["just one idea"]
     assert parse_list("   ") == []
     assert parse_list(None) == []
-    assert parse_selection("**Selected:** 2", 3) == 1
-    assert parse_selection("Selected: Solution 3", 3) == 2
-    assert parse_selection("selected 1, no wait.\nSelected: 2", 3) == 1
-    assert parse_selection("Selected: 4", 3) is None
-    assert parse_selection("The second one.", 3) is None
+    assert selection("**Selected:** 2", 3) == 1
+    assert selection("Selected: Solution 3", 3) == 2
+    assert selection("selected 1, no wait.\nSelected: 2", 3) == 1
+    assert selection("Selected: 4", 3) is None
+    assert selection("The second one.", 3) is None
     assert subsets(0, 3) == [()]
     assert subsets(1, 3) == [(0,)]
     assert subsets(2, 3) == [(0, 1)]

@@ -10,7 +10,6 @@ import pytest
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.pvg import (
-    CUT_OFF_NOTE,
     EARLIER_INTRO,
     HELPFUL_INSTRUCTIONS,
     IMPROVE_PROMPT,
@@ -18,6 +17,7 @@ from ponder.strategies.pvg import (
     SOLUTION_INTRO,
     VERIFY_PROMPT,
 )
+from ponder.strategies.showing import CUT_OFF_NOTE
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion
 from tests.conftest import (

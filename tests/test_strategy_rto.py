@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from ponder.errors import BackendUnavailable
-from ponder.strategies.moa import CUT_OFF_MARK
 from ponder.strategies.rto import (
     ANSWERS_INTRO,
     JUDGE_PROMPT,
@@ -16,6 +15,7 @@ from ponder.strategies.rto import (
     comparison,
     parse_verdict,
 )
+from ponder.strategies.showing import CUT_OFF_MARK
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion, ToolCall
 from tests.conftest import (

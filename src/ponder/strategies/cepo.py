@@ -2,7 +2,7 @@
 client's request, carries the plan out several times at once, then compares those executions,
 works out where they disagree, and writes a refined answer. Several attempts run at once, the
 model rates each refined answer from 0 to 10 (all at once), and the client gets the best one,
-chosen as `bon` chooses (`bon.best`): finished before `max_tokens` over cut off, then the higher
+chosen as `bon` chooses (`showing.best`): finished before `max_tokens` over cut off, then the higher
 rating, then the final answer more attempts share, then the earlier.
 
 The plan, the executions and each refined answer go to the model inside the client's last user
@@ -31,17 +31,15 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.bon import best
 from ponder.strategies.common import (
     SampleTemperature,
-    cut_off,
     helper_sampling,
     parse_score,
     preview,
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.moa import after_request
+from ponder.strategies.showing import after_request, best, marked, numbered
 from ponder.types import Completion, Message
 
 PLAN_PROMPT = (
@@ -54,7 +52,6 @@ EXECUTE_PROMPT = (
     "and end with the final answer."
 )
 EXECUTIONS_INTRO = "Here are {count} executions of the plan, written independently:"
-CUT_OFF_MARK = " (cut off at the length limit before it finished)"
 MARKER = "REFINED ANSWER:"
 REFINE_PROMPT = (
     "Compare the executions: say where they disagree with each other, with the plan or with my "
@@ -62,7 +59,6 @@ REFINE_PROMPT = (
     f"`{MARKER}` and after it the one best answer to my request: complete, with its working, in "
     "the form my request asks for, without mentioning the plan or the executions."
 )
-CUT_OFF_NOTE = "(This answer was cut off at the length limit before it finished.)"
 ANSWER_INTRO = "Here is a proposed answer to my request above:"
 RATE_PROMPT = (
     "Rate this answer from 0 (wrong or useless) to 10 (correct and complete). Reply with only "
@@ -93,21 +89,6 @@ def split_refinement(text: str) -> tuple[str, str]:
         return "", text.strip()
     before, after = text[: found[-1].start()].strip(), text[found[-1].end() :].strip()
     return (before, after) if after else ("", before)
-
-
-def listed(executions: Sequence[Completion]) -> str:
-    """The executions, as "Execution 1: ..." and so on, a paragraph each; one cut off at the
-    token limit is marked as such."""
-    return "\n\n".join(
-        f"Execution {i}{CUT_OFF_MARK if cut_off(e) else ''}: {e.content or ''}"
-        for i, e in enumerate(executions, start=1)
-    )
-
-
-def shown(answer: Completion) -> str:
-    """An answer as the rating call sees it: one cut off at the token limit is marked."""
-    text = answer.content or ""
-    return f"{CUT_OFF_NOTE}\n\n{text}" if cut_off(answer) else text
 
 
 class PlanningOptimization:
@@ -154,7 +135,9 @@ class PlanningOptimization:
             ctx.reason(f"Attempt {number} execution {i}: {preview(execution.content, 60)}\n")
         intro = EXECUTIONS_INTRO.format(count=len(executions))
         (refined,) = await ctx.complete(
-            after_request(messages, *with_plan, intro, listed(executions), REFINE_PROMPT),
+            after_request(
+                messages, *with_plan, intro, numbered("Execution", executions), REFINE_PROMPT
+            ),
             ctx.sampling,
         )
         review, answer = split_refinement(refined.content or "")
@@ -179,7 +162,7 @@ class PlanningOptimization:
         replies = await gather(
             [
                 ctx.complete(
-                    after_request(messages, ANSWER_INTRO, shown(a), RATE_PROMPT),
+                    after_request(messages, ANSWER_INTRO, marked(a), RATE_PROMPT),
                     scoring,
                 )
                 for a in answers

@@ -38,7 +38,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext
-from ponder.strategies.moa import after_request
+from ponder.strategies.showing import after_request
 from ponder.types import Completion, Message
 
 MODULES: tuple[tuple[str, str], ...] = (

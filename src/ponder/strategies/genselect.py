@@ -8,7 +8,7 @@ The candidates go to the model inside the client's last user turn, after its req
 instructions for the selection; the rest of the conversation is kept as it is. A candidate cut
 off at the token limit is marked as such. With `selections` above 1, that many selections are
 sampled at once and the candidate picked most often wins (a tie goes to the pick made first).
-When no selection names a valid candidate, the answer falls back to `bon`'s order with no
+When no selection names a valid candidate, the answer falls back to `showing.best`'s order with no
 scores: a candidate that finished over one cut off, then the one whose final answer most
 candidates share, then the first.
 
@@ -20,7 +20,6 @@ at the defaults (5), or 2 with native `n`. A failed call fails the request. For 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -28,7 +27,6 @@ from pydantic import Field
 
 from ponder.answers import majority_vote
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.bon import best
 from ponder.strategies.common import (
     SampleTemperature,
     cut_off,
@@ -37,7 +35,7 @@ from ponder.strategies.common import (
     varied,
 )
 from ponder.strategies.context import RequestContext
-from ponder.strategies.moa import CUT_OFF_MARK, after_request
+from ponder.strategies.showing import after_request, best, numbered, selection
 from ponder.types import Completion, Message
 
 CANDIDATES_INTRO = "Here are {count} candidate answers to my request above, written independently:"
@@ -47,7 +45,6 @@ SELECT_PROMPT = (
     "decide which candidate answers my request best. End with one last line, `Selected: N`, "
     "where N is the number of that candidate."
 )
-_SELECTED = re.compile(r"\bselected[^\w\n]*(?:candidate[^\w\n]*)?(\d+)", re.IGNORECASE)
 
 
 class GenSelectConfig(StrategyConfig):
@@ -66,25 +63,6 @@ class GenSelectConfig(StrategyConfig):
         description="How many selections are sampled at once; the candidate picked most often "
         "wins (use a compare_temperature above 0 for more than 1)",
     )
-
-
-def candidates_text(candidates: Sequence[Completion]) -> str:
-    """The candidates, "Candidate 1: ..." and so on, a paragraph each; one cut off at the token
-    limit is marked as such."""
-    return "\n\n".join(
-        f"Candidate {i}{CUT_OFF_MARK if cut_off(c) else ''}: {c.content or ''}"
-        for i, c in enumerate(candidates, start=1)
-    )
-
-
-def parse_selection(text: str | None, count: int) -> int | None:
-    """The candidate a selection names on its last `Selected: N` line, as a 0-based index; None
-    when it names none, or a number outside 1..count."""
-    found = _SELECTED.findall(text or "")
-    if not found:
-        return None
-    number = int(found[-1])
-    return number - 1 if 1 <= number <= count else None
 
 
 class GenSelect:
@@ -111,15 +89,15 @@ class GenSelect:
         prompt = after_request(
             messages,
             CANDIDATES_INTRO.format(count=len(candidates)),
-            candidates_text(candidates),
+            numbered("Candidate", candidates),
             SELECT_PROMPT,
         )
         judging = helper_sampling(ctx.sampling, config.compare_tokens, config.compare_temperature)
         selections = await ctx.sample(prompt, config.selections, judging)
-        picks = [parse_selection(s.content, len(candidates)) for s in selections]
-        for selection, pick in zip(selections, picks, strict=True):
+        picks = [selection(s.content, len(candidates)) for s in selections]
+        for reply, pick in zip(selections, picks, strict=True):
             named = f"candidate {pick + 1}" if pick is not None else "no valid candidate"
-            ctx.reason(f"Selection ({named}): {preview(selection.content, 200)}\n")
+            ctx.reason(f"Selection ({named}): {preview(reply.content, 200)}\n")
         vote = majority_vote([None if p is None else str(p) for p in picks])
         fallback = vote.winner is None
         if vote.winner is None:

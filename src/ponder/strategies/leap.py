@@ -48,8 +48,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.moa import after_request
-from ponder.strategies.plansearch import numbered, parse_list
+from ponder.strategies.showing import after_request, listing, parse_list
 from ponder.types import Completion, Message
 
 EXTRACT_PROMPT = (
@@ -167,7 +166,7 @@ class Leap:
                 ctx.reason("No mistakes to learn from: answering directly\n")
             return await ctx.final(messages, ctx.sampling)
         principles = await self._condense(ctx, lessons)
-        taught = with_system(messages, f"{PRINCIPLES_INTRO}\n{numbered(principles)}")
+        taught = with_system(messages, f"{PRINCIPLES_INTRO}\n{listing(principles)}")
         return await ctx.final(taught, ctx.sampling)
 
     async def _examples(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Example]:
@@ -238,7 +237,7 @@ class Leap:
         """High-level principles from the lessons (the lessons themselves when unparseable)."""
         cfg = self.config
         prompt = "\n\n".join(
-            (LESSONS_INTRO, numbered(lessons), CONDENSE_PROMPT.format(count=cfg.max_principles))
+            (LESSONS_INTRO, listing(lessons), CONDENSE_PROMPT.format(count=cfg.max_principles))
         )
         (condensed,) = await ctx.complete(
             [Message("user", prompt)], helper_sampling(ctx.sampling, cfg.condense_tokens, 0.0)

@@ -33,12 +33,13 @@ from ponder.answers import majority_vote
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import helper_sampling, preview, voice
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.moa import after_request
+from ponder.strategies.showing import after_request, verdict
 from ponder.types import Completion, Message
 
 VERDICT = "VERDICT:"
 CORRECT = "CORRECT"
 INCORRECT = "INCORRECT"
+VERDICTS = (INCORRECT, CORRECT)
 PASSES = 2
 
 SOLUTION_INTRO = "A proposed solution to my request above:"
@@ -97,20 +98,6 @@ class Check:
         """The reviews of the passes that did not say CORRECT, a paragraph each."""
         failed = [r for r, ok in zip(self.reviews, self.correct, strict=True) if not ok]
         return "\n\n".join(r.strip() or "(the reviewer gave no details)" for r in failed)
-
-
-def verdict(review: str) -> str | None:
-    """The review's verdict, CORRECT or INCORRECT, from its last `VERDICT:` line; None when it
-    has none."""
-    for line in reversed(review.splitlines()):
-        text = line.upper().strip(" .!*`#\"'")
-        if text.startswith(VERDICT):
-            said = text.removeprefix(VERDICT).strip(" .!*`\"'")
-            for word in (INCORRECT, CORRECT):
-                if said.startswith(word):
-                    return word
-            return None
-    return None
 
 
 def temperatures(config: MultiAgentReasoningConfig) -> list[float]:
@@ -188,7 +175,7 @@ class MultiAgentReasoning:
         checks = [
             Check(
                 tuple(p.content or "" for p in reviews),
-                tuple(verdict(p.content or "") for p in reviews),
+                tuple(verdict(p.content or "", VERDICTS, VERDICT) for p in reviews),
             )
             for reviews in passes
         ]

@@ -9,7 +9,9 @@ many answers that tend to repeat one idea, the search varies the idea first:
 3. each subset, with its combined observation, becomes a plan in plain words, all at once;
 4. a solution is written from each plan, all at once, with the client's sampling;
 5. the model compares the solutions and ends with a line `Selected: k`. Without a usable line,
-   the solution whose final answer most solutions share is chosen (the first among equals).
+   the solution is chosen as `showing.best` chooses with no scores: one that finished over one
+   cut off at the token limit, then the one whose final answer most solutions share, then the
+   first.
 
 The client gets the chosen solution's full text, as written. The observations, the plans and
 the material of each step go to the model inside the client's last user turn, after its request;
@@ -24,8 +26,6 @@ request. For the request's `n`, the engine runs `n` independent searches.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Sequence
 from itertools import chain, combinations, islice
 from typing import ClassVar
@@ -33,15 +33,9 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import (
-    SampleTemperature,
-    cut_off,
-    helper_sampling,
-    preview,
-    voice,
-)
+from ponder.strategies.common import SampleTemperature, helper_sampling, preview
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.moa import CUT_OFF_MARK, after_request
+from ponder.strategies.showing import after_request, best, listing, numbered, parse_list, selection
 from ponder.types import Completion, Message
 
 OBSERVE_PROMPT = (
@@ -72,9 +66,6 @@ SELECT_PROMPT = (
     '"Selected: k", where k is the number of the best solution.'
 )
 
-_LIST_ITEM = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s+(.*\S)")
-_SELECTED = re.compile(r"selected[^\w\n]*(?:solution[^\w\n]*)?(\d+)", re.IGNORECASE)
-
 
 class PlanSearchConfig(StrategyConfig):
     observations: int = Field(
@@ -95,21 +86,6 @@ class PlanSearchConfig(StrategyConfig):
     select_tokens: int = Field(512, ge=1, description="Token limit of the selection call")
 
 
-def parse_list(text: str | None) -> list[str]:
-    """The items of a numbered or bulleted list in `text`; with no list, the whole text as one
-    item (none when it is empty)."""
-    items = [m.group(1) for line in (text or "").splitlines() if (m := _LIST_ITEM.match(line))]
-    if items:
-        return items
-    whole = (text or "").strip()
-    return [whole] if whole else []
-
-
-def numbered(items: Sequence[str]) -> str:
-    """`items` as a numbered list, one a line."""
-    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
-
-
 def subsets(count: int, limit: int) -> list[tuple[int, ...]]:
     """The indices of the observations each plan starts from: the first `limit` pairs, then
     triples and so on; with fewer than two observations, the one set of all of them."""
@@ -117,32 +93,6 @@ def subsets(count: int, limit: int) -> list[tuple[int, ...]]:
         return [tuple(range(count))]
     by_size = (combinations(range(count), size) for size in range(2, count + 1))
     return list(islice(chain.from_iterable(by_size), limit))
-
-
-def parse_selection(text: str | None, count: int) -> int | None:
-    """The 0-based index named by the last `Selected: k` line of `text`, when 1 <= k <= count."""
-    found = _SELECTED.findall(text or "")
-    if not found:
-        return None
-    k = int(found[-1])
-    return k - 1 if 1 <= k <= count else None
-
-
-def most_shared(solutions: Sequence[Completion]) -> int:
-    """The index of the solution whose final answer most solutions share (the first among
-    equals; a solution cut off at the token limit has no answer)."""
-    answers = [voice(s) for s in solutions]
-    support = Counter(a for a in answers if a is not None)
-    shared = [support[a] if a is not None else 0 for a in answers]
-    return max(range(len(solutions)), key=lambda i: (shared[i], -i))
-
-
-def solutions_text(solutions: Sequence[Completion]) -> str:
-    """The solutions, "Solution 1: ..." and so on; one cut off at the token limit is marked."""
-    return "\n\n".join(
-        f"Solution {i}{CUT_OFF_MARK if cut_off(s) else ''}: {s.content or ''}"
-        for i, s in enumerate(solutions, start=1)
-    )
 
 
 class PlanSearch:
@@ -173,7 +123,7 @@ class PlanSearch:
         combined = await gather(
             [
                 ctx.complete(
-                    after_request(messages, OBSERVATIONS_INTRO, numbered(g), COMBINE_PROMPT),
+                    after_request(messages, OBSERVATIONS_INTRO, listing(g), COMBINE_PROMPT),
                     noting,
                 )
                 for g in groups
@@ -210,25 +160,26 @@ class PlanSearch:
     def _plan_prompt(messages: Sequence[Message], note: Sequence[str]) -> list[Message]:
         if not note:
             return after_request(messages, PLAN_PROMPT)
-        return after_request(messages, OBSERVATIONS_INTRO, numbered(note), PLAN_PROMPT)
+        return after_request(messages, OBSERVATIONS_INTRO, listing(note), PLAN_PROMPT)
 
     async def _select(
         self, ctx: RequestContext, messages: Sequence[Message], solutions: Sequence[Completion]
     ) -> int:
-        """The index of the solution the model selects, else of the most shared answer."""
+        """The index of the solution the model selects, else the best by `showing.best` with no
+        scores (finished first, then the most shared answer, then the first)."""
         if len(solutions) == 1:
             return 0
         prompt = after_request(
             messages,
             SOLUTIONS_INTRO.format(count=len(solutions)),
-            solutions_text(solutions),
+            numbered("Solution", solutions),
             SELECT_PROMPT,
         )
         (verdict,) = await ctx.complete(
             prompt, helper_sampling(ctx.sampling, self.config.select_tokens, 0.0)
         )
-        selected = parse_selection(verdict.content, len(solutions))
-        chosen = most_shared(solutions) if selected is None else selected
+        selected = selection(verdict.content, len(solutions))
+        chosen = best(solutions, [0.0] * len(solutions)) if selected is None else selected
         how = "by the model" if selected is not None else "by shared answer"
         ctx.reason(f"Selected solution {chosen + 1} ({how})\n")
         ctx.step("selection", verdict=verdict.content or "", selected=selected, chosen=chosen)

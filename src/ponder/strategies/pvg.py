@@ -6,7 +6,7 @@ prover is shown the best-rated helpful solution so far and asked for an improved
 client gets the best helpful solution of all rounds; sneaky solutions are never returned (they
 are the verifier's test: the trace keeps their ratings beside the helpful ones).
 
-The best helpful solution is chosen as `bon` chooses (`bon.best`): one that finished before
+The best helpful solution is chosen as `bon` chooses (`showing.best`): one that finished before
 `max_tokens` over one cut off, then the higher rating, then the final answer more helpful
 solutions share, then the earlier. Each solution goes to the verifier inside the client's last
 user turn, after its request; one cut off at the token limit is marked as such. The rest of the
@@ -28,10 +28,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.bon import best
 from ponder.strategies.common import (
     SampleTemperature,
-    cut_off,
     helper_sampling,
     parse_score,
     preview,
@@ -39,7 +37,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.moa import after_request
+from ponder.strategies.showing import after_request, best, marked
 from ponder.types import Completion, Message
 
 HELPFUL_INSTRUCTIONS = (
@@ -56,7 +54,6 @@ IMPROVE_PROMPT = (
     "mistake, and make each step clear and easy to verify. Give the full solution, not a "
     "comment on the earlier one."
 )
-CUT_OFF_NOTE = "(This solution was cut off at the length limit before it finished.)"
 SOLUTION_INTRO = "Here is a proposed solution to my request above:"
 VERIFY_PROMPT = (
     "Some proposed solutions contain a subtle mistake. Check this one and rate how likely it is "
@@ -73,12 +70,6 @@ class ProverVerifierConfig(StrategyConfig):
     )
     temperature: SampleTemperature = 0.7
     score_tokens: int = Field(8, ge=1, description="Token limit of each verifier call")
-
-
-def shown(solution: Completion) -> str:
-    """A solution as the verifier or the next prover sees it: a cut-off one is marked."""
-    text = solution.content or ""
-    return f"{CUT_OFF_NOTE}\n\n{text}" if cut_off(solution) else text
 
 
 class ProverVerifierGame:
@@ -104,7 +95,7 @@ class ProverVerifierGame:
                 leader = best(helpful, scores)
                 ctx.reason(f"Round {round_no} improves on helpful solution {leader + 1}\n")
                 prompt = after_request(
-                    helpful_prompt, EARLIER_INTRO, shown(helpful[leader]), IMPROVE_PROMPT
+                    helpful_prompt, EARLIER_INTRO, marked(helpful[leader]), IMPROVE_PROMPT
                 )
             drawn, sneaky = await gather(
                 [
@@ -144,7 +135,7 @@ class ProverVerifierGame:
         replies = await gather(
             [
                 ctx.complete(
-                    after_request(messages, SOLUTION_INTRO, shown(s), VERIFY_PROMPT), scoring
+                    after_request(messages, SOLUTION_INTRO, marked(s), VERIFY_PROMPT), scoring
                 )
                 for s in solutions
             ]

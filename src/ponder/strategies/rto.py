@@ -34,9 +34,9 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import cut_off, followup, helper_sampling, preview, voice
+from ponder.strategies.common import followup, helper_sampling, preview, voice
 from ponder.strategies.context import RequestContext
-from ponder.strategies.moa import CUT_OFF_MARK, after_request
+from ponder.strategies.showing import after_request, numbered
 from ponder.types import Completion, Message
 
 RESTATE_PROMPT = (
@@ -79,15 +79,6 @@ def system_prompt(messages: Sequence[Message]) -> list[Message]:
             break
         kept.append(message)
     return kept
-
-
-def answers_text(first: Completion, second: Completion) -> str:
-    """The two answers, "Answer 1: ..." and "Answer 2: ...", a paragraph each; one cut off at
-    the token limit is marked as such."""
-    return "\n\n".join(
-        f"Answer {i}{CUT_OFF_MARK if cut_off(a) else ''}: {a.content or ''}"
-        for i, a in enumerate((first, second), start=1)
-    )
 
 
 def comparison(first: Completion, second: Completion) -> bool | None:
@@ -147,7 +138,9 @@ class RoundTrip:
         if judged:
             judging = helper_sampling(ctx.sampling, config.judge_tokens, 0.0)
             (verdict,) = await ctx.complete(
-                after_request(messages, ANSWERS_INTRO, answers_text(first, second), JUDGE_PROMPT),
+                after_request(
+                    messages, ANSWERS_INTRO, numbered("Answer", (first, second)), JUDGE_PROMPT
+                ),
                 judging,
             )
             agree = parse_verdict(verdict.content)
@@ -158,6 +151,6 @@ class RoundTrip:
             return [first]
         ctx.reason("The answers disagree: reconciling them\n")
         reconcile = after_request(
-            messages, ANSWERS_INTRO, answers_text(first, second), RECONCILE_PROMPT
+            messages, ANSWERS_INTRO, numbered("Answer", (first, second)), RECONCILE_PROMPT
         )
         return await ctx.final(reconcile, ctx.sampling)
