@@ -36,6 +36,42 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "majority_voting": ({"samples": 3}, 1, 1),
     "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
+    "genselect": ({"candidates": 2, "compare_tokens": 48}, 2, 2),  # candidates, selection
+    # answer, restatement, second answer; a judge and a reconciliation where needed
+    "rto": ({"restate_tokens": 48, "judge_tokens": 4}, 2, 5),
+    # per round: helpful and sneaky solutions (one call each), 4 verifier calls
+    "pvg": ({"rounds": 2, "solutions": 2, "score_tokens": 4}, 12, 12),
+    # per attempt: plan, executions (one call), refinement; then 2 ratings
+    "cepo": ({"attempts": 2, "executions": 2, "plan_tokens": 32, "score_tokens": 4}, 8, 8),
+    # 2 agents, both passes of a solution in one call; failures improved and checked again
+    "mars": ({"agents": 2, "verify_tokens": 48}, 4, 8),
+    # select, adapt, implement, the chains in one call, and a greedy call if they disagree
+    "deepthink": ({"chains": 2, "plan_tokens": 48}, 4, 5),
+    # observations; combinations, plans and solutions of up to 2 subsets; a selection when 2
+    "plansearch": (
+        {
+            "observations": 3,
+            "plans": 2,
+            "observation_tokens": 32,
+            "plan_tokens": 32,
+            "select_tokens": 32,
+        },
+        3,
+        8,
+    ),
+    # extraction and the answer; with an example found, its attempt, a lesson, a condensation
+    "leap": (
+        {
+            "max_examples": 1,
+            "max_principles": 2,
+            "extract_tokens": 64,
+            "attempt_tokens": 32,
+            "principle_tokens": 32,
+            "condense_tokens": 32,
+        },
+        2,
+        5,
+    ),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),

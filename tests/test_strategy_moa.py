@@ -8,14 +8,8 @@ import pytest
 
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
-from ponder.strategies.moa import (
-    CRITIQUE_PROMPT,
-    CUT_OFF_MARK,
-    DRAFTS_INTRO,
-    REVIEW_INTRO,
-    SYNTHESIS_PROMPT,
-    drafts_text,
-)
+from ponder.strategies.moa import CRITIQUE_PROMPT, DRAFTS_INTRO, REVIEW_INTRO, SYNTHESIS_PROMPT
+from ponder.strategies.showing import CUT_OFF_MARK, numbered
 from ponder.testing import Call, Reply, ScriptedBackend
 from ponder.types import Completion
 from tests.conftest import (
@@ -117,7 +111,7 @@ async def test_prompts_keep_the_conversation_and_carry_drafts_and_critique() -> 
     await chat(backend, MOA, messages=CONVERSATION)
     for call in calls_of(backend, "draft"):
         assert [(m.role, m.text) for m in call.messages] == CLIENT
-    listed = drafts_text(finished(*DRAFTS[:3]))
+    listed = numbered("Draft", finished(*DRAFTS[:3]))
     assert listed == "\n\n".join(f"Draft {i}: {d}" for i, d in enumerate(DRAFTS[:3], start=1))
     request = CLIENT[-1][1]
     intro = DRAFTS_INTRO.format(count=3)
@@ -172,7 +166,7 @@ async def test_the_number_of_drafts_is_configurable() -> None:
     assert len(backend.calls) == 7
     assert response.headers["x-ponder-backend-calls"] == "7"
     (critique,) = calls_of(backend, "critique")
-    assert drafts_text(finished(*DRAFTS[:5])) in critique.prompt
+    assert numbered("Draft", finished(*DRAFTS[:5])) in critique.prompt
     assert response.json()["usage"] == usage_for(backend, mixture.replies)
 
 
@@ -185,7 +179,7 @@ async def test_native_n_draws_the_drafts_in_one_call() -> None:
     assert response.headers["x-ponder-backend-calls"] == "3"
     assert [c.n for c in backend.calls] == [3, 1, 1]
     (critique,) = calls_of(backend, "critique")
-    assert drafts_text(finished(*DRAFTS[:3])) in critique.prompt
+    assert numbered("Draft", finished(*DRAFTS[:3])) in critique.prompt
     assert response.json()["usage"] == usage_for(backend, mixture.replies)
 
 

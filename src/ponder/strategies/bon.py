@@ -1,5 +1,5 @@
 """`bon`: best-of-n. Several candidate answers are sampled from the client's conversation, the
-model rates each one from 0 to 10, and the client gets the best candidate (`best`): one that
+model rates each one from 0 to 10, and the client gets the best candidate (`showing.best`): one that
 finished before `max_tokens` over one cut off, then the best-rated. A tie goes to the candidate
 whose final answer most candidates share, then to the first. The model's own rating is a weak
 judge: on GSM8K the 1.5B rated all three candidates 10 in 15 of 20 problems, where a tie to
@@ -13,7 +13,6 @@ call fails the request. For the request's `n`, the engine runs `n` independent s
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -22,14 +21,13 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
-    cut_off,
     followup,
     helper_sampling,
     parse_score,
     varied,
-    voice,
 )
 from ponder.strategies.context import RequestContext, gather
+from ponder.strategies.showing import best
 from ponder.types import Completion, Message
 
 SCORE_PROMPT = (
@@ -71,16 +69,3 @@ class BestOfN:
         chosen = best(candidates, scores)
         ctx.step("scores", scores=scores, best=chosen)
         return [candidates[chosen]]
-
-
-def best(candidates: Sequence[Completion], scores: Sequence[float]) -> int:
-    """The index of the best candidate: finished over cut off at `max_tokens`, then the higher
-    score, then the final answer more candidates share, then the earlier."""
-    answers = [voice(c) for c in candidates]
-    support = Counter(a for a in answers if a is not None)
-
-    def rank(i: int) -> tuple[bool, float, int, int]:
-        answer = answers[i]
-        return (not cut_off(candidates[i]), scores[i], support[answer] if answer else 0, -i)
-
-    return max(range(len(candidates)), key=rank)

@@ -8,14 +8,22 @@ from ponder.strategies.base import StrategyFactory
 def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
+    from ponder.strategies.cepo import PlanningOptimization
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.deepthink import DeepThink
+    from ponder.strategies.genselect import GenSelect
+    from ponder.strategies.leap import Leap
+    from ponder.strategies.mars import MultiAgentReasoning
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
+    from ponder.strategies.plansearch import PlanSearch
+    from ponder.strategies.pvg import ProverVerifierGame
     from ponder.strategies.re2 import ReRead
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
+    from ponder.strategies.rto import RoundTrip
     from ponder.strategies.sc import MajorityVoting, SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
 
@@ -27,8 +35,16 @@ def builtin() -> list[StrategyFactory]:
         BestOfN,
         TreeOfThoughts,
         MixtureOfAgents,
+        GenSelect,
+        RoundTrip,
+        ProverVerifierGame,
+        PlanningOptimization,
+        MultiAgentReasoning,
+        PlanSearch,
+        Leap,
         SelfRefine,
         CoTReflection,
+        DeepThink,
         ReAct,
         ReadUrls,
         SystemPromptLearning,

@@ -22,20 +22,12 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import (
-    SampleTemperature,
-    cut_off,
-    helper_sampling,
-    last_user_index,
-    preview,
-    rewrite_last_user,
-    varied,
-)
+from ponder.strategies.common import SampleTemperature, cut_off, helper_sampling, preview, varied
 from ponder.strategies.context import RequestContext
+from ponder.strategies.showing import after_request, numbered
 from ponder.types import Completion, Message
 
 DRAFTS_INTRO = "Here are {count} draft answers to my request above, written independently:"
-CUT_OFF_MARK = " (cut off at the length limit before it finished)"
 CRITIQUE_PROMPT = (
     "Do not answer my request yourself yet. For each draft, check its facts, steps and "
     "calculations, and list its strengths and its weaknesses: mistakes, gaps and unclear parts."
@@ -51,24 +43,6 @@ class MixtureOfAgentsConfig(StrategyConfig):
     drafts: int = Field(3, ge=2, le=8, description="How many draft answers are sampled")
     temperature: SampleTemperature = 0.7
     critique_tokens: int = Field(512, ge=1, description="Token limit of the critique call")
-
-
-def drafts_text(drafts: Sequence[Completion]) -> str:
-    """The drafts, "Draft 1: ..." and so on, a paragraph each; one cut off at the token limit is
-    marked as such."""
-    return "\n\n".join(
-        f"Draft {i}{CUT_OFF_MARK if cut_off(d) else ''}: {d.content or ''}"
-        for i, d in enumerate(drafts, start=1)
-    )
-
-
-def after_request(messages: Sequence[Message], *blocks: str) -> list[Message]:
-    """The conversation with `blocks` added to its last user turn, after the request (or as a
-    user turn of their own when it has none)."""
-    text = "\n\n".join(blocks)
-    if last_user_index(messages) < 0:
-        return [*messages, Message("user", text)]
-    return rewrite_last_user(messages, lambda request: f"{request}\n\n{text}")
 
 
 class MixtureOfAgents:
@@ -91,7 +65,7 @@ class MixtureOfAgents:
             drafts=[d.content or "" for d in drafts],
             cut_off=[i for i, d in enumerate(drafts, start=1) if cut_off(d)],
         )
-        listed = (DRAFTS_INTRO.format(count=len(drafts)), drafts_text(drafts))
+        listed = (DRAFTS_INTRO.format(count=len(drafts)), numbered("Draft", drafts))
         (critique,) = await ctx.complete(
             after_request(messages, *listed, CRITIQUE_PROMPT),
             helper_sampling(ctx.sampling, self.config.critique_tokens, 0.0),

@@ -4,8 +4,9 @@ redoing its calculations, and ends with a verdict line: `VERDICT: NO ISSUES` end
 with the current answer, `VERDICT: FIX` asks for a revision. (A critique asked only for its
 problems, or for a bare "NO ISSUES", said NO ISSUES to all of 50 GSM8K answers of
 Qwen2.5-Coder 1.5B, 21 of them wrong; the check now comes first, so that the verdict rests on
-it.) Without a verdict line, a critique that is the bare marker or was cut
-off by its token limit changes nothing, and any other is read as a list of problems.
+it.) The last verdict line counts. Without one that names NO ISSUES or FIX, a critique that is
+the bare marker or was cut off by its token limit changes nothing, and any other is read as a
+list of problems.
 
 Backend calls, one after another (each depends on the previous one): the draft, then per round
 a critique and a revision, so `1 + 2 * rounds` when every critique finds something, and `2k`
@@ -25,11 +26,13 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import cut_off, followup, helper_sampling, preview
 from ponder.strategies.context import RequestContext
+from ponder.strategies.showing import verdict
 from ponder.types import Completion, Message
 
 NO_ISSUES = "NO ISSUES"
 FIX = "FIX"
 VERDICT = "VERDICT:"
+VERDICTS = (NO_ISSUES, FIX)
 
 CRITIQUE_PROMPT = (
     "Check your answer above against my original request, one step at a time: say what each "
@@ -81,7 +84,13 @@ class SelfRefine:
             notes = (critique.content or "").strip()
             ctx.reason(f"Critique {r}: {preview(notes, PREVIEW_CHARS)}\n")
             revise = needs_fix(notes, cut=cut_off(critique))
-            ctx.step("critique", round=r, critique=notes, verdict=verdict(notes), revise=revise)
+            ctx.step(
+                "critique",
+                round=r,
+                critique=notes,
+                verdict=verdict(notes, VERDICTS, VERDICT),
+                revise=revise,
+            )
             if not revise:
                 return [current]
 
@@ -95,23 +104,11 @@ class SelfRefine:
         return [current]
 
 
-def verdict(critique: str) -> str | None:
-    """The critique's last verdict: FIX or NO_ISSUES, or None when it has no verdict line."""
-    for line in reversed(critique.splitlines()):
-        text = line.upper().strip(" .!*`#\"'")
-        if text.startswith(VERDICT):
-            word = text.removeprefix(VERDICT).strip(" .!*`\"'")
-            for said in (NO_ISSUES, FIX):
-                if word.startswith(said):
-                    return said
-    return None
-
-
 def needs_fix(critique: str, *, cut: bool = False) -> bool:
-    """Whether a critique asks for a revision: its verdict line when it has one; else not when
-    it is the bare NO_ISSUES marker (not merely "no issues with X") or was cut off before it
-    finished, and yes otherwise (a list of problems)."""
-    said = verdict(critique)
+    """Whether a critique asks for a revision: its last verdict line when that names NO ISSUES or
+    FIX; else not when it is the bare NO_ISSUES marker (not merely "no issues with X") or was
+    cut off before it finished, and yes otherwise (a list of problems)."""
+    said = verdict(critique, VERDICTS, VERDICT)
     if said is not None:
         return said == FIX
     bare = critique.upper().strip(" .!*`\"'\n").startswith(NO_ISSUES) and len(critique) < 40

@@ -1,0 +1,108 @@
+"""How a strategy shows the model its own earlier outputs (drafts, candidates, solutions,
+reviews) and reads the model's judgement of them back.
+
+- The material goes inside the client's last user turn, after its request (`after_request`),
+  with the call's instructions after it; the rest of the conversation is kept as it is. Given
+  drafts as an assistant turn of their own, Qwen2.5-Coder 1.5B did not see them as drafts (its
+  critique asked for them to be provided, in 5 of 5 GSM8K items).
+- Several outputs are numbered, "Draft 1: ..." and so on, a paragraph each (`numbered`); one
+  output alone is shown as it is (`marked`). Either way an output cut off at the token limit
+  says so, so that its last line is not taken for its answer.
+- The model's judgement comes back on a last line: `Selected: N` (`selection`) or a verdict
+  such as `VERDICT: FIX` (`verdict`).
+- When the model's judgement cannot tell outputs apart, `best` ranks them by what is known
+  without it.
+- A list the model writes (observations, principles) is read back item by item (`parse_list`),
+  and a list of short items is shown to it numbered, one a line (`listing`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from ponder.strategies.common import cut_off, last_user_index, rewrite_last_user, voice
+from ponder.types import Completion, Message
+
+CUT_OFF_MARK = " (cut off at the length limit before it finished)"
+CUT_OFF_NOTE = "(Cut off at the length limit before it finished.)"
+
+_SELECTED = re.compile(r"\bselected[^\w\n]*(?:[a-z]+[^\w\n]*)?(\d+)", re.IGNORECASE)
+_DECORATION = " .!*`#\"'"
+_LIST_ITEM = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s+(.*\S)")
+
+
+def after_request(messages: Sequence[Message], *blocks: str) -> list[Message]:
+    """The conversation with `blocks` added to its last user turn, after the request (or as a
+    user turn of their own when it has none)."""
+    text = "\n\n".join(blocks)
+    if last_user_index(messages) < 0:
+        return [*messages, Message("user", text)]
+    return rewrite_last_user(messages, lambda request: f"{request}\n\n{text}")
+
+
+def numbered(label: str, outputs: Sequence[Completion]) -> str:
+    """The outputs as "<label> 1: ...", "<label> 2: ..." and so on, a paragraph each; one cut
+    off at the token limit is marked as such."""
+    return "\n\n".join(
+        f"{label} {i}{CUT_OFF_MARK if cut_off(o) else ''}: {o.content or ''}"
+        for i, o in enumerate(outputs, start=1)
+    )
+
+
+def marked(output: Completion) -> str:
+    """One output as the model is shown it: its text, after a note when it was cut off."""
+    text = output.content or ""
+    return f"{CUT_OFF_NOTE}\n\n{text}" if cut_off(output) else text
+
+
+def selection(text: str | None, count: int) -> int | None:
+    """The 0-based index named by the last `Selected: N` (or `Selected: candidate N`) of
+    `text`; None when there is none, or N is outside 1..count."""
+    found = _SELECTED.findall(text or "")
+    if not found:
+        return None
+    number = int(found[-1])
+    return number - 1 if 1 <= number <= count else None
+
+
+def verdict(text: str, words: Sequence[str], prefix: str = "VERDICT:") -> str | None:
+    """The word of `words` that the last `prefix` line of `text` starts with (case and markdown
+    decoration aside); None when there is no such line, or it names none of them (an earlier
+    line does not count then). Put a word before any word that starts it ("NO ISSUES" before
+    "NO")."""
+    for line in reversed(text.splitlines()):
+        said = line.upper().strip(_DECORATION)
+        if said.startswith(prefix):
+            rest = said.removeprefix(prefix).strip(_DECORATION)
+            return next((word for word in words if rest.startswith(word)), None)
+    return None
+
+
+def best(candidates: Sequence[Completion], scores: Sequence[float]) -> int:
+    """The index of the best candidate: finished over cut off at `max_tokens`, then the higher
+    score, then the final answer more candidates share, then the earlier."""
+    answers = [voice(c) for c in candidates]
+    support = Counter(a for a in answers if a is not None)
+
+    def rank(i: int) -> tuple[bool, float, int, int]:
+        answer = answers[i]
+        return (not cut_off(candidates[i]), scores[i], support[answer] if answer else 0, -i)
+
+    return max(range(len(candidates)), key=rank)
+
+
+def parse_list(text: str | None) -> list[str]:
+    """The items of a numbered or bulleted list in `text`; with no list, the whole text as one
+    item (none when it is empty)."""
+    items = [m.group(1) for line in (text or "").splitlines() if (m := _LIST_ITEM.match(line))]
+    if items:
+        return items
+    whole = (text or "").strip()
+    return [whole] if whole else []
+
+
+def listing(items: Sequence[str]) -> str:
+    """`items` as a numbered list, "1. ...", one a line."""
+    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
