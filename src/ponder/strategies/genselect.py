@@ -29,13 +29,12 @@ from ponder.answers import majority_vote
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
-    cut_off,
     helper_sampling,
     preview,
     varied,
 )
 from ponder.strategies.context import RequestContext
-from ponder.strategies.showing import after_request, best, numbered, selection
+from ponder.strategies.showing import after_request, announce, best, numbered, selection
 from ponder.types import Completion, Message
 
 CANDIDATES_INTRO = "Here are {count} candidate answers to my request above, written independently:"
@@ -79,13 +78,7 @@ class GenSelect:
         config = self.config
         sampling = varied(ctx.sampling, config.temperature)
         candidates = await ctx.sample(messages, config.candidates, sampling)
-        for i, candidate in enumerate(candidates, start=1):
-            ctx.reason(f"Candidate {i}: {preview(candidate.content, 80)}\n")
-        ctx.step(
-            "candidates",
-            candidates=[c.content or "" for c in candidates],
-            cut_off=[i for i, c in enumerate(candidates, start=1) if cut_off(c)],
-        )
+        announce(ctx, "candidates", "Candidate", candidates)
         prompt = after_request(
             messages,
             CANDIDATES_INTRO.format(count=len(candidates)),

@@ -22,9 +22,9 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import SampleTemperature, cut_off, helper_sampling, preview, varied
+from ponder.strategies.common import SampleTemperature, helper_sampling, preview, varied
 from ponder.strategies.context import RequestContext
-from ponder.strategies.showing import after_request, numbered
+from ponder.strategies.showing import after_request, announce, numbered
 from ponder.types import Completion, Message
 
 DRAFTS_INTRO = "Here are {count} draft answers to my request above, written independently:"
@@ -58,13 +58,7 @@ class MixtureOfAgents:
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         sampling = varied(ctx.sampling, self.config.temperature)
         drafts = await ctx.sample(messages, self.config.drafts, sampling)
-        for i, draft in enumerate(drafts, start=1):
-            ctx.reason(f"Draft {i}: {preview(draft.content, 80)}\n")
-        ctx.step(
-            "drafts",
-            drafts=[d.content or "" for d in drafts],
-            cut_off=[i for i, d in enumerate(drafts, start=1) if cut_off(d)],
-        )
+        announce(ctx, "drafts", "Draft", drafts)
         listed = (DRAFTS_INTRO.format(count=len(drafts)), numbered("Draft", drafts))
         (critique,) = await ctx.complete(
             after_request(messages, *listed, CRITIQUE_PROMPT),

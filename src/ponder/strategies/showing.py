@@ -22,7 +22,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from ponder.strategies.common import cut_off, last_user_index, rewrite_last_user, voice
+from ponder.strategies.common import cut_off, last_user_index, preview, rewrite_last_user, voice
+from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
 CUT_OFF_MARK = " (cut off at the length limit before it finished)"
@@ -48,6 +49,18 @@ def numbered(label: str, outputs: Sequence[Completion]) -> str:
     return "\n\n".join(
         f"{label} {i}{CUT_OFF_MARK if cut_off(o) else ''}: {o.content or ''}"
         for i, o in enumerate(outputs, start=1)
+    )
+
+
+def announce(ctx: RequestContext, step: str, label: str, outputs: Sequence[Completion]) -> None:
+    """Sampled outputs as reasoning lines ("<label> 1: ..."), and as the trace step `step`
+    holding their texts and the numbers of those cut off at the token limit."""
+    for i, output in enumerate(outputs, start=1):
+        ctx.reason(f"{label} {i}: {preview(output.content, 80)}\n")
+    ctx.step(
+        step,
+        **{step: [o.content or "" for o in outputs]},
+        cut_off=[i for i, o in enumerate(outputs, start=1) if cut_off(o)],
     )
 
 
