@@ -1,11 +1,22 @@
 """The child side of the `python` tool (`ponder.sandbox.code`): run as a script by
-`python -I -S -B child.py FOLDER CPU_S MEMORY_BYTES FILE_BYTES OPEN_FILES MAX_CREATED`, with
-the folder as working directory and the model's code in its `main.py`. Standard library only.
+`python -I -S -B child.py FOLDER CPU_S MEMORY_BYTES FILE_BYTES OPEN_FILES MAX_CREATED [Z3_DIR]`,
+with the folder as working directory and the model's code in its `main.py`. Standard library
+only (and, with Z3_DIR, the z3 package in that folder).
 
-Before the code runs it sets the resource limits, replaces the few functions no audit event
-guards, and installs the audit hook; then it runs `main.py` as `__main__` (the value of a last
-bare expression is printed, as a REPL shows it) and reports an exception as a traceback
-without its own frames, exiting with status 1 (SETUP_FAILED when it could not confine itself).
+Before the code runs it loads z3 when asked, confines its files with Landlock (where the
+kernel has it; required with z3), sets the resource limits, replaces the few functions no
+audit event guards, and installs the audit hook; then it runs `main.py` as `__main__` (the
+value of a last bare expression is printed, as a REPL shows it) and reports an exception as a
+traceback without its own frames, exiting with status 1 (SETUP_FAILED when it could not
+confine itself).
+
+Landlock is the kernel's own file confinement: once the child restricts itself, it can read
+only the standard library (and z3), the interpreter and a few devices, and write only in its
+folder, whatever the code does afterwards; where the kernel has its network rules, no TCP
+connection or bind either, and where it has scopes, no signal to a process outside the child.
+With z3 this layer is what holds the files: z3 calls its library through ctypes, whose foreign
+calls and pointers no audit event guards, so code that reaches ctypes through z3's modules
+could undo the audit hook; the kernel's layers (Landlock, the namespaces, the limits) it cannot.
 
 The hook binds every name it uses when it is made, so that the code cannot change its
 decisions by replacing builtins or module attributes; it is reachable from nowhere else.
@@ -61,6 +72,106 @@ CHANGES: dict[str, tuple[tuple[int, int | None], ...]] = {
 }
 AF_UNIX = 1
 S_IFMT, S_IFLNK, S_IFDIR = 0o170000, 0o120000, 0o040000
+
+Z3_MODULES = ("z3", "z3.z3util", "z3.z3num", "z3.z3poly", "z3.z3rcf")
+"""What is loaded before the code runs, with Z3_DIR: the code cannot import from outside the
+standard library itself."""
+
+# Landlock (linux/landlock.h): the system calls (the same numbers on every architecture) and
+# the access rights, by the ABI version that brought them.
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
+PR_SET_NO_NEW_PRIVS = 38
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
+FS_TRUNCATE, FS_IOCTL_DEV = 1 << 14, 1 << 15
+FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+"""The rights a rule on a file (not a folder) may grant."""
+NET_TCP = 3  # bind and connect (ABI 4)
+SCOPE_ALL = 3  # abstract unix sockets and signals (ABI 6)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where it has none (too old, or turned off)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    version = libc.syscall(
+        ctypes.c_long(LANDLOCK_CREATE_RULESET),
+        ctypes.c_void_p(None),
+        ctypes.c_long(0),
+        ctypes.c_long(LANDLOCK_CREATE_RULESET_VERSION),
+    )
+    return max(0, int(version))
+
+
+def confine_files(reads: Iterable[str], writes: Iterable[str]) -> None:
+    """Restricts this process, and all it starts, to reading `reads` and reading and writing
+    `writes` (files or folders, with what is beneath them), and where the kernel can, to no
+    TCP and no signals out of it. Raises OSError where Landlock is missing or refuses."""
+    import ctypes
+    import os
+    import stat
+
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError("Landlock is not available in this kernel")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    handled = (1 << {1: 13, 2: 14, 3: 15, 4: 15}.get(abi, 16)) - 1
+
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = (
+            ("handled_access_fs", ctypes.c_uint64),
+            ("handled_access_net", ctypes.c_uint64),
+            ("scoped", ctypes.c_uint64),
+        )
+
+    class PathBeneathAttr(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = (("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32))
+
+    def call(*args: int | Any) -> int:
+        result = int(libc.syscall(*(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+        if result < 0:
+            number = ctypes.get_errno()
+            raise OSError(number, "Landlock: " + os.strerror(number))
+        return result
+
+    attr = RulesetAttr(handled, NET_TCP if abi >= 4 else 0, SCOPE_ALL if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = call(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
+    try:
+        rules = [(path, FS_READ) for path in reads] + [(path, handled) for path in writes]
+        for path, rights in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+                allowed = rights & handled & (-1 if folder else FS_FILE_RIGHTS)
+                rule = PathBeneathAttr(allowed, fd)
+                call(LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0)
+            finally:
+                os.close(fd)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        call(LANDLOCK_RESTRICT_SELF, ruleset, 0)
+    finally:
+        os.close(ruleset)
+
+
+def load_z3(folder: str) -> None:
+    """Imports z3 from `folder` (the one holding its package) before the code runs; the
+    folder leaves the import path again, so the code can import nothing else from it."""
+    sys.path.insert(0, folder)
+    try:
+        for name in Z3_MODULES:
+            __import__(name)
+    finally:
+        sys.path.remove(folder)
 
 
 def neuter(refused_modules: frozenset[str]) -> None:
@@ -317,10 +428,22 @@ def main() -> None:
             stream.reconfigure(  # type: ignore[union-attr]
                 encoding="utf-8", errors="backslashreplace", line_buffering=True
             )
+        z3_folder = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
         path = sys.modules["os"].path
         code_roots = tuple({path.realpath(p) for p in (*sys.path, path.dirname(path.__file__))})
         others = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/usr/share/zoneinfo")
         reads = (*code_roots, folder, path.realpath(sys.executable), *others)
+        writes = (folder, "/dev/null")
+        if z3_folder is not None:
+            load_z3(z3_folder)
+            reads = (*reads, path.realpath(path.join(z3_folder, "z3")))
+        try:
+            confine_files(reads, writes)
+        except OSError:
+            if z3_folder is not None:
+                raise  # z3 brings ctypes within the code's reach: not without the kernel's layer
+        for name in ("ctypes", "_ctypes", "ctypes._endian"):  # z3 keeps its own reference
+            sys.modules.pop(name, None)
         sys.pycache_prefix = "/dev/null/pycache"  # compiled files are not read: marshal is refused
         neuter(REFUSED_MODULES)
         for which, value in (
@@ -332,7 +455,6 @@ def main() -> None:
             (resource.RLIMIT_CORE, 0),
         ):
             resource.setrlimit(which, (value, value))
-        writes = (folder, "/dev/null")
         sys.addaudithook(make_hook(reads, code_roots, writes, max_created, REFUSED_MODULES))
     except Exception as error:  # noqa: BLE001 - not confined: the code must not run
         posix.write(2, f"sandbox setup failed: {error!r}\n".encode())

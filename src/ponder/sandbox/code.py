@@ -1,5 +1,6 @@
-"""The react tool `python`: runs model-written Python code in a separate, confined process and
-returns what it printed. Off unless the operator sets PONDER_ENABLE_CODE_EXECUTION.
+"""The code sandbox: runs model-written Python code (the react tool `python`, the z3 strategy's
+programs) in a separate, confined process and returns what it printed. Off unless the operator
+sets PONDER_ENABLE_CODE_EXECUTION.
 
 Every run gets a fresh interpreter (`python -I -S -B`: no site-packages, no PYTHON* variables)
 in a new empty temporary folder, deleted afterwards, with an environment of a few harmless
@@ -11,6 +12,10 @@ The layers, from the kernel's to Python's:
   namespace has no interface but a loopback that is down, so nothing can be reached; in the
   PID namespace the server's processes cannot be seen or signalled. Where only a network
   namespace can be made, that one; where none, the audit hook alone cuts the network;
+- Landlock, where the kernel has it (required for z3, see `ponder.sandbox.child`): the child
+  confines itself before the code runs to reading the standard library (and z3), the
+  interpreter and a few devices, and writing in its folder; where the kernel can, no TCP and
+  no signals out of it either. This holds whatever the code does to the interpreter;
 - resource limits, set by the child before the code runs: CPU seconds (the timeout, rounded
   up, plus one), address space (`code_memory_mb`), file size (1 MB), open files, no new
   processes or threads (RLIMIT_NPROC 0, which binds all but root), no core files;
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -46,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ponder.sandbox.child import SETUP_FAILED
+from ponder.sandbox.child import SETUP_FAILED, landlock_abi
 from ponder.types import Message
 
 log = logging.getLogger(__name__)
@@ -204,25 +210,32 @@ async def _capture(stream: asyncio.StreamReader, output: Output) -> None:
 
 
 async def run_code(
-    code: str, timeout_s: float, memory_mb: int, *, namespaces: bool = True
+    code: str,
+    timeout_s: float,
+    memory_mb: int,
+    *,
+    namespaces: bool = True,
+    z3_folder: str | None = None,
 ) -> RunResult:
     """Runs `code` in a fresh confined child (see the module's docstring) and waits for it, at
-    most `timeout_s` seconds. Raises OSError only when the child cannot be started."""
+    most `timeout_s` seconds; with `z3_folder` (see `z3_location`), z3 is loaded for it first.
+    Raises OSError only when the child cannot be started."""
     prefix = await namespace_prefix() if namespaces else ()
     folder = await asyncio.to_thread(_prepare, code)
     try:
-        return await _supervise(prefix, folder, timeout_s, memory_mb)
+        return await _supervise(prefix, folder, timeout_s, memory_mb, z3_folder)
     finally:
         await asyncio.to_thread(_remove, folder)
 
 
 async def _supervise(
-    prefix: tuple[str, ...], folder: str, timeout_s: float, memory_mb: int
+    prefix: tuple[str, ...], folder: str, timeout_s: float, memory_mb: int, z3_folder: str | None
 ) -> RunResult:
     limits = (math.ceil(timeout_s) + 1, memory_mb * 1024 * 1024, MAX_FILE_BYTES, MAX_OPEN_FILES)
     process = await asyncio.create_subprocess_exec(
         *prefix, sys.executable, "-I", "-S", "-B", CHILD, folder,
         *(str(limit) for limit in (*limits, MAX_CREATED_FILES)),
+        *([z3_folder] if z3_folder else []),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, cwd=folder, env=_environment(folder),
         start_new_session=True,
@@ -302,9 +315,20 @@ def _failure(result: RunResult, stderr: str, timeout_s: float, memory_mb: int) -
     return f"the code exited with status {code}" + (f" ({last})" if last else "")
 
 
+def z3_location() -> str | None:
+    """The folder that holds the installed z3 package (z3-solver), for `run_code`; None when
+    it is not installed, or the kernel has no Landlock to confine a child that loads it (see
+    `ponder.sandbox.child`)."""
+    spec = importlib.util.find_spec("z3")  # finds it without running its __init__
+    if spec is None or not spec.submodule_search_locations or landlock_abi() < 1:
+        return None
+    return os.path.dirname(os.path.realpath(next(iter(spec.submodule_search_locations))))
+
+
 class PythonTool:
     """`python[code]`: runs the model's code in a confined child process (see above), at most
-    `max_concurrent` at once on a server; more wait for a slot."""
+    `max_concurrent` at once on a server; more wait for a slot. With `z3_folder`, the child
+    loads z3 (from that folder) before the code runs, and the tool is named `z3`."""
 
     name = "python"
 
@@ -315,10 +339,14 @@ class PythonTool:
         *,
         max_concurrent: int = MAX_CONCURRENT_RUNS,
         namespaces: bool = True,
+        z3_folder: str | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.namespaces = namespaces
+        self.z3_folder = z3_folder
+        if z3_folder is not None:
+            self.name = "z3"
         self._slots = asyncio.Semaphore(max_concurrent)
 
     @property
@@ -339,7 +367,11 @@ class PythonTool:
         try:
             async with self._slots:
                 result = await run_code(
-                    code, self.timeout_s, self.memory_mb, namespaces=self.namespaces
+                    code,
+                    self.timeout_s,
+                    self.memory_mb,
+                    namespaces=self.namespaces,
+                    z3_folder=self.z3_folder,
                 )
         except OSError as exc:
             return f"Error: the code could not be started ({exc.strerror or exc})"

@@ -26,6 +26,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.rto import RoundTrip
     from ponder.strategies.sc import MajorityVoting, SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
+    from ponder.strategies.z3 import SolverAided
 
     return [
         PassThrough,
@@ -45,6 +46,7 @@ def builtin() -> list[StrategyFactory]:
         SelfRefine,
         CoTReflection,
         DeepThink,
+        SolverAided,
         ReAct,
         ReadUrls,
         SystemPromptLearning,

@@ -16,9 +16,14 @@ log = logging.getLogger(__name__)
 def server_tools(settings: Settings) -> Mapping[str, Tool]:
     tools: dict[str, Tool] = dict(BUILTIN_TOOLS)
     if settings.enable_code_execution:
-        from ponder.sandbox.code import PythonTool
+        from ponder.sandbox.code import PythonTool, z3_location
 
         tools["python"] = PythonTool(settings.code_timeout_s, settings.code_memory_mb)
+        z3_folder = z3_location()
+        if z3_folder is not None:  # for the z3 strategy, not a react tool
+            tools["z3"] = PythonTool(
+                settings.code_timeout_s, settings.code_memory_mb, z3_folder=z3_folder
+            )
         if os.geteuid() == 0:
             log.warning(
                 "code execution is on and Ponder runs as root: the process limit does not "

@@ -1,0 +1,124 @@
+"""`z3`: solver-aided reasoning. The model writes a Python program that states the client's
+problem as constraints for the z3 solver (the z3-solver package) and prints what the answer
+needs; Ponder runs it in the code sandbox (`ponder.sandbox`: its own process, no network, files
+only in its own folder, z3 loaded before the code and the kernel's Landlock holding the files);
+the program and what it printed then go back to the model, which writes the answer, streamed
+to a streaming client.
+
+A program that fails (an error, a timeout, or nothing printed) goes back to the model with the
+sandbox's report, for a whole new program, up to `fix_attempts` times. When none runs, the
+model answers the client's conversation as it is, without the solver.
+
+Running model-written code is off by default: a request for `z3` on a server without
+PONDER_ENABLE_CODE_EXECUTION=true is refused (403) before any backend call; on a server where
+z3-solver is missing or the kernel has no Landlock, it is a 400 saying so.
+
+The program is written at the strategy's temperature (0 by default) and token limit, with the
+request and the instructions in the client's last user turn (the rest of the conversation kept);
+a fix is a follow-up turn. The answer uses the client's sampling.
+
+Calls, one after another: the program, then one fix per failed run (at most `fix_attempts`),
+then the answer: 2 when the first program runs, 3 at most at the defaults. A failed call fails
+the request. For the request's `n`, the engine runs `n` independent programs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from pydantic import Field
+
+from ponder.errors import PermissionDenied, Unsupported
+from ponder.sandbox.code import NO_OUTPUT
+from ponder.strategies.base import StrategyConfig
+from ponder.strategies.common import fenced_code, followup, helper_sampling, preview
+from ponder.strategies.context import RequestContext
+from ponder.strategies.showing import after_request
+from ponder.strategies.tools import Tool
+from ponder.types import Completion, Message
+
+PROGRAM_PROMPT = (
+    "Do not answer my request directly. Write a Python program that solves it with the z3 "
+    "solver (`from z3 import *`): declare each unknown quantity as a z3 variable (Int, Real "
+    "or Bool), add every fact and condition of my request as a constraint, call check(), and "
+    "print the values the answer needs from the model, each with a short label. Use only z3 "
+    "and Python's standard library. Reply with the program alone, in one ```python block."
+)
+FIX_PROMPT = (
+    "The program did not work. This is what running it gave:\n\n{report}\n\n"
+    "Write the whole program again with that fixed, in one ```python block."
+)
+ANSWER_PROMPT = (
+    "Using the solver's result, answer my request above. Check that the result makes sense "
+    "for the request, and give the answer in the form my request asks for."
+)
+NO_OUTPUT_REPORT = "Error: the program printed nothing (print() the values the answer needs)"
+
+
+class Z3Config(StrategyConfig):
+    fix_attempts: int = Field(
+        1, ge=0, le=5, description="How many times a failed program goes back to be fixed"
+    )
+    code_tokens: int = Field(1024, ge=1, description="Token limit of each program")
+    code_temperature: float = Field(0.0, ge=0, le=2, description="Temperature of the programs")
+
+
+def solver_tool(ctx: RequestContext) -> Tool:
+    """The server's z3 runner; refused where the server does not run model-written code."""
+    if "python" not in ctx.tools:
+        raise PermissionDenied(
+            "the z3 strategy runs model-written code, which this server does not do (an "
+            "operator turns it on with PONDER_ENABLE_CODE_EXECUTION=true)",
+            param="model",
+        )
+    tool = ctx.tools.get("z3")
+    if tool is None:
+        raise Unsupported(
+            "the z3 strategy needs the z3-solver package and a kernel with Landlock to confine "
+            "it; this server lacks one of them",
+            param="model",
+        )
+    return tool
+
+
+def failed(report: str) -> bool:
+    """Whether a run's report says the program did not work."""
+    return report.startswith("Error:")
+
+
+class SolverAided:
+    slug: ClassVar[str] = "z3"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    Config: ClassVar[type[StrategyConfig]] = Z3Config
+    draws_n: ClassVar[bool] = False
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, Z3Config)
+        self.config = config
+
+    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+        cfg = self.config
+        tool = solver_tool(ctx)
+        writing = helper_sampling(ctx.sampling, cfg.code_tokens, cfg.code_temperature)
+        prompt = after_request(messages, PROGRAM_PROMPT)
+        for attempt in range(cfg.fix_attempts + 1):
+            (reply,) = await ctx.complete(prompt, writing)
+            code = fenced_code(reply.content)
+            report = await tool.run(code, prompt) if code else "Error: no program in the reply"
+            report = report if report.strip() and report != NO_OUTPUT else NO_OUTPUT_REPORT
+            ctx.reason(f"Program {attempt + 1}:\n{code}\nIt printed: {preview(report, 300)}\n")
+            ok = not failed(report)
+            ctx.step("program", attempt=attempt + 1, code=code, output=report, ok=ok)
+            if ok:
+                answering = after_request(
+                    messages,
+                    f"A z3 program written for my request:\n\n```python\n{code}\n```",
+                    f"Running it printed:\n\n```\n{report}\n```",
+                    ANSWER_PROMPT,
+                )
+                return await ctx.final(answering, ctx.sampling)
+            prompt = followup(prompt, reply.content or "", FIX_PROMPT.format(report=report))
+        ctx.reason("No program ran: answering without the solver\n")
+        ctx.step("fallback", reason="no program ran")
+        return await ctx.final(messages, ctx.sampling)
