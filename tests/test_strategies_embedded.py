@@ -80,12 +80,15 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     # classification (cached after the first request) and the answer
     "spl": ({}, 1, 2),
     "mem": ({}, 1, 1),
+    # the program and the answer; a simulation of its run when it fails
+    "coc": ({"fix_attempts": 0, "code_tokens": 64, "simulate_tokens": 48}, 2, 3),
 }
 
 
 @pytest.fixture(scope="module")
 def oai(embedded: EmbeddedBackend) -> Iterator[openai.OpenAI]:
-    with running_server(create_app(Settings(), backend=embedded)) as url:
+    settings = Settings(enable_code_execution=True, code_timeout_s=10, code_memory_mb=256)
+    with running_server(create_app(settings, backend=embedded)) as url:
         yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=300)
 
 

@@ -12,11 +12,10 @@ from ponder.config import Settings
 from ponder.errors import BackendUnavailable
 from ponder.sandbox import code as sandbox
 from ponder.sandbox.child import landlock_abi
-from ponder.strategies.common import fenced_code
+from ponder.sandbox.code import NO_OUTPUT
 from ponder.strategies.z3 import (
     ANSWER_PROMPT,
     FIX_PROMPT,
-    NO_OUTPUT_REPORT,
     PROGRAM_PROMPT,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
@@ -154,7 +153,7 @@ async def test_a_failed_program_goes_back_with_the_report_and_the_fix_is_used() 
     ("programs", "reports"),
     [
         ([fence(BROKEN), fence(BROKEN)], [BROKEN_REPORT, BROKEN_REPORT]),
-        (["x = 1", "I cannot write it."], [NO_OUTPUT_REPORT, "Error: SyntaxError"]),
+        (["x = 1", "I cannot write it."], [NO_OUTPUT, "Error: SyntaxError"]),
     ],
 )
 async def test_when_no_program_runs_the_model_answers_the_conversation_alone(
@@ -214,7 +213,7 @@ async def test_streams_the_program_and_its_output_then_the_answer() -> None:
     response = await chat(backend, Z3, settings=ON, stream=True)
     assert response.status_code == 200
     assert streamed_text(response.text, "reasoning_content") == (
-        f"Program 1:\n{PROGRAM}\nIt printed: sat ann = 17\n"
+        f"Program 1:\n```python\n{PROGRAM}\n```\nOutput:\n{OUTPUT}\n"
     )
     assert streamed_text(response.text) == ANSWER
 
@@ -275,17 +274,3 @@ async def test_request_n_writes_independent_programs_at_once() -> None:
     assert [c["message"]["content"] for c in response.json()["choices"]] == [ANSWER, ANSWER]
     assert len(backend.calls) == 4
     assert response.json()["usage"] == usage_for(backend, model.replies)
-
-
-@pytest.mark.parametrize(
-    ("text", "code"),
-    [
-        ("```python\nprint(1)\n```", "print(1)"),
-        ("Sure:\n```py\nx = 1\nprint(x)\n```\nand ```python\nother\n```", "x = 1\nprint(x)"),
-        ("```\nprint(2)", "print(2)"),
-        ("print(3)\n", "print(3)"),
-        (None, ""),
-    ],
-)
-def test_fenced_code(text: str | None, code: str) -> None:
-    assert fenced_code(text) == code

@@ -9,6 +9,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cepo import PlanningOptimization
+    from ponder.strategies.coc import ChainOfCode
     from ponder.strategies.cot_reflection import CoTReflection
     from ponder.strategies.deepthink import DeepThink
     from ponder.strategies.genselect import GenSelect
@@ -49,6 +50,7 @@ def builtin() -> list[StrategyFactory]:
         SolverAided,
         ReAct,
         ReadUrls,
+        ChainOfCode,
         SystemPromptLearning,
         EpisodicMemory,
     ]

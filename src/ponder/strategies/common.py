@@ -24,7 +24,6 @@ from ponder.answers import extract_answer
 from ponder.types import Completion, ContentPart, Message, Sampling
 
 _FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_FENCED = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 SampleTemperature = Annotated[
     float,
@@ -137,11 +136,3 @@ def voice(sample: Completion) -> str | None:
     """The final answer a sample stands for: None for a sample cut off before it finished (its
     last number is a step of the working, not a result)."""
     return None if cut_off(sample) else extract_answer(sample.content)
-
-
-def fenced_code(text: str | None) -> str:
-    """The code of the first fenced block in `text` (a block cut off before its closing fence
-    runs to the end); with no fence, the whole text. Stripped of blank lines around it."""
-    found = _FENCED.search(text or "")
-    code = found.group(2) if found else (text or "")
-    return code.strip("\n").rstrip()

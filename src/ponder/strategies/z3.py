@@ -32,8 +32,9 @@ from pydantic import Field
 from ponder.errors import PermissionDenied, Unsupported
 from ponder.sandbox.code import NO_OUTPUT
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import fenced_code, followup, helper_sampling, preview
+from ponder.strategies.common import followup, helper_sampling
 from ponder.strategies.context import RequestContext
+from ponder.strategies.programs import Attempt, extract_code, fenced
 from ponder.strategies.showing import after_request
 from ponder.strategies.tools import Tool
 from ponder.types import Completion, Message
@@ -54,6 +55,7 @@ ANSWER_PROMPT = (
     "for the request, and give the answer in the form my request asks for."
 )
 NO_OUTPUT_REPORT = "Error: the program printed nothing (print() the values the answer needs)"
+NO_PROGRAM = "Error: no program in the reply"
 
 
 class Z3Config(StrategyConfig):
@@ -82,11 +84,6 @@ def solver_tool(ctx: RequestContext) -> Tool:
     return tool
 
 
-def failed(report: str) -> bool:
-    """Whether a run's report says the program did not work."""
-    return report.startswith("Error:")
-
-
 class SolverAided:
     slug: ClassVar[str] = "z3"
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -102,22 +99,22 @@ class SolverAided:
         tool = solver_tool(ctx)
         writing = helper_sampling(ctx.sampling, cfg.code_tokens, cfg.code_temperature)
         prompt = after_request(messages, PROGRAM_PROMPT)
-        for attempt in range(cfg.fix_attempts + 1):
+        for number in range(1, cfg.fix_attempts + 2):
             (reply,) = await ctx.complete(prompt, writing)
-            code = fenced_code(reply.content)
-            report = await tool.run(code, prompt) if code else "Error: no program in the reply"
-            report = report if report.strip() and report != NO_OUTPUT else NO_OUTPUT_REPORT
-            ctx.reason(f"Program {attempt + 1}:\n{code}\nIt printed: {preview(report, 300)}\n")
-            ok = not failed(report)
-            ctx.step("program", attempt=attempt + 1, code=code, output=report, ok=ok)
+            code = extract_code(reply.content)
+            attempt = Attempt(code, await tool.run(code, prompt) if code else NO_PROGRAM)
+            ctx.reason(f"Program {number}:\n{fenced(code)}\nOutput:\n{attempt.observation}\n")
+            ok = not attempt.failed
+            ctx.step("program", attempt=number, code=code, output=attempt.observation, ok=ok)
             if ok:
                 answering = after_request(
                     messages,
-                    f"A z3 program written for my request:\n\n```python\n{code}\n```",
-                    f"Running it printed:\n\n```\n{report}\n```",
+                    f"A z3 program written for my request:\n\n{fenced(code)}",
+                    f"Running it printed:\n\n```\n{attempt.observation}\n```",
                     ANSWER_PROMPT,
                 )
                 return await ctx.final(answering, ctx.sampling)
+            report = NO_OUTPUT_REPORT if attempt.observation == NO_OUTPUT else attempt.observation
             prompt = followup(prompt, reply.content or "", FIX_PROMPT.format(report=report))
         ctx.reason("No program ran: answering without the solver\n")
         ctx.step("fallback", reason="no program ran")

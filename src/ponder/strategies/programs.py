@@ -1,0 +1,46 @@
+"""What the strategies that have the model write programs (`coc`, `z3`) share: reading the
+program out of a reply, showing it back to the model, and telling a run that worked from one
+that did not.
+
+A run's observation is the sandbox tool's text (`ponder.sandbox.code`): what the program
+printed, or "Error: ..." with the reason. A run that printed nothing counts as failed: the
+program was asked to print its result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ponder.sandbox.code import NO_OUTPUT
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON = ("python", "py", "python3")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One program and what its run gave."""
+
+    code: str
+    observation: str
+
+    @property
+    def failed(self) -> bool:
+        return self.observation.startswith("Error:") or self.observation == NO_OUTPUT
+
+
+def extract_code(text: str | None) -> str:
+    """The program in a reply: its first ```python block (or ```py), else its first fenced
+    block of any kind, else the whole reply. A block cut off before its closing fence runs to
+    the end of the reply."""
+    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text or "")]
+    chosen = next((code for lang, code in blocks if lang in _PYTHON), None)
+    if chosen is None:
+        chosen = blocks[0][1] if blocks else text or ""
+    return chosen.strip("\n").rstrip()
+
+
+def fenced(code: str) -> str:
+    """A program as the model is shown it: in a ```python fence."""
+    return f"```python\n{code}\n```"
