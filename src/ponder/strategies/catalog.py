@@ -14,6 +14,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.genselect import GenSelect
     from ponder.strategies.leap import Leap
     from ponder.strategies.mars import MultiAgentReasoning
+    from ponder.strategies.mcts import MonteCarloTreeSearch
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -34,6 +35,7 @@ def builtin() -> list[StrategyFactory]:
         MajorityVoting,
         BestOfN,
         TreeOfThoughts,
+        MonteCarloTreeSearch,
         MixtureOfAgents,
         GenSelect,
         RoundTrip,
