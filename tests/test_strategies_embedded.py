@@ -75,6 +75,8 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     # the program, a fix, then the answer (from the output, or alone when none ran)
     "z3": ({"code_tokens": 64}, 2, 3),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
+    # one simulation: the replies in one call, a rollout and a rating of each
+    "mcts": ({"simulations": 1, "actions": 2, "value_tokens": 4}, 5, 5),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),
     # classification (cached after the first request) and the answer

@@ -15,6 +15,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.genselect import GenSelect
     from ponder.strategies.leap import Leap
     from ponder.strategies.mars import MultiAgentReasoning
+    from ponder.strategies.mcts import MonteCarloTreeSearch
     from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
@@ -36,6 +37,7 @@ def builtin() -> list[StrategyFactory]:
         MajorityVoting,
         BestOfN,
         TreeOfThoughts,
+        MonteCarloTreeSearch,
         MixtureOfAgents,
         GenSelect,
         RoundTrip,
