@@ -109,9 +109,12 @@ if want "$target" small; then
 fi
 if want "$target" more; then
     # The approaches added for drop-in model names, on the first 30 test items (none copied
-    # in). The costliest (pvg and cepo, 18 to 24 calls an item) come last.
+    # in). The costliest (pvg and cepo, 18 to 24 calls an item; mcts 18; rstar up to 60) come
+    # last. coc and z3 run model-written code: the sandbox is on for this run only.
     with_none $RUNS/gsm8k-1.5b-more 101 130
     $PONDER bench "${GSM[@]}" --limit 30 \
         --approaches majority_voting,leap,rto,genselect,deepthink,mars,plansearch,cepo,pvg \
         --no-progress --out $RUNS/gsm8k-1.5b-more
+    PONDER_ENABLE_CODE_EXECUTION=true $PONDER bench "${GSM[@]}" --limit 30 \
+        --approaches coc,z3,mcts,rstar --no-progress --out $RUNS/gsm8k-1.5b-more
 fi
