@@ -72,6 +72,9 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
         2,
         5,
     ),
+    # per rollout an expansion of 3 or 4 calls (none when it re-scores an answer), a check per
+    # complete trajectory, the final call
+    "rstar": ({"rollouts": 2, "max_depth": 2, "step_tokens": 32, "answer_tokens": 48}, 8, 25),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     "refine": ({"rounds": 1, "critique_tokens": 48}, 2, 3),
     "react": ({"max_steps": 2, "step_tokens": 48}, 1, 3),
