@@ -74,6 +74,9 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     ),
     # the program, a fix, then the answer (from the output, or alone when none ran)
     "z3": ({"code_tokens": 64}, 2, 3),
+    # per rollout an expansion of 3 or 4 calls (none when it re-scores an answer), a check per
+    # complete trajectory, the final call
+    "rstar": ({"rollouts": 2, "max_depth": 2, "step_tokens": 32, "answer_tokens": 48}, 8, 25),
     "tot": ({"breadth": 2, "depth": 1, "beam": 1, "thought_tokens": 32}, 4, 4),
     # one simulation: the replies in one call, a rollout and a rating of each
     "mcts": ({"simulations": 1, "actions": 2, "value_tokens": 4}, 5, 5),

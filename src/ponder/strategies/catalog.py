@@ -25,6 +25,7 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.react import ReAct
     from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
+    from ponder.strategies.rstar import RStar
     from ponder.strategies.rto import RoundTrip
     from ponder.strategies.sc import MajorityVoting, SelfConsistency
     from ponder.strategies.tot import TreeOfThoughts
@@ -45,6 +46,7 @@ def builtin() -> list[StrategyFactory]:
         PlanningOptimization,
         MultiAgentReasoning,
         PlanSearch,
+        RStar,
         Leap,
         SelfRefine,
         CoTReflection,
