@@ -440,25 +440,6 @@ async def test_a_budget_that_covers_the_calls_is_enough() -> None:
     assert content(response.json()) == ANSWER
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("fix_attempts", -1),
-        ("fix_attempts", 6),
-        ("code_tokens", 0),
-        ("simulate_tokens", 0),
-        ("temperature", -0.1),
-        ("temperature", 2.5),
-        ("max_fixes", 2),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: float) -> None:
-    backend = scripted(Coder([GOOD]))
-    response = await chat(backend, COC, settings=CODE_ON, ponder={"coc": {field: value}})
-    assert_error(response, 400, param=f"ponder.coc.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_it() -> None:
     backend = scripted(Coder([GOOD]))
     response = await chat(backend, MODEL, settings=CODE_ON, optillm_approach="coc")

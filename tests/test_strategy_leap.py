@@ -356,28 +356,6 @@ async def test_a_budget_that_covers_it_is_enough() -> None:
     assert answer(response) == ANSWER
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("max_examples", 0),
-        ("max_examples", 9),
-        ("max_principles", 0),
-        ("max_principles", 11),
-        ("temperature", 0),
-        ("extract_tokens", 0),
-        ("attempt_tokens", 0),
-        ("principle_tokens", 0),
-        ("condense_tokens", 0),
-        ("examples", 2),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
-    backend = scripted(Learner())
-    response = await chat(backend, LEAP, ponder={"leap": {field: value}})
-    assert_error(response, 400, param=f"ponder.leap.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_it() -> None:
     backend = scripted(Learner())
     response = await chat(backend, MODEL, messages=CONVERSATION, optillm_approach="leap")

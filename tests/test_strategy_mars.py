@@ -420,24 +420,3 @@ async def test_optillm_approach_mars_selects_it() -> None:
     assert content(response.json()) == AGREE[0.3]
     assert response.headers["x-ponder-backend-calls"] == "9"
     assert [kind(c) for c in backend.calls] == ["agent"] * 3 + ["verify"] * 6
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("agents", 1),
-        ("agents", 9),
-        ("min_temperature", 0),
-        ("max_temperature", 2.5),
-        ("rounds", -1),
-        ("rounds", 4),
-        ("verify_temperature", 0),
-        ("verify_tokens", 8),
-        ("drafts", 3),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: float) -> None:
-    backend = scripted(Agents(AGREE))
-    response = await chat(backend, MARS, ponder={"mars": {field: value}})
-    assert_error(response, 400, param=f"ponder.mars.{field}")
-    assert not backend.calls

@@ -434,29 +434,6 @@ async def test_a_budget_that_covers_the_search_is_enough() -> None:
     assert answer(response) == text("b")
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("simulations", 0),
-        ("simulations", 17),
-        ("exploration", -0.1),
-        ("exploration", 11),
-        ("depth", -1),
-        ("depth", 5),
-        ("actions", 0),
-        ("actions", 9),
-        ("temperature", 0),
-        ("value_tokens", 0),
-        ("rollouts", 2),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: float) -> None:
-    backend = scripted(Dialogue())
-    response = await chat(backend, MCTS, ponder={"mcts": {field: value}})
-    assert_error(response, 400, param=f"ponder.mcts.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_it() -> None:
     backend = scripted(Dialogue({"ba": 9}))
     response = await chat(backend, MODEL, optillm_approach="mcts")

@@ -304,24 +304,6 @@ async def test_a_budget_that_covers_the_mixture_is_enough() -> None:
     assert response.json()["choices"][0]["message"]["content"] == ANSWER
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("drafts", 1),
-        ("drafts", 9),
-        ("temperature", 0),
-        ("temperature", 3),
-        ("critique_tokens", 0),
-        ("agents", 3),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
-    backend = scripted(Mixture())
-    response = await chat(backend, MOA, ponder={"moa": {field: value}})
-    assert_error(response, 400, param=f"ponder.moa.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_moa_selects_the_mixture() -> None:
     backend = scripted(Mixture())
     response = await chat(backend, MODEL, optillm_approach="moa")

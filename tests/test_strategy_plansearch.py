@@ -381,27 +381,6 @@ async def test_a_budget_that_covers_the_search_is_enough() -> None:
     assert answer(response) == "4 - 2 = 2. The answer is 2."
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("observations", 0),
-        ("observations", 9),
-        ("plans", 0),
-        ("plans", 9),
-        ("temperature", 0),
-        ("observation_tokens", 0),
-        ("plan_tokens", 0),
-        ("select_tokens", 0),
-        ("solutions", 2),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
-    backend = scripted(Search())
-    response = await chat(backend, PLANSEARCH, ponder={"plansearch": {field: value}})
-    assert_error(response, 400, param=f"ponder.plansearch.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_it() -> None:
     backend = scripted(Search())
     response = await chat(backend, MODEL, optillm_approach="plansearch")

@@ -353,22 +353,6 @@ async def test_a_budget_that_covers_the_calls_is_enough() -> None:
     assert response.json()["choices"][0]["message"]["content"] == FINAL
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("restate_tokens", 0),
-        ("judge_tokens", 0),
-        ("judge", "sometimes"),
-        ("rounds", 2),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: object) -> None:
-    backend = scripted(RoundTripModel())
-    response = await chat(backend, RTO, ponder={"rto": {field: value}})
-    assert_error(response, 400, param=f"ponder.rto.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_it() -> None:
     backend = scripted(RoundTripModel())
     response = await chat(backend, MODEL, optillm_approach="rto", messages=CONVERSATION)

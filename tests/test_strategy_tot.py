@@ -400,28 +400,6 @@ async def test_a_budget_that_covers_the_search_is_enough() -> None:
     assert len(backend.calls) == 19
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("breadth", 0),
-        ("breadth", 9),
-        ("depth", 0),
-        ("depth", 6),
-        ("beam", 0),
-        ("beam", 9),
-        ("temperature", 0),
-        ("thought_tokens", 0),
-        ("score_tokens", 0),
-        ("width", 2),
-    ],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: int) -> None:
-    backend = scripted(Tree())
-    response = await chat(backend, TOT, ponder={"tot": {field: value}})
-    assert_error(response, 400, param=f"ponder.tot.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_tot() -> None:
     backend = scripted(Tree())
     response = await chat(backend, MODEL, optillm_approach="tot")

@@ -244,17 +244,6 @@ async def test_a_budget_below_the_calls_needed_is_a_400() -> None:
     assert len(backend.calls) == 1
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [("fix_attempts", -1), ("fix_attempts", 6), ("code_tokens", 0), ("code_temperature", 3)],
-)
-async def test_bad_options_are_a_400_naming_the_field(field: str, value: float) -> None:
-    backend = scripted(Model())
-    response = await chat(backend, Z3, settings=ON, ponder={"z3": {field: value}})
-    assert_error(response, 400, param=f"ponder.z3.{field}")
-    assert not backend.calls
-
-
 async def test_optillm_approach_selects_it() -> None:
     backend = scripted(Model())
     response = await chat(backend, MODEL, settings=ON, optillm_approach="z3")
