@@ -16,6 +16,7 @@ from ponder.sandbox.code import NO_OUTPUT
 from ponder.strategies.z3 import (
     ANSWER_PROMPT,
     FIX_PROMPT,
+    NO_SOLUTION_REPORT,
     PROGRAM_PROMPT,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
@@ -171,6 +172,20 @@ async def test_when_no_program_runs_the_model_answers_the_conversation_alone(
     for step, report in zip(steps, reports, strict=True):
         assert step["output"].startswith(report)
     assert trace_steps(body, "fallback")
+
+
+async def test_constraints_with_no_solution_go_back_to_be_fixed() -> None:
+    unsat = (
+        "from z3 import *\nann = Int('ann')\ns = Solver()\ns.add(ann > 5, ann < 3)\n"
+        "if s.check() == sat:\n    print(s.model())\nelse:\n    print('no solution')"
+    )
+    model = Model(programs=[fence(unsat), fence(PROGRAM)])
+    backend = scripted(model)
+    response = await chat(backend, Z3, settings=ON, ponder={"trace": True})
+    assert content(response.json()) == ANSWER
+    first, _ = trace_steps(response.json(), "program")
+    assert (first["output"], first["ok"]) == (NO_SOLUTION_REPORT, False)
+    assert backend.calls[1].prompt == FIX_PROMPT.format(report=NO_SOLUTION_REPORT)
 
 
 async def test_fix_attempts_zero_falls_back_after_one_program() -> None:

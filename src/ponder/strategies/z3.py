@@ -5,7 +5,8 @@ only in its own folder, z3 loaded before the code and the kernel's Landlock hold
 the program and what it printed then go back to the model, which writes the answer, streamed
 to a streaming client.
 
-A program that fails (an error, a timeout, or nothing printed) goes back to the model with the
+A program that fails (an error, a timeout, nothing printed, or only the prompt's `no solution`
+line, the constraints being unsatisfiable) goes back to the model with the
 sandbox's report, for a whole new program, up to `fix_attempts` times. When none runs, the
 model answers the client's conversation as it is, without the solver.
 
@@ -41,10 +42,22 @@ from ponder.types import Completion, Message
 
 PROGRAM_PROMPT = (
     "Do not answer my request directly. Write a Python program that solves it with the z3 "
-    "solver (`from z3 import *`): declare each unknown quantity as a z3 variable (Int, Real "
-    "or Bool), add every fact and condition of my request as a constraint, call check(), and "
-    "print the values the answer needs from the model, each with a short label. Use only z3 "
-    "and Python's standard library. Reply with the program alone, in one ```python block."
+    "solver: one z3 variable for each unknown quantity (Real where it may be a fraction, else "
+    "Int), one constraint for each fact and condition of my request, then check and print the "
+    "values the answer needs, each with a short label. Follow this shape:\n\n"
+    "```python\n"
+    "from z3 import *\n\n"
+    "apples = Int('apples')  # an unknown of the request\n"
+    "s = Solver()\n"
+    "s.add(apples + 3 == 10)  # a fact of the request\n"
+    "if s.check() == sat:\n"
+    "    m = s.model()\n"
+    "    print('apples =', m.eval(apples))\n"
+    "else:\n"
+    "    print('no solution')\n"
+    "```\n\n"
+    "Use only z3 and Python's standard library. Reply with the program alone, in one "
+    "```python block."
 )
 FIX_PROMPT = (
     "The program did not work. This is what running it gave:\n\n{report}\n\n"
@@ -56,6 +69,11 @@ ANSWER_PROMPT = (
 )
 NO_OUTPUT_REPORT = "Error: the program printed nothing (print() the values the answer needs)"
 NO_PROGRAM = "Error: no program in the reply"
+NO_SOLUTION = "no solution"
+NO_SOLUTION_REPORT = (
+    "Error: the solver found no solution: a constraint contradicts the others, or does not say "
+    "what my request says"
+)
 
 
 class Z3Config(StrategyConfig):
@@ -102,7 +120,10 @@ class SolverAided:
         for number in range(1, cfg.fix_attempts + 2):
             (reply,) = await ctx.complete(prompt, writing)
             code = extract_code(reply.content)
-            attempt = Attempt(code, await tool.run(code, prompt) if code else NO_PROGRAM)
+            observation = await tool.run(code, prompt) if code else NO_PROGRAM
+            if observation.strip().lower() == NO_SOLUTION:  # the shape's own unsat line
+                observation = NO_SOLUTION_REPORT
+            attempt = Attempt(code, observation)
             ctx.reason(f"Program {number}:\n{fenced(code)}\nOutput:\n{attempt.observation}\n")
             ok = not attempt.failed
             ctx.step("program", attempt=number, code=code, output=attempt.observation, ok=ok)
