@@ -1,5 +1,6 @@
-"""A client moving to Ponder keeps its model names: every approach name it may use answers as a model prefix and as `optillm_approach`, is listed by `GET /v1/models` (by its
-slug; an alias answers too), and composes with `&` (a pipeline) and `|` (side by side)."""
+"""A client moving to Ponder keeps its model names: every approach name it may use answers as
+a model prefix and as `optillm_approach`, is listed by `GET /v1/models` (by its slug; an alias
+answers too), and composes with `&` (a pipeline) and `|` (side by side)."""
 
 from __future__ import annotations
 
