@@ -127,7 +127,7 @@ def rating_of(reply: str, shown: str | None = None) -> list[tuple[str, str]]:
 # ---- the search ----------------------------------------------------------------------------
 
 
-async def test_defaults_make_18_calls_and_return_the_most_visited_reply() -> None:
+async def test_defaults_make_18_calls_and_return_the_reply_of_the_highest_mean_value() -> None:
     # the rollouts of a, b and c are aa, ba and ca; b's rates best and b is expanded next
     dialogue = Dialogue({"aa": 6, "ba": 9, "ca": 4, "bba": 2, "bca": 3, "bda": 2})
     backend = scripted(dialogue)
@@ -142,8 +142,8 @@ async def test_defaults_make_18_calls_and_return_the_most_visited_reply() -> Non
     )
     assert response.status_code == 200
     body = response.json()
-    # b's children rate badly, yet b has 4 visits to 1 each: it stays the answer
-    assert answer(response) == text("b")
+    # b's children rate badly: its mean falls to 0.4, below a's 0.6, though b has 4 visits
+    assert answer(response) == text("a")
     assert len(backend.calls) == 18
     assert response.headers["x-ponder-backend-calls"] == "18"
     assert [kind(c) for c in backend.calls] == (["reply"] * 6 + ["rate"] * 3) * 2
@@ -187,7 +187,7 @@ async def test_defaults_make_18_calls_and_return_the_most_visited_reply() -> Non
     (choice,) = trace_steps(body, "choice")
     assert choice["visits"] == [1, 4, 1]
     assert choice["values"] == pytest.approx([0.6, (0.9 + 0.2 + 0.3 + 0.2) / 4, 0.4])
-    assert choice["chosen"] == 2
+    assert choice["chosen"] == 1
 
 
 async def test_a_third_simulation_can_change_the_answer() -> None:
@@ -208,16 +208,18 @@ async def test_a_third_simulation_can_change_the_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("exploration", "expanded", "prompt"),
+    ("exploration", "expanded", "prompt", "chosen"),
     [
-        # 0.9 + 0.2 * sqrt(ln 6 / 4) = 1.034 < 0.8 + 0.2 * sqrt(ln 6) = 1.068: c is explored
-        (0.2, [3], state("c")),
-        # without exploration b (0.9) stays ahead; its children tie and the first, bb, is expanded
-        (0.0, [2, 1], state("b", "bb")),
+        # 0.9 + 0.2 * sqrt(ln 6 / 4) = 1.034 < 0.8 + 0.2 * sqrt(ln 6) = 1.068: c is explored,
+        # its children rate 0.5 (c's mean 0.575) and b (0.9) is the answer
+        (0.2, [3], state("c"), "b"),
+        # without exploration b (0.9) stays ahead; its children tie and the first, bb, is
+        # expanded; bb's children rate 0.5, b's mean falls to 0.73 and c (0.8) is the answer
+        (0.0, [2, 1], state("b", "bb"), "c"),
     ],
 )
 async def test_exploration_weighs_the_less_visited_replies(
-    exploration: float, expanded: list[int], prompt: list[tuple[str, str]]
+    exploration: float, expanded: list[int], prompt: list[tuple[str, str]], chosen: str
 ) -> None:
     scores: dict[str, int | str] = {"aa": 5, "ba": 9, "ca": 8, "bba": 9, "bca": 9, "bda": 9}
     backend = scripted(Dialogue(scores))
@@ -227,7 +229,7 @@ async def test_exploration_weighs_the_less_visited_replies(
     )
     assert trace_steps(response.json(), "simulation")[2]["expanded"] == expanded
     assert [turns(c) for c in backend.calls[18:21]] == [prompt] * 3
-    assert answer(response) == text("b")
+    assert answer(response) == text(chosen)
 
 
 def test_uct_scores_and_the_final_choice() -> None:
@@ -237,9 +239,9 @@ def test_uct_scores_and_the_final_choice() -> None:
     )
     assert uct(Node(visits=1, value=0.4), 1, 3.0) == pytest.approx(0.4)
     root = Node()
-    for visits, value in ((1, 0.9), (3, 1.5), (3, 2.1), (3, 2.1)):
+    for visits, value in ((1, 0.7), (3, 1.5), (3, 2.1), (3, 2.1), (4, 1.6)):
         root.children.append(Node(visits=visits, value=value, path=(len(root.children) + 1,)))
-    assert best_child(root).path == (3,)  # most visits, then the higher mean, then the earlier
+    assert best_child(root).path == (3,)  # the higher mean, then more visits, then the earlier
 
 
 async def test_selection_descends_to_a_leaf_before_expanding() -> None:
@@ -388,15 +390,15 @@ async def test_streams_the_search_as_reasoning_then_the_chosen_reply() -> None:
         "Reply 2.1: Answer bb. (value 0.20)\n"
         "Reply 2.2: Answer bc. (value 0.30)\n"
         "Reply 2.3: Answer bd. (value 0.20)\n"
-        "Chosen reply 2: 4 visits, mean value 0.40\n"
+        "Chosen reply 1: 1 visits, mean value 0.60\n"
     )
-    assert streamed_text(response.text) == text("b")
+    assert streamed_text(response.text) == text("a")
     assert not any(c.stream for c in backend.calls)  # the answer is a reply already written
     response = await chat(
         scripted(Dialogue(scores)), MCTS, stream=True, ponder={"reasoning": False}
     )
     assert streamed_text(response.text, "reasoning_content") == ""
-    assert streamed_text(response.text) == text("b")
+    assert streamed_text(response.text) == text("a")
 
 
 @pytest.mark.parametrize(
