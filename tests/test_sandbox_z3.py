@@ -89,6 +89,16 @@ async def test_the_kernel_layer_alone_refuses_tcp_where_the_kernel_can(tmp_path:
         listener.close()
 
 
+async def test_under_landlock_the_standard_library_still_loads_its_shared_libraries() -> None:
+    code = "import zlib, bz2, lzma, decimal\nprint(zlib.crc32(b'ponder'), decimal.Decimal(1) / 4)"
+    assert await PythonTool(10, 256).run(code, []) == "2468618432 0.25"
+
+
+async def test_the_code_finds_no_ctypes_left_by_setting_up_landlock() -> None:
+    code = "print([c.__name__ for c in object.__subclasses__() if 'ctypes' in c.__module__])"
+    assert await PythonTool(10, 256).run(code, []) == "[]"
+
+
 @pytest.mark.skipif(Z3 is None, reason="z3-solver is not installed")
 async def test_z3_solves_in_the_sandbox() -> None:
     code = (

@@ -1,10 +1,13 @@
 """The child side of the `python` tool (`ponder.sandbox.code`): run as a script by
-`python -I -S -B child.py FOLDER CPU_S MEMORY_BYTES FILE_BYTES OPEN_FILES MAX_CREATED [Z3_DIR]`,
-with the folder as working directory and the model's code in its `main.py`. Standard library
-only (and, with Z3_DIR, the z3 package in that folder).
+`python -I -S -B child.py --confine FOLDER CPU_S MEMORY_BYTES FILE_BYTES OPEN_FILES MAX_CREATED
+[Z3_DIR]`, with the folder as working directory and the model's code in its `main.py`. Standard
+library only (and, with Z3_DIR, the z3 package in that folder).
 
-Before the code runs it loads z3 when asked, confines its files with Landlock (where the
-kernel has it; required with z3), sets the resource limits, replaces the few functions no
+It runs in two stages. The first confines the process's files with Landlock (where the kernel
+has it; required with z3), then runs this script again without `--confine`, in a fresh
+interpreter: Landlock is set up through ctypes, and the code must not find ctypes' classes
+left behind. Before the code runs, the second stage loads z3 when asked, sets the resource
+limits, replaces the few functions no
 audit event guards, and installs the audit hook; then it runs `main.py` as `__main__` (the
 value of a last bare expression is printed, as a REPL shows it) and reports an exception as a
 traceback without its own frames, exiting with status 1 (SETUP_FAILED when it could not
@@ -72,6 +75,11 @@ CHANGES: dict[str, tuple[tuple[int, int | None], ...]] = {
 }
 AF_UNIX = 1
 S_IFMT, S_IFLNK, S_IFDIR = 0o170000, 0o120000, 0o040000
+
+CONFINE = "--confine"
+"""The first argument of the first stage (see `confine_then_exec`)."""
+LIBRARY_FOLDERS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache")
+"""Where the dynamic loader finds shared libraries: readable under Landlock, not by the code."""
 
 Z3_MODULES = ("z3", "z3.z3util", "z3.z3num", "z3.z3poly", "z3.z3rcf")
 """What is loaded before the code runs, with Z3_DIR: the code cannot import from outside the
@@ -164,14 +172,23 @@ def confine_files(reads: Iterable[str], writes: Iterable[str]) -> None:
 
 
 def load_z3(folder: str) -> None:
-    """Imports z3 from `folder` (the one holding its package) before the code runs; the
-    folder leaves the import path again, so the code can import nothing else from it."""
-    sys.path.insert(0, folder)
-    try:
-        for name in Z3_MODULES:
-            __import__(name)
-    finally:
-        sys.path.remove(folder)
+    """Imports z3 from `folder` (the one holding its package) before the code runs, from its
+    package folder alone: nothing else in `folder` is on the import path, or readable."""
+    import importlib
+    import importlib.util
+    import os
+
+    package = os.path.join(folder, "z3")
+    spec = importlib.util.spec_from_file_location(
+        "z3", os.path.join(package, "__init__.py"), submodule_search_locations=[package]
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError("no z3 package in " + folder)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["z3"] = module
+    spec.loader.exec_module(module)
+    for name in Z3_MODULES[1:]:
+        importlib.import_module(name)
 
 
 def neuter(refused_modules: frozenset[str]) -> None:
@@ -411,6 +428,41 @@ def report(error: BaseException, traceback: Any, posix: Any, own_file: str) -> N
         posix.write(2, (type(error).__name__ + "\n").encode())
 
 
+def allowed(folder: str, z3_folder: str | None) -> tuple[tuple[str, ...], ...]:
+    """What the child may touch, as (code roots, reads, writes, kernel reads): extension
+    modules load only from the code roots (the standard library's folders); the audit hook lets
+    files be read under `reads` and written under `writes`; Landlock lets them be read under
+    the kernel reads too, which add this script and the shared libraries the interpreter and
+    the standard library's extension modules load (zlib's libz, say: no audit event sees those
+    opens)."""
+    path = sys.modules["os"].path
+    code_roots = tuple({path.realpath(p) for p in (*sys.path, path.dirname(path.__file__))})
+    others = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/usr/share/zoneinfo")
+    executable = path.realpath(sys.executable)
+    reads = (*code_roots, folder, executable, *others)
+    if z3_folder is not None:
+        reads = (*reads, path.realpath(path.join(z3_folder, "z3")))
+    libraries = (*LIBRARY_FOLDERS, path.join(path.dirname(path.dirname(executable)), "lib"))
+    this_script = path.realpath(__file__)  # the second stage runs it again
+    return code_roots, reads, (folder, "/dev/null"), (*reads, *libraries, this_script)
+
+
+def confine_then_exec(args: list[str]) -> None:
+    """The first stage: confine the files with Landlock, then run this script again, afresh
+    (ctypes, which Landlock is set up with, is gone from the new interpreter; Landlock stays).
+    Without Landlock, only a z3 run fails."""
+    import os
+
+    folder, z3_folder = args[0], (args[6] if len(args) > 6 and args[6] else None)
+    _, _, writes, kernel_reads = allowed(folder, z3_folder)
+    try:
+        confine_files(kernel_reads, writes)
+    except OSError:
+        if z3_folder is not None:
+            raise  # z3 brings ctypes within the code's reach: not without the kernel's layer
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-B", __file__, *args])
+
+
 def main() -> None:
     import ast
     import posix
@@ -420,6 +472,8 @@ def main() -> None:
 
     own_file, report_ = __file__, report
     try:
+        if sys.argv[1] == CONFINE:
+            confine_then_exec(sys.argv[2:])
         folder = sys.argv[1]
         cpu_s, memory, file_bytes, open_files, max_created = (int(a) for a in sys.argv[2:7])
         with open("main.py", encoding="utf-8") as file:
@@ -429,21 +483,11 @@ def main() -> None:
                 encoding="utf-8", errors="backslashreplace", line_buffering=True
             )
         z3_folder = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
-        path = sys.modules["os"].path
-        code_roots = tuple({path.realpath(p) for p in (*sys.path, path.dirname(path.__file__))})
-        others = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/usr/share/zoneinfo")
-        reads = (*code_roots, folder, path.realpath(sys.executable), *others)
-        writes = (folder, "/dev/null")
+        code_roots, reads, writes, _ = allowed(folder, z3_folder)
         if z3_folder is not None:
             load_z3(z3_folder)
-            reads = (*reads, path.realpath(path.join(z3_folder, "z3")))
-        try:
-            confine_files(reads, writes)
-        except OSError:
-            if z3_folder is not None:
-                raise  # z3 brings ctypes within the code's reach: not without the kernel's layer
-        for name in ("ctypes", "_ctypes", "ctypes._endian"):  # z3 keeps its own reference
-            sys.modules.pop(name, None)
+            for name in ("ctypes", "_ctypes", "ctypes._endian"):  # z3 keeps its own reference
+                sys.modules.pop(name, None)
         sys.pycache_prefix = "/dev/null/pycache"  # compiled files are not read: marshal is refused
         neuter(REFUSED_MODULES)
         for which, value in (

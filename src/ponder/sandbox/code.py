@@ -13,9 +13,10 @@ The layers, from the kernel's to Python's:
   PID namespace the server's processes cannot be seen or signalled. Where only a network
   namespace can be made, that one; where none, the audit hook alone cuts the network;
 - Landlock, where the kernel has it (required for z3, see `ponder.sandbox.child`): the child
-  confines itself before the code runs to reading the standard library (and z3), the
-  interpreter and a few devices, and writing in its folder; where the kernel can, no TCP and
-  no signals out of it either. This holds whatever the code does to the interpreter;
+  confines itself first, then starts its interpreter afresh, to reading the standard library
+  (and z3), the interpreter, the shared libraries and a few devices, and writing in its
+  folder; where the kernel can, no TCP and no signals out of it either. This holds whatever
+  the code does to the interpreter;
 - resource limits, set by the child before the code runs: CPU seconds (the timeout, rounded
   up, plus one), address space (`code_memory_mb`), file size (1 MB), open files, no new
   processes or threads (RLIMIT_NPROC 0, which binds all but root), no core files;
@@ -52,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ponder.sandbox.child import SETUP_FAILED, landlock_abi
+from ponder.sandbox.child import CONFINE, SETUP_FAILED, landlock_abi
 from ponder.types import Message
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ async def _supervise(
 ) -> RunResult:
     limits = (math.ceil(timeout_s) + 1, memory_mb * 1024 * 1024, MAX_FILE_BYTES, MAX_OPEN_FILES)
     process = await asyncio.create_subprocess_exec(
-        *prefix, sys.executable, "-I", "-S", "-B", CHILD, folder,
+        *prefix, sys.executable, "-I", "-S", "-B", CHILD, CONFINE, folder,
         *(str(limit) for limit in (*limits, MAX_CREATED_FILES)),
         *([z3_folder] if z3_folder else []),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
