@@ -39,7 +39,7 @@ from ponder.strategies.common import (
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import after_request, best, marked, numbered
+from ponder.strategies.showing import REQUESTED_FORM, after_request, best, marked, numbered
 from ponder.types import Completion, Message
 
 PLAN_PROMPT = (
@@ -56,8 +56,8 @@ MARKER = "REFINED ANSWER:"
 REFINE_PROMPT = (
     "Compare the executions: say where they disagree with each other, with the plan or with my "
     "request, and work out which is right. Then, on a line of its own, write "
-    f"`{MARKER}` and after it the one best answer to my request: complete, with its working, in "
-    "the form my request asks for, without mentioning the plan or the executions."
+    f"`{MARKER}` and after it the one best answer to my request: complete, with its working, "
+    f"{REQUESTED_FORM}, without mentioning the plan or the executions."
 )
 ANSWER_INTRO = "Here is a proposed answer to my request above:"
 RATE_PROMPT = (

@@ -45,7 +45,7 @@ from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import helper_sampling
 from ponder.strategies.context import RequestContext
 from ponder.strategies.programs import Attempt, extract_code, fenced
-from ponder.strategies.showing import after_request
+from ponder.strategies.showing import REQUESTED_FORM, after_request
 from ponder.strategies.tools import OPTIONAL_TOOLS, Tool
 from ponder.types import Completion, Message
 
@@ -77,8 +77,8 @@ SIMULATE_PROMPT = (
 OUTPUT_INTRO = "Running it printed:"
 SIMULATION_INTRO = "The program could not run here, so its run was simulated line by line:"
 ANSWER_PROMPT = (
-    "Using the program's result, answer my request now, in the form my request asks for. Do "
-    "not mention the program unless my request asks about it."
+    f"Using the program's result, answer my request now, {REQUESTED_FORM}. Do not mention "
+    "the program unless my request asks about it."
 )
 
 

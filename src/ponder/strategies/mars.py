@@ -33,7 +33,7 @@ from ponder.answers import majority_vote
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import helper_sampling, preview, voice
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import after_request, verdict
+from ponder.strategies.showing import REQUESTED_FORM, after_request, verdict
 from ponder.types import Completion, Message
 
 VERDICT = "VERDICT:"
@@ -53,7 +53,7 @@ VERIFY_PROMPT = (
 ISSUES_INTRO = "A reviewer checked this solution and found these issues:"
 IMPROVE_PROMPT = (
     "Write an improved, complete solution to my request that fixes these issues, with its "
-    "working, ending with the final answer. Do not mention the review."
+    f"working, ending with the final answer {REQUESTED_FORM}. Do not mention the review."
 )
 NO_ANSWER = "(no answer)"
 NO_VERDICT = "no verdict"

@@ -24,7 +24,7 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import SampleTemperature, helper_sampling, preview, varied
 from ponder.strategies.context import RequestContext
-from ponder.strategies.showing import after_request, announce, numbered
+from ponder.strategies.showing import REQUESTED_FORM, after_request, announce, numbered
 from ponder.types import Completion, Message
 
 DRAFTS_INTRO = "Here are {count} draft answers to my request above, written independently:"
@@ -35,7 +35,7 @@ CRITIQUE_PROMPT = (
 REVIEW_INTRO = "A review of the drafts:"
 SYNTHESIS_PROMPT = (
     "Using the drafts and the review, write the one best answer to my request: complete, with "
-    "its working, in the form my request asks for. Do not mention the drafts or the review."
+    f"its working, {REQUESTED_FORM}. Do not mention the drafts or the review."
 )
 
 

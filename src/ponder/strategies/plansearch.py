@@ -35,7 +35,15 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import SampleTemperature, helper_sampling, preview
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import after_request, best, listing, numbered, parse_list, selection
+from ponder.strategies.showing import (
+    REQUESTED_FORM,
+    after_request,
+    best,
+    listing,
+    numbered,
+    parse_list,
+    selection,
+)
 from ponder.types import Completion, Message
 
 OBSERVE_PROMPT = (
@@ -56,8 +64,8 @@ PLAN_PROMPT = (
 )
 PLAN_INTRO = "A plan for my request:"
 SOLVE_PROMPT = (
-    "Follow the plan to answer my request: write the complete answer, with its working, in the "
-    "form my request asks for. Do not mention the plan."
+    "Follow the plan to answer my request: write the complete answer, with its working, "
+    f"{REQUESTED_FORM}. Do not mention the plan."
 )
 SOLUTIONS_INTRO = "Here are {count} candidate solutions to my request above:"
 SELECT_PROMPT = (

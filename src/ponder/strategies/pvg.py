@@ -37,7 +37,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import after_request, best, marked
+from ponder.strategies.showing import REQUESTED_FORM, after_request, best, marked
 from ponder.types import Completion, Message
 
 HELPFUL_INSTRUCTIONS = (
@@ -51,8 +51,8 @@ SNEAKY_INSTRUCTIONS = (
 EARLIER_INTRO = "Here is an earlier solution to my request above:"
 IMPROVE_PROMPT = (
     "Write an improved solution to my request: check every step of the earlier one, fix any "
-    "mistake, and make each step clear and easy to verify. Give the full solution, not a "
-    "comment on the earlier one."
+    "mistake, and make each step clear and easy to verify. Give the full solution, "
+    f"{REQUESTED_FORM}, not a comment on the earlier one."
 )
 SOLUTION_INTRO = "Here is a proposed solution to my request above:"
 VERIFY_PROMPT = (

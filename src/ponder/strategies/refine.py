@@ -26,7 +26,7 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import cut_off, followup, helper_sampling, preview
 from ponder.strategies.context import RequestContext
-from ponder.strategies.showing import verdict
+from ponder.strategies.showing import REQUESTED_FORM, verdict
 from ponder.types import Completion, Message
 
 NO_ISSUES = "NO ISSUES"
@@ -44,8 +44,8 @@ CRITIQUE_PROMPT = (
 
 REVISE_PROMPT = (
     "A reviewer found these problems in your answer above:\n\n{critique}\n\n"
-    "Write an improved, complete answer to the original request that fixes them. "
-    "Reply with the answer only, without mentioning the review."
+    "Write an improved, complete answer to my original request that fixes them, with its "
+    f"working, {REQUESTED_FORM}. Reply with the answer only, without mentioning the review."
 )
 
 PREVIEW_CHARS = 200

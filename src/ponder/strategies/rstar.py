@@ -66,7 +66,7 @@ from ponder.answers import extract_answer
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import SampleTemperature, cut_off, followup, helper_sampling, voice
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import after_request
+from ponder.strategies.showing import FINAL_FROM_REASONING, after_request
 from ponder.types import Completion, Message, Sampling
 
 ANSWER_FORMAT = '"The answer is <answer>."'
@@ -95,7 +95,7 @@ REANSWER_PROMPT = (
 )
 REPHRASED_INTRO = "My request, rephrased:"
 PARTIAL_INTRO = "The reasoning so far:"
-FINAL_PROMPT = "Using the reasoning above, give the final answer to my original request."
+FINAL_PROMPT = FINAL_FROM_REASONING
 
 ROOT = "root"
 ONE_STEP = "one_step"  # A1

@@ -36,7 +36,7 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, helper_sampling, preview, voice
 from ponder.strategies.context import RequestContext
-from ponder.strategies.showing import after_request, numbered
+from ponder.strategies.showing import REQUESTED_FORM, after_request, numbered
 from ponder.types import Completion, Message
 
 RESTATE_PROMPT = (
@@ -52,8 +52,8 @@ JUDGE_PROMPT = (
 )
 RECONCILE_PROMPT = (
     "The two answers may disagree. Check the steps and calculations of each against my request, "
-    "and write the one correct, complete answer to my request, in the form my request asks "
-    "for. Do not mention the two answers."
+    f"and write the one correct, complete answer to my request, {REQUESTED_FORM}. Do not "
+    "mention the two answers."
 )
 _COMPARABLE = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?|[A-J]")
 _VERDICT = re.compile(r"\b(SAME|DIFFERENT)\b", re.IGNORECASE)

@@ -26,6 +26,20 @@ from ponder.strategies.common import cut_off, last_user_index, preview, rewrite_
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
+REQUESTED_FORM = (
+    "in the form my request asks for, with the actual result in place of any placeholder "
+    "(such as N) in that form"
+)
+"""How a call that writes the answer again asks for the client's form: told only "in the form
+my request asks for", Qwen2.5-Coder 1.5B answered a GSM8K request (which ends `"The answer is
+N." where N is the final number`) with that line alone, N and all, in 4 of 37 moa syntheses
+and 3 of 50 refine revisions."""
+
+FINAL_FROM_REASONING = (
+    f"Using the reasoning above, give the final answer to my original request, {REQUESTED_FORM}."
+)
+"""The last call of a search over reasoning steps (`tot`, `rstar`), after the chosen steps."""
+
 CUT_OFF_MARK = " (cut off at the length limit before it finished)"
 CUT_OFF_NOTE = "(Cut off at the length limit before it finished.)"
 

@@ -28,6 +28,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
+from ponder.strategies.showing import FINAL_FROM_REASONING
 from ponder.types import Completion, Message
 
 TOT_INSTRUCTIONS = (
@@ -41,7 +42,7 @@ VALUE_PROMPT = (
     "a correct answer, from 1 (a dead end) to 10 (certainly on the right track)? "
     "Reply with only the number."
 )
-FINAL_PROMPT = "Using the reasoning above, give the final answer to my original request."
+FINAL_PROMPT = FINAL_FROM_REASONING
 
 
 class TreeOfThoughtsConfig(StrategyConfig):

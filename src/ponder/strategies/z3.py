@@ -36,7 +36,7 @@ from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, helper_sampling
 from ponder.strategies.context import RequestContext
 from ponder.strategies.programs import Attempt, extract_code, fenced
-from ponder.strategies.showing import after_request
+from ponder.strategies.showing import REQUESTED_FORM, after_request
 from ponder.strategies.tools import Tool
 from ponder.types import Completion, Message
 
@@ -65,7 +65,7 @@ FIX_PROMPT = (
 )
 ANSWER_PROMPT = (
     "Using the solver's result, answer my request above. Check that the result makes sense "
-    "for the request, and give the answer in the form my request asks for."
+    f"for the request, and give the answer {REQUESTED_FORM}."
 )
 NO_OUTPUT_REPORT = "Error: the program printed nothing (print() the values the answer needs)"
 NO_PROGRAM = "Error: no program in the reply"
