@@ -14,6 +14,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Annotated
@@ -136,3 +137,11 @@ def voice(sample: Completion) -> str | None:
     """The final answer a sample stands for: None for a sample cut off before it finished (its
     last number is a step of the working, not a result)."""
     return None if cut_off(sample) else extract_answer(sample.content)
+
+
+def uct(mean: float, visits: int, parent_visits: int, exploration: float) -> float:
+    """The UCT score of a tree search's node: its mean value plus `exploration` times
+    sqrt(ln(parent visits) / visits); infinite for a node never visited, so it comes first."""
+    if visits == 0:
+        return math.inf
+    return mean + exploration * math.sqrt(math.log(max(parent_visits, 1)) / visits)

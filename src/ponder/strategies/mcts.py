@@ -48,13 +48,13 @@ fails the request. For the request's `n`, the engine runs `n` independent search
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import Field
 
+from ponder.strategies import common
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
@@ -129,9 +129,7 @@ class Node:
 def uct(node: Node, parent_visits: int, exploration: float) -> float:
     """The UCT score of `node`: its mean value plus the exploration term; infinite for a node
     never visited."""
-    if node.visits == 0:
-        return math.inf
-    return node.mean + exploration * math.sqrt(math.log(parent_visits) / node.visits)
+    return common.uct(node.mean, node.visits, parent_visits, exploration)
 
 
 def best_child(node: Node) -> Node:

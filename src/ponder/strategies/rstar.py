@@ -53,7 +53,6 @@ independent searches.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -63,6 +62,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.answers import extract_answer
+from ponder.strategies import common
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import SampleTemperature, cut_off, followup, helper_sampling, voice
 from ponder.strategies.context import RequestContext, gather
@@ -193,10 +193,7 @@ def prefix_lines(steps: Sequence[Step]) -> tuple[str, int, int]:
 
 
 def uct(child: Node, parent_visits: int, c: float) -> float:
-    if child.visits == 0:
-        return math.inf
-    explore = math.sqrt(math.log(max(parent_visits, 1)) / child.visits)
-    return child.reward + c * explore
+    return common.uct(child.reward, child.visits, parent_visits, c)
 
 
 class RStar:
