@@ -9,14 +9,17 @@ import pytest
 
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
+from ponder.strategies.showing import REQUESTED_FORM
 from ponder.strategies.tot import (
     FINAL_PROMPT,
     NEXT_STEP_PROMPT,
     TOT_INSTRUCTIONS,
     VALUE_PROMPT,
+    one_step,
     steps_text,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.types import Completion
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -413,3 +416,60 @@ async def test_request_n_runs_independent_searches() -> None:
     body = response.json()
     assert [c["message"]["content"] for c in body["choices"]] == [ANSWER, ANSWER]
     assert len(backend.calls) == 2 * 3
+
+
+@pytest.mark.parametrize(
+    ("text", "finish", "step"),
+    [
+        ("Add 4 and 5 to get 9.", "stop", "Add 4 and 5 to get 9."),
+        ("Step 1: Add 4 and 5.\nStep 2: Double it.\nThe answer is 18.", "stop", "Add 4 and 5."),
+        (
+            "**Step 3:** Subtract 2: 7 - 2 = 5.\n\n**Step 4:** Done.",
+            "stop",
+            "Subtract 2: 7 - 2 = 5.",
+        ),
+        ("First, 4 + 5 = 9. Then the th", "length", "First, 4 + 5 = 9."),
+        ("A total of 4 pages\nand th", "length", "A total of 4 pages"),
+        ("No sentence end at all", "length", "No sentence end at all"),
+        (
+            "Then 9 * 2 = 18.\nNext, mention step 2 in passing.",
+            "stop",
+            "Then 9 * 2 = 18.\nNext, mention step 2 in passing.",
+        ),
+    ],
+)
+def test_a_proposal_is_kept_as_one_step(text: str, finish: str, step: str) -> None:
+    assert one_step(Completion(text, finish_reason=finish)) == step
+
+
+async def test_labelled_and_cut_off_proposals_make_clean_paths_and_the_last_call_finishes() -> None:
+    proposals = iter(
+        [
+            "Step 1: Count the boxes: 6.\nStep 2: Multiply by 4: 24.\nThe answer is 24.",
+            "Step 1: Six boxes of four pencils.",
+            Completion("Start with 6 * 4 = 24. Then subtract fi", finish_reason="length"),
+        ]
+    )
+
+    def reply(call: Call, index: int) -> Reply:
+        if call.prompt == VALUE_PROMPT:
+            return "7"
+        if call.prompt == FINAL_PROMPT:
+            return "24 - 5 = 19. The answer is 19."
+        return next(proposals)
+
+    backend = scripted(reply)
+    response = await chat(backend, TOT, ponder={"tot": {"depth": 1, "beam": 1}, "trace": True})
+    (level,) = trace_steps(response.json(), "level")
+    assert level["steps"] == [
+        "Count the boxes: 6.",
+        "Six boxes of four pencils.",
+        "Start with 6 * 4 = 24.",
+    ]
+    final = backend.calls[-1]
+    assert [(m.role, m.text) for m in final.messages[-2:]] == [
+        ("assistant", "Step 1: Count the boxes: 6."),
+        ("user", FINAL_PROMPT),
+    ]
+    assert "finish solving" in FINAL_PROMPT and REQUESTED_FORM in FINAL_PROMPT
+    assert response.json()["choices"][0]["message"]["content"] == "24 - 5 = 19. The answer is 19."

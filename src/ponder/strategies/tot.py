@@ -2,7 +2,15 @@
 the list of reasoning steps so far (the root has none). At every level each node in the beam
 proposes `breadth` possible next steps, the model rates every new partial solution from 1 to
 10, and the `beam` best-rated ones (earlier first on a tie) make the next beam. After `depth`
-levels the best path is turned into the final answer, streamed to a streaming client.
+levels the model finishes the solution from the best path, in full, ending with the answer in
+the form the request asks for; that call streams to a streaming client.
+
+A proposed step is kept as one step: a "Step N:" label the model wrote is dropped (the path
+numbers its steps itself), and what follows a second step's label is cut, as is an unfinished
+last sentence of a step cut off at `thought_tokens`. (On GSM8K, Qwen2.5-Coder 1.5B often wrote
+several labelled steps in one proposal, cut off mid-word, which the path then showed as "Step
+1: Step 1: ..."; asked at the end only for "the final answer", it copied a guess its second
+step had made, and two short steps do not solve a GSM8K problem: the last call finishes it.)
 
 Calls: at each level, one sampling of `breadth` next steps per node in the beam (`breadth`
 calls, or one with a native-`n` backend), all nodes at once; then one scoring call per new
@@ -13,6 +21,7 @@ engine runs `n` independent searches.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -21,6 +30,7 @@ from pydantic import Field
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
+    cut_off,
     followup,
     helper_sampling,
     parse_score,
@@ -28,7 +38,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import FINAL_FROM_REASONING
+from ponder.strategies.showing import REQUESTED_FORM
 from ponder.types import Completion, Message
 
 TOT_INSTRUCTIONS = (
@@ -42,7 +52,14 @@ VALUE_PROMPT = (
     "a correct answer, from 1 (a dead end) to 10 (certainly on the right track)? "
     "Reply with only the number."
 )
-FINAL_PROMPT = FINAL_FROM_REASONING
+FINAL_PROMPT = (
+    "Continue from the steps above and finish solving my original request: write the remaining "
+    "steps in full, checking each calculation, then give the final answer "
+    f"{REQUESTED_FORM}."
+)
+_STEP_LABEL = re.compile(r"^\s*\**\s*step\s*\d+\s*[:.)]\**\s*", re.IGNORECASE)
+_NEXT_STEP = re.compile(r"\n\s*\**\s*step\s*\d+\s*[:.)]", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
 class TreeOfThoughtsConfig(StrategyConfig):
@@ -52,6 +69,21 @@ class TreeOfThoughtsConfig(StrategyConfig):
     temperature: SampleTemperature = 0.7
     thought_tokens: int = Field(128, ge=1, description="Token limit of each proposed step")
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
+
+
+def one_step(proposal: Completion) -> str:
+    """A proposed step as one step: without the model's own "Step N:" label, cut before the
+    label of a second step, and, when cut off at the token limit, without its unfinished last
+    sentence (unless that is all there is)."""
+    text = _STEP_LABEL.sub("", proposal.content or "", count=1)
+    following = _NEXT_STEP.search(text)
+    if following is not None:
+        return text[: following.start()].strip()
+    if cut_off(proposal):
+        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+        if ends:
+            text = text[: ends[-1]]
+    return text.strip()
 
 
 def steps_text(steps: Sequence[str]) -> str:
@@ -91,7 +123,7 @@ class TreeOfThoughts:
                 ]
             )
             children = [
-                [*node, (c.content or "").strip()]
+                [*node, one_step(c)]
                 for node, proposed in zip(beam, expansions, strict=True)
                 for c in proposed
             ]
