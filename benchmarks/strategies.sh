@@ -98,9 +98,10 @@ fi
 if want "$target" fixes4; then
     # The fourth round: moa and refine with the answer-writing calls asking for the request's
     # form "with the actual result in place of any placeholder" (the 1.5B wrote "The answer is
-    # N." alone in 4 of 37 moa syntheses and 3 of 50 refine revisions of the third round).
+    # N." alone in 4 of 37 moa syntheses and 3 of 50 refine revisions of the third round);
+    # react with Thoughts that reason in full (they were one line) and cut-off steps that go on.
     with_none $RUNS/gsm8k-1.5b-fixes4 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches moa,refine --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes4
 fi
 if want "$target" spl2; then

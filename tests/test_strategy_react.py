@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletion
 from ponder.errors import BackendUnavailable
 from ponder.strategies.react import (
     CONTINUE,
+    CUT_STEP,
     FORCE_FINAL,
     NO_TOOLS,
     OBSERVATION_STOP,
@@ -26,7 +27,7 @@ from ponder.strategies.react import (
 from ponder.strategies.tool_exchange import split_scratchpad, tool_arguments
 from ponder.strategies.tools import BUILTIN_TOOLS
 from ponder.testing import ScriptedBackend
-from ponder.types import Message, Sampling, ToolCall
+from ponder.types import Completion, Message, Sampling, ToolCall
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -424,6 +425,27 @@ async def test_a_step_without_action_or_final_answer_is_the_answer() -> None:
     response = await chat(scripted(["Paris, of course."]), REACT, stream=True)
     assert streamed_text(response.text) == "Paris, of course."
     assert streamed_text(response.text, "reasoning_content") == UNFORMATTED_STEP
+
+
+async def test_a_step_cut_off_before_its_action_goes_on_in_the_next_step() -> None:
+    cut = Completion("Thought: 6 boxes of 4 pencils is 6 * 4, which", finish_reason="length")
+    backend = scripted([cut, "is 24, less 5 given away.\nFinal Answer: 19"])
+    response = await chat(backend, REACT, ponder={"trace": True}, stream=False)
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "19"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert len(backend.calls) == 2
+    assert [(m.role, m.text) for m in backend.calls[1].messages[-2:]] == [
+        ("assistant", "Thought: 6 boxes of 4 pencils is 6 * 4, which"),
+        ("user", CONTINUE),
+    ]
+    first, _ = trace_steps(body, "react_step")
+    assert first["cut_off"] is True and "final_answer" not in first
+
+    response = await chat(scripted([cut, "Final Answer: 19"]), REACT, stream=True)
+    assert streamed_text(response.text, "reasoning_content").startswith(
+        f"Thought: 6 boxes of 4 pencils is 6 * 4, which\n{CUT_STEP}"
+    )
 
 
 async def test_tool_choice_none_hides_the_client_tools() -> None:
