@@ -14,6 +14,7 @@ from ponder.strategies.deepthink import (
     ADAPT_PROMPT,
     DEFAULT_MODULES,
     IMPLEMENT_PROMPT,
+    MAX_SELECTED,
     MODULES,
     SELECT_PROMPT,
     SOLVE_INSTRUCTIONS,
@@ -237,6 +238,26 @@ async def test_unparseable_stages_fall_back() -> None:
     assert implement.prompt.endswith(IMPLEMENT_PROMPT.format(adapted=numbered(DEFAULT_MODULES)))
     # a plan without a JSON object is used as written
     assert chain.messages[0].text == SOLVE_INSTRUCTIONS.format(structure="Just solve.")
+
+
+@pytest.mark.parametrize("named", [MAX_SELECTED + 1, len(MODULES)])
+async def test_a_selection_that_names_too_many_modules_falls_back_to_the_defaults(
+    named: int,
+) -> None:
+    listing = "\n".join(f"{i + 1}. {MODULES[i][0]}" for i in range(named))
+    backend = scripted(Thinker(AGREE, {"select": listing}))
+    response = await chat(backend, DEEPTHINK, ponder={"trace": True})
+    (select,) = trace_steps(response.json(), "select")
+    assert select["modules"] == [MODULES[i][0] for i in DEFAULT_MODULES]
+    assert (select["parsed"], select["named"], select["default"]) == (True, named, True)
+    assert backend.calls[1].prompt.endswith(ADAPT_PROMPT.format(modules=numbered(DEFAULT_MODULES)))
+
+    five = "\n".join(f"{i + 1}. {MODULES[i][0]}" for i in range(MAX_SELECTED))
+    backend = scripted(Thinker(AGREE, {"select": five}))
+    response = await chat(backend, DEEPTHINK, ponder={"trace": True})
+    (select,) = trace_steps(response.json(), "select")
+    assert select["modules"] == [MODULES[i][0] for i in range(MAX_SELECTED)]
+    assert select["default"] is False
 
 
 async def test_an_empty_plan_uses_the_adapted_modules() -> None:

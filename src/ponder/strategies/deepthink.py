@@ -5,8 +5,10 @@ each at temperature 0 and each with the material inside the client's last user t
 request: SELECT picks the reasoning modules that fit the task from a fixed list of short ones
 (`MODULES`); ADAPT rewrites the selected modules for this task; IMPLEMENT turns them into a
 step-by-step plan, a short JSON object of steps. When the selection names no module of the list,
-a default set is used (`DEFAULT_MODULES`); an empty adaptation falls back to the selected modules,
-and a plan without a JSON object is used as written.
+or more than `MAX_SELECTED` of them (it repeated the list rather than choosing: Qwen2.5-Coder
+1.5B named all 16 on a GSM8K probe, and the 16-step plan left its chains cut off before any
+answer), a default set is used (`DEFAULT_MODULES`); an empty adaptation falls back to the
+selected modules, and a plan without a JSON object is used as written.
 
 Then `chains` chains of thought are sampled at once from the client's conversation, with the
 structure after its system prompt. When the share of chains that agree on the majority answer
@@ -60,6 +62,8 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("Answer check", "check that the final answer responds to exactly what was asked"),
 )
 DEFAULT_MODULES = (0, 2, 15)
+MAX_SELECTED = 5
+"""The most modules a selection may name (it is asked for 2 to 4); past it, the default set."""
 
 SELECT_PROMPT = (
     "Do not solve my task yet. From these reasoning modules, select the 2 to 4 that would help "
@@ -179,9 +183,16 @@ class DeepThink:
             after_request(messages, SELECT_PROMPT.format(modules=listed)), planning
         )
         chosen = selected_modules(select.content or "")
-        modules = chosen or list(DEFAULT_MODULES)
+        usable = 0 < len(chosen) <= MAX_SELECTED
+        modules = chosen if usable else list(DEFAULT_MODULES)
         ctx.reason(f"Modules: {', '.join(MODULES[i][0] for i in modules)}\n")
-        ctx.step("select", modules=[MODULES[i][0] for i in modules], parsed=bool(chosen))
+        ctx.step(
+            "select",
+            modules=[MODULES[i][0] for i in modules],
+            parsed=bool(chosen),
+            named=len(chosen),
+            default=not usable,
+        )
 
         (adapt,) = await ctx.complete(
             after_request(messages, ADAPT_PROMPT.format(modules=numbered(modules))), planning
