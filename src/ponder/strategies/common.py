@@ -25,6 +25,7 @@ from ponder.answers import extract_answer
 from ponder.types import Completion, ContentPart, Message, Sampling
 
 _FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_STEP_LABEL = re.compile(r"^\s*\**\s*step\s*\d+\s*[:.)]\**\s*", re.IGNORECASE)
 
 SampleTemperature = Annotated[
     float,
@@ -145,3 +146,9 @@ def uct(mean: float, visits: int, parent_visits: int, exploration: float) -> flo
     if visits == 0:
         return math.inf
     return mean + exploration * math.sqrt(math.log(max(parent_visits, 1)) / visits)
+
+
+def without_step_label(text: str) -> str:
+    """A reasoning step without the "Step N:" label the model may have written before it (a
+    strategy that numbers the steps itself would show "Step 2: Step 2: ...")."""
+    return _STEP_LABEL.sub("", text, count=1)

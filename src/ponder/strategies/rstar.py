@@ -64,7 +64,14 @@ from pydantic import Field
 from ponder.answers import extract_answer
 from ponder.strategies import common
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import SampleTemperature, cut_off, followup, helper_sampling, voice
+from ponder.strategies.common import (
+    SampleTemperature,
+    cut_off,
+    followup,
+    helper_sampling,
+    voice,
+    without_step_label,
+)
 from ponder.strategies.context import RequestContext, gather
 from ponder.strategies.showing import FINAL_FROM_REASONING, after_request
 from ponder.types import Completion, Message, Sampling
@@ -308,7 +315,7 @@ class Search:
             last = Step(action, f"Sub-question: {question}\nSub-answer: {text}", question)
             steps = (*steps[:-1], last)
         else:
-            steps += (Step(action, text),)
+            steps += (Step(action, without_step_label(text)),)
         node = Node(action, steps, rephrasing, parent.depth + 1)
         if action != REPHRASE and not cut_off(reply) and (action == REST or states_answer(text)):
             node.answer = extract_answer(text)

@@ -36,6 +36,7 @@ from ponder.strategies.common import (
     parse_score,
     preview,
     with_system,
+    without_step_label,
 )
 from ponder.strategies.context import RequestContext, gather
 from ponder.strategies.showing import REQUESTED_FORM
@@ -57,7 +58,6 @@ FINAL_PROMPT = (
     "steps in full, checking each calculation, then give the final answer "
     f"{REQUESTED_FORM}."
 )
-_STEP_LABEL = re.compile(r"^\s*\**\s*step\s*\d+\s*[:.)]\**\s*", re.IGNORECASE)
 _NEXT_STEP = re.compile(r"\n\s*\**\s*step\s*\d+\s*[:.)]", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
@@ -75,7 +75,7 @@ def one_step(proposal: Completion) -> str:
     """A proposed step as one step: without the model's own "Step N:" label, cut before the
     label of a second step, and, when cut off at the token limit, without its unfinished last
     sentence (unless that is all there is)."""
-    text = _STEP_LABEL.sub("", proposal.content or "", count=1)
+    text = without_step_label(proposal.content or "")
     following = _NEXT_STEP.search(text)
     if following is not None:
         return text[: following.start()].strip()
