@@ -14,6 +14,7 @@ from ponder.strategies.react import (
     CONTINUE,
     CUT_STEP,
     FORCE_FINAL,
+    GOING_ROUND,
     NO_TOOLS,
     OBSERVATION_STOP,
     REACT_INSTRUCTIONS,
@@ -273,6 +274,23 @@ async def test_a_repeated_builtin_call_is_not_run_again() -> None:
         f"Observation: {REPEATED_CALL}60",
         f"Observation: 240\n\n{CONTINUE}",
     ]
+
+
+async def test_a_built_in_call_made_a_third_time_ends_the_steps() -> None:
+    stuck = "Thought: five glasses a week.\nAction: calculator[5]"
+    backend = scripted([stuck, stuck, stuck, "The answer is 26."])
+    response = await chat(
+        backend, REACT, messages=[user("Glasses of water a week?")], ponder={"trace": True}
+    )
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "The answer is 26."
+    assert len(backend.calls) == 4  # not max_steps (5) and a final call
+    assert backend.calls[3].prompt == f"Observation: {REPEATED_CALL}5\n\n{FORCE_FINAL}"
+    steps = trace_steps(body, "react_step")
+    assert [s.get("repeated", False) for s in steps] == [False, False, True]
+
+    response = await chat(scripted([stuck, stuck, stuck, "26"]), REACT, stream=True)
+    assert GOING_ROUND in streamed_text(response.text, "reasoning_content")
 
 
 async def test_earlier_turn_tool_exchanges_become_assistant_text() -> None:

@@ -29,6 +29,10 @@ Thought being taken for the answer. (The model is asked to reason in full in eac
 GSM8K the 1.5B otherwise wrote one-line Thoughts that set up the calculator's input without
 working out what the problem asks, and lost 44 points to its own answer without tools.)
 
+A built-in call made a third time with the same input ends the steps (the loop is going round
+in circles: at temperature 0 the 1.5B repeated one step until `max_steps`), and the answer is
+asked for.
+
 Backend calls: one per step, at most `max_steps`; when no step gave a final answer, one more
 call (streamed to a streaming client) asks for it. When the client asked for a
 `response_format` or `logprobs`, which a step cannot honour (the strategy parses its text),
@@ -66,10 +70,11 @@ REACT_INSTRUCTIONS = (
     "full, over as many lines as it takes: what the request tells you that matters now, what "
     "this step must find, and how, with its arithmetic written out. Then comes either an "
     "Action line that uses one tool:\n"
-    "Thought: ...\n"
+    "Thought: <what the request tells you that matters for this step>\n"
+    "<what this step must find, and how, worked out>\n"
     "Action: tool_name[tool input]\n"
     "or, once you know the answer, your Final Answer:\n"
-    "Thought: ...\n"
+    "Thought: <why this is the answer>\n"
     "Final Answer: your answer to the user\n"
     'After an Action line, stop: the tool\'s result is given back to you as "Observation: ...". '
     "Never write an Observation yourself."
@@ -86,6 +91,7 @@ SHAPE_FINAL = "Now write only your final answer to my request, without Thought o
 OBSERVATION_STOP = "\nObservation:"
 UNFORMATTED_STEP = "No Action and no Final Answer in this step: it is taken as the answer.\n"
 CUT_STEP = "(This step was cut off at the token limit: it goes on in the next.)\n"
+GOING_ROUND = "(The same call a third time: the steps end here.)\n"
 NO_STEPS_LEFT = "No final answer after the last step: asking for it.\n"
 REPEATED_CALL = "(you already called this tool with these arguments) "
 KNOWN_TOOLS = (*BUILTIN_TOOLS, *OPTIONAL_TOOLS)
@@ -156,6 +162,7 @@ class ReAct:
         sampling = step_sampling(ctx.sampling, self.config.step_tokens)
         shaped = ctx.sampling.response_format is not None or ctx.sampling.logprobs
         observed: dict[tuple[str, str], str] = {}  # this loop's built-in calls and results
+        repeated: set[tuple[str, str]] = set()  # those called again already
 
         for number in range(1, self.config.max_steps + 1):
             turns = asking(prompt, scratchpad, CONTINUE) if scratchpad else prompt
@@ -210,6 +217,11 @@ class ReAct:
             elif tool is None:
                 observation = unknown_tool(step.action, [*builtins, *client_tools])
             elif (step.action, step.input) in observed:
+                if (step.action, step.input) in repeated:  # the loop goes round in circles
+                    ctx.reason(GOING_ROUND)
+                    ctx.step("react_step", number=number, thought=step.thought, repeated=True)
+                    break
+                repeated.add((step.action, step.input))
                 observation = REPEATED_CALL + observed[step.action, step.input]
             else:
                 observation = await tool.run(step.input, messages)
