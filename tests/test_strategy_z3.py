@@ -15,8 +15,10 @@ from ponder.sandbox.child import landlock_abi
 from ponder.sandbox.code import NO_OUTPUT
 from ponder.strategies.z3 import (
     ANSWER_PROMPT,
+    COPIED_SHAPE,
     FIX_PROMPT,
     NO_SOLUTION_REPORT,
+    PLACEHOLDERS,
     PROGRAM_PROMPT,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
@@ -186,6 +188,18 @@ async def test_constraints_with_no_solution_go_back_to_be_fixed() -> None:
     first, _ = trace_steps(response.json(), "program")
     assert (first["output"], first["ok"]) == (NO_SOLUTION_REPORT, False)
     assert backend.calls[1].prompt == FIX_PROMPT.format(report=NO_SOLUTION_REPORT)
+
+
+async def test_a_program_that_copies_the_shape_goes_back_without_running() -> None:
+    copied = "from z3 import *\n<name> = Real('<name>')\ns = Solver()\ns.add(<constraint>)"
+    model = Model(programs=[fence(copied), fence(PROGRAM)])
+    backend = scripted(model)
+    response = await chat(backend, Z3, settings=ON, ponder={"trace": True})
+    assert content(response.json()) == ANSWER
+    first, second = trace_steps(response.json(), "program")
+    assert (first["output"], first["ok"], second["ok"]) == (COPIED_SHAPE, False, True)
+    assert backend.calls[1].prompt == FIX_PROMPT.format(report=COPIED_SHAPE)
+    assert all(part in PROGRAM_PROMPT for part in PLACEHOLDERS)
 
 
 async def test_fix_attempts_zero_falls_back_after_one_program() -> None:

@@ -44,21 +44,26 @@ PROGRAM_PROMPT = (
     "Do not answer my request directly. Write a Python program that solves it with the z3 "
     "solver: one z3 variable for each unknown quantity (Real where it may be a fraction, else "
     "Int), one constraint for each fact and condition of my request, then check and print the "
-    "values the answer needs, each with a short label. Follow this shape:\n\n"
+    "values the answer needs, each with a short label. Its shape, with the parts in angle "
+    "brackets written for my request:\n\n"
     "```python\n"
     "from z3 import *\n\n"
-    "apples = Int('apples')  # an unknown of the request\n"
+    "<name> = Real('<name>')  # one line for each unknown quantity\n"
     "s = Solver()\n"
-    "s.add(apples + 3 == 10)  # a fact of the request\n"
+    "s.add(<constraint>)  # one line for each fact of my request\n"
     "if s.check() == sat:\n"
     "    m = s.model()\n"
-    "    print('apples =', m.eval(apples))\n"
+    "    print('<name> =', m.eval(<name>))  # for each value the answer needs\n"
     "else:\n"
     "    print('no solution')\n"
     "```\n\n"
     "Use only z3 and Python's standard library. Reply with the program alone, in one "
     "```python block."
 )
+PLACEHOLDERS = ("<name>", "<constraint>")
+"""The shape's parts to be written for the request: a program that still has them was copied
+from the prompt (with a runnable example instead, the 1.5B returned the example, unchanged, in
+4 of 4 GSM8K probes)."""
 FIX_PROMPT = (
     "The program did not work. This is what running it gave:\n\n{report}\n\n"
     "Write the whole program again with that fixed, in one ```python block."
@@ -69,6 +74,10 @@ ANSWER_PROMPT = (
 )
 NO_OUTPUT_REPORT = "Error: the program printed nothing (print() the values the answer needs)"
 NO_PROGRAM = "Error: no program in the reply"
+COPIED_SHAPE = (
+    "Error: the program is the shape from my instructions, with its <name> and <constraint> "
+    "parts not written for my request"
+)
 NO_SOLUTION = "no solution"
 NO_SOLUTION_REPORT = (
     "Error: the solver found no solution: a constraint contradicts the others, or does not say "
@@ -120,7 +129,12 @@ class SolverAided:
         for number in range(1, cfg.fix_attempts + 2):
             (reply,) = await ctx.complete(prompt, writing)
             code = extract_code(reply.content)
-            observation = await tool.run(code, prompt) if code else NO_PROGRAM
+            if not code:
+                observation = NO_PROGRAM
+            elif any(part in code for part in PLACEHOLDERS):
+                observation = COPIED_SHAPE
+            else:
+                observation = await tool.run(code, prompt)
             if observation.strip().lower() == NO_SOLUTION:  # the shape's own unsat line
                 observation = NO_SOLUTION_REPORT
             attempt = Attempt(code, observation)
