@@ -201,8 +201,17 @@ def test_the_answer_follows_the_last_marker_line() -> None:
     assert split_refinement(f"## {MARKER}\nIt is 42.") == ("", "It is 42.")
     assert split_refinement("It is 42.") == ("", "It is 42.")
     assert split_refinement(f"All agree on 42.\n{MARKER}  \n") == ("", "All agree on 42.")
-    # the marker counts only at the start of a line
+    # the marker counts only at the start of a line, or as the phrase that ends one
     assert split_refinement(f"I write {MARKER} 42") == ("", f"I write {MARKER} 42")
+    assert split_refinement("Both agree.\n\nTherefore, the Refined ANSWER is:\n\nIt is 42.") == (
+        "Both agree.",
+        "It is 42.",
+    )
+    assert split_refinement("Two disagree.\nThe refined answer:\n42") == (
+        "Two disagree.",
+        "42",
+    )
+    assert split_refinement("The refined answer is 42.") == ("", "The refined answer is 42.")
 
 
 async def test_ties_go_to_the_shared_answer_then_the_earliest() -> None:
