@@ -9,6 +9,7 @@
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
 #                                       # fixes fixes2 fixes3 fixes4 spl2 small more
+#   benchmarks/strategies.sh others fixes2 sc   # several, in the order given
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,9 @@ ARITH=(--suite arith --limit 100 --max-tokens 512 --concurrency 8 --seed 0 --tra
 
 want() { [ "${1:-all}" = all ] || [ "${1:-all}" = "$2" ]; }
 
-target=${1:-all}
+# One step (or all of them, in the order below); the script runs its arguments in turn.
+step() {
+local target=$1
 
 if want "$target" none; then
     $PONDER bench "${GSM[@]}" --limit 120 --approaches none --no-progress --out $RUNS/gsm8k-1.5b
@@ -127,3 +130,8 @@ if want "$target" more; then
     PONDER_ENABLE_CODE_EXECUTION=true $PONDER bench "${GSM[@]}" --limit 30 \
         --approaches coc,z3,mcts,rstar --no-progress --out $RUNS/gsm8k-1.5b-more
 fi
+}
+
+for target in "${@:-all}"; do
+    step "$target"
+done
