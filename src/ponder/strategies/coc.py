@@ -40,16 +40,14 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ponder.errors import PermissionDenied
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import helper_sampling
 from ponder.strategies.context import RequestContext
-from ponder.strategies.programs import Attempt, extract_code, fenced
+from ponder.strategies.programs import Attempt, code_runner, extract_code, fenced
 from ponder.strategies.showing import REQUESTED_FORM, after_request
-from ponder.strategies.tools import OPTIONAL_TOOLS, Tool
+from ponder.strategies.tools import Tool
 from ponder.types import Completion, Message
 
-TOOL = "python"
 CODE_PROMPT = (
     "Do not answer yet. Write a Python program that works out the answer to my request, in one "
     "```python code block. Break the work into steps, with a comment for each step. Write "
@@ -112,13 +110,7 @@ class ChainOfCode:
         self.config = config
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
-        tool = ctx.tools.get(TOOL)
-        if tool is None:
-            raise PermissionDenied(
-                "the coc strategy runs model-written code, which this server does not do (an "
-                f"operator turns it on with {OPTIONAL_TOOLS[TOOL]}=true)",
-                param="model",
-            )
+        tool = code_runner(ctx, self.slug)
         cfg = self.config
         coding = helper_sampling(ctx.sampling, cfg.code_tokens, cfg.temperature)
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ponder.errors import PermissionDenied
 from ponder.sandbox.code import NO_OUTPUT
+from ponder.strategies.context import RequestContext
+from ponder.strategies.tools import OPTIONAL_TOOLS, Tool
+
+PYTHON = "python"
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON = ("python", "py", "python3")
@@ -44,3 +49,16 @@ def extract_code(text: str | None) -> str:
 def fenced(code: str) -> str:
     """A program as the model is shown it: in a ```python fence."""
     return f"```python\n{code}\n```"
+
+
+def code_runner(ctx: RequestContext, slug: str) -> Tool:
+    """The server's `python` sandbox tool; a strategy that runs model-written code is refused
+    (403, before any call) on a server that does not run it."""
+    tool = ctx.tools.get(PYTHON)
+    if tool is None:
+        raise PermissionDenied(
+            f"the {slug} strategy runs model-written code, which this server does not do (an "
+            f"operator turns it on with {OPTIONAL_TOOLS[PYTHON]}=true)",
+            param="model",
+        )
+    return tool

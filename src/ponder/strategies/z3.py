@@ -30,12 +30,12 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ponder.errors import PermissionDenied, Unsupported
+from ponder.errors import Unsupported
 from ponder.sandbox.code import NO_OUTPUT
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, helper_sampling
 from ponder.strategies.context import RequestContext
-from ponder.strategies.programs import Attempt, extract_code, fenced
+from ponder.strategies.programs import Attempt, code_runner, extract_code, fenced
 from ponder.strategies.showing import REQUESTED_FORM, after_request
 from ponder.strategies.tools import Tool
 from ponder.types import Completion, Message
@@ -95,12 +95,7 @@ class Z3Config(StrategyConfig):
 
 def solver_tool(ctx: RequestContext) -> Tool:
     """The server's z3 runner; refused where the server does not run model-written code."""
-    if "python" not in ctx.tools:
-        raise PermissionDenied(
-            "the z3 strategy runs model-written code, which this server does not do (an "
-            "operator turns it on with PONDER_ENABLE_CODE_EXECUTION=true)",
-            param="model",
-        )
+    code_runner(ctx, SolverAided.slug)
     tool = ctx.tools.get("z3")
     if tool is None:
         raise Unsupported(
