@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ponder.sandbox.child import landlock_abi
 from ponder.sandbox.code import CHILD, PythonTool, z3_location
+from ponder.sandbox.landlock import landlock_abi
 
 pytestmark = pytest.mark.skipif(landlock_abi() < 1, reason="no Landlock in this kernel")
 
@@ -40,7 +40,7 @@ async def plain(code: str, tmp_path: Path) -> tuple[int, str]:
     stdlib = str(Path(socket.__file__).parent)
     script = (
         f"import sys; sys.path.insert(0, {str(Path(CHILD).parent)!r})\n"
-        "from child import confine_files\n"
+        "from landlock import confine_files\n"
         f"confine_files([{stdlib!r}, sys.executable], [{str(tmp_path)!r}])\n"
         f"{code}\n"
     )

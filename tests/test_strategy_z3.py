@@ -11,8 +11,8 @@ import pytest
 from ponder.config import Settings
 from ponder.errors import BackendUnavailable
 from ponder.sandbox import code as sandbox
-from ponder.sandbox.child import landlock_abi
 from ponder.sandbox.code import NO_OUTPUT
+from ponder.sandbox.landlock import landlock_abi
 from ponder.strategies.z3 import (
     ANSWER_PROMPT,
     COPIED_SHAPE,

@@ -53,7 +53,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ponder.sandbox.child import CONFINE, SETUP_FAILED, landlock_abi
+from ponder.sandbox.child import CONFINE, SETUP_FAILED
+from ponder.sandbox.landlock import landlock_abi
 from ponder.types import Message
 
 log = logging.getLogger(__name__)
