@@ -73,7 +73,7 @@ from ponder.strategies.common import (
     without_step_label,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import FINAL_FROM_REASONING, after_request
+from ponder.strategies.showing import REQUESTED_FORM, after_request
 from ponder.types import Completion, Message, Sampling
 
 ANSWER_FORMAT = '"The answer is <answer>."'
@@ -102,7 +102,9 @@ REANSWER_PROMPT = (
 )
 REPHRASED_INTRO = "My request, rephrased:"
 PARTIAL_INTRO = "The reasoning so far:"
-FINAL_PROMPT = FINAL_FROM_REASONING
+FINAL_PROMPT = (
+    f"Using the reasoning above, give the final answer to my original request, {REQUESTED_FORM}."
+)
 
 ROOT = "root"
 ONE_STEP = "one_step"  # A1

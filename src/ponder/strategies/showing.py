@@ -35,11 +35,6 @@ my request asks for", Qwen2.5-Coder 1.5B answered a GSM8K request (which ends `"
 N." where N is the final number`) with that line alone, N and all, in 4 of 37 moa syntheses
 and 3 of 50 refine revisions."""
 
-FINAL_FROM_REASONING = (
-    f"Using the reasoning above, give the final answer to my original request, {REQUESTED_FORM}."
-)
-"""The last call of a search over reasoning steps (`tot`, `rstar`), after the chosen steps."""
-
 CUT_OFF_MARK = " (cut off at the length limit before it finished)"
 CUT_OFF_NOTE = "(Cut off at the length limit before it finished.)"
 
