@@ -81,6 +81,10 @@ CONFINE = "--confine"
 LIBRARY_FOLDERS = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache")
 """Where the dynamic loader finds shared libraries: readable under Landlock, not by the code."""
 
+Z3_EVENTS = frozenset({"ctypes.cdata/buffer"})
+"""Events z3's own modules raise on every expression (z3 5 copies its pointers with
+`from_buffer_copy`), let through in a z3 run only: there ctypes is within the code's reach
+anyway, and Landlock, not the hook, holds the files."""
 Z3_MODULES = ("z3", "z3.z3util", "z3.z3num", "z3.z3poly", "z3.z3rcf")
 """What is loaded before the code runs, with Z3_DIR: the code cannot import from outside the
 standard library itself."""
@@ -147,10 +151,11 @@ def make_hook(
     writes: tuple[str, ...],
     max_created: int,
     refused_modules: frozenset[str],
+    allowed_events: frozenset[str] = frozenset(),
 ) -> Hook:
     """The audit hook. Files: read only under `reads`, written only under `writes`; folders
     opened and entered only under `writes`; extension modules loaded only from `code_roots`;
-    at most `max_created` files created."""
+    at most `max_created` files created; `allowed_events` pass whatever the refused ones say."""
     import posix
     import types
 
@@ -309,6 +314,7 @@ def make_hook(
         "os.listxattr": on_read,
         "os.getxattr": on_read,
         **{event: on_change for event in changes},
+        **{event: allow for event in allowed_events},
     }
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
@@ -425,7 +431,8 @@ def main() -> None:
             (resource.RLIMIT_CORE, 0),
         ):
             resource.setrlimit(which, (value, value))
-        sys.addaudithook(make_hook(reads, code_roots, writes, max_created, REFUSED_MODULES))
+        events = Z3_EVENTS if z3_folder is not None else frozenset()
+        sys.addaudithook(make_hook(reads, code_roots, writes, max_created, REFUSED_MODULES, events))
     except Exception as error:  # noqa: BLE001 - not confined: the code must not run
         posix.write(2, f"sandbox setup failed: {error!r}\n".encode())
         posix._exit(SETUP_FAILED)
