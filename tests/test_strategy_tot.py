@@ -9,9 +9,8 @@ import pytest
 
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
-from ponder.strategies.showing import REQUESTED_FORM
 from ponder.strategies.tot import (
-    FINAL_PROMPT,
+    FINAL_INSTRUCTIONS,
     NEXT_STEP_PROMPT,
     TOT_INSTRUCTIONS,
     VALUE_PROMPT,
@@ -48,9 +47,14 @@ CLIENT_TURNS = [(m["role"], m["content"]) for m in CONVERSATION[1:]]
 def kind(call: Call) -> str:
     if call.prompt == VALUE_PROMPT:
         return "score"
-    if call.prompt == FINAL_PROMPT:
+    if FINAL_INSTRUCTIONS in call.messages[0].text:
         return "final"
     return "expand"
+
+
+def final_path(call: Call) -> str:
+    """The steps the final call was given: its system prompt after the instructions."""
+    return call.messages[0].text.split(FINAL_INSTRUCTIONS, 1)[1]
 
 
 def last_step(steps: str) -> str:
@@ -123,7 +127,7 @@ async def test_defaults_make_19_calls_and_answer_from_the_best_path() -> None:
     )
     # "ac" (10) beats "bb" (8): the final answer is written from the path a -> ac
     final = backend.calls[-1]
-    assert final.messages[-2].text == steps_text(["a", "ac"])
+    assert final_path(final) == steps_text(["a", "ac"])
     levels = trace_steps(body, "level")
     assert levels[0]["scores"] == [7, 9, 2]
     assert levels[0]["kept"] == [1, 0]
@@ -188,8 +192,8 @@ async def test_the_beam_keeps_only_the_best_scored_node() -> None:
         steps_text(["b", "bc"]),
     ]
     (final,) = calls_of(backend, "final")
-    assert final.messages[-2].text == steps_text(["b", "bb"])
-    assert final.messages[-2].text == "Step 1: b\nStep 2: bb"
+    assert final_path(final) == steps_text(["b", "bb"])
+    assert final_path(final) == "Step 1: b\nStep 2: bb"
 
 
 async def test_ties_keep_the_earlier_children_and_unparseable_scores_count_as_1() -> None:
@@ -202,7 +206,7 @@ async def test_ties_keep_the_earlier_children_and_unparseable_scores_count_as_1(
     assert level["scores"] == [1, 1, 5, 5]
     assert level["kept"] == [2, 3]
     (final,) = calls_of(backend, "final")
-    assert final.messages[-2].text == steps_text(["c"])
+    assert final_path(final) == steps_text(["c"])
 
 
 async def test_prompts_keep_the_system_prompt_and_the_earlier_turns() -> None:
@@ -219,7 +223,12 @@ async def test_prompts_keep_the_system_prompt_and_the_earlier_turns() -> None:
             assert len(turns) == 5
         else:
             assert len(turns) == 3  # the root: the client's conversation as it is
-    for call in calls_of(backend, "score") + calls_of(backend, "final"):
+    (final,) = calls_of(backend, "final")  # the client's conversation, the path in its system
+    system, *rest = final.messages
+    assert system.text == f"Be careful.\n\n{FINAL_INSTRUCTIONS}{final_path(final)}"
+    assert final_path(final).startswith("Step 1: ")
+    assert [(m.role, m.text) for m in rest] == CLIENT_TURNS
+    for call in calls_of(backend, "score"):
         turns = [(m.role, m.text) for m in call.messages]
         assert turns[0] == ("system", "Be careful.")
         assert turns[1:4] == CLIENT_TURNS
@@ -241,9 +250,8 @@ async def test_without_a_system_prompt_the_instructions_become_one() -> None:
         ("user", VALUE_PROMPT),
     ]
     assert [(m.role, m.text) for m in final.messages] == [
+        ("system", FINAL_INSTRUCTIONS + "Step 1: a"),
         ("user", "hello"),
-        ("assistant", "Step 1: a"),
-        ("user", FINAL_PROMPT),
     ]
 
 
@@ -454,7 +462,7 @@ async def test_labelled_and_cut_off_proposals_make_clean_paths_and_the_last_call
     def reply(call: Call, index: int) -> Reply:
         if call.prompt == VALUE_PROMPT:
             return "7"
-        if call.prompt == FINAL_PROMPT:
+        if kind(call) == "final":
             return "24 - 5 = 19. The answer is 19."
         return next(proposals)
 
@@ -467,9 +475,8 @@ async def test_labelled_and_cut_off_proposals_make_clean_paths_and_the_last_call
         "Start with 6 * 4 = 24.",
     ]
     final = backend.calls[-1]
-    assert [(m.role, m.text) for m in final.messages[-2:]] == [
-        ("assistant", "Step 1: Count the boxes: 6."),
-        ("user", FINAL_PROMPT),
+    assert [(m.role, m.text) for m in final.messages] == [
+        ("system", FINAL_INSTRUCTIONS + "Step 1: Count the boxes: 6."),
+        ("user", "hello"),
     ]
-    assert "finish solving" in FINAL_PROMPT and REQUESTED_FORM in FINAL_PROMPT
     assert response.json()["choices"][0]["message"]["content"] == "24 - 5 = 19. The answer is 19."

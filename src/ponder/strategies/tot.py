@@ -2,15 +2,20 @@
 the list of reasoning steps so far (the root has none). At every level each node in the beam
 proposes `breadth` possible next steps, the model rates every new partial solution from 1 to
 10, and the `beam` best-rated ones (earlier first on a tie) make the next beam. After `depth`
-levels the model finishes the solution from the best path, in full, ending with the answer in
-the form the request asks for; that call streams to a streaming client.
+levels the model answers the client's conversation as it is, with the best path in its system
+prompt to check, use and finish; that call streams to a streaming client.
 
 A proposed step is kept as one step: a "Step N:" label the model wrote is dropped (the path
 numbers its steps itself), and what follows a second step's label is cut, as is an unfinished
 last sentence of a step cut off at `thought_tokens`. (On GSM8K, Qwen2.5-Coder 1.5B often wrote
 several labelled steps in one proposal, cut off mid-word, which the path then showed as "Step
 1: Step 1: ..."; asked at the end only for "the final answer", it copied a guess its second
-step had made, and two short steps do not solve a GSM8K problem: the last call finishes it.)
+step had made, and two short steps do not solve a GSM8K problem: the last call finishes it.
+Asked to "continue" a path whose steps had already reached the answer, it applied the last
+step once more, so 1000 pieces less a quarter, less a third of the rest, became 334 instead
+of 500; and asked for the answer by a prompt of Ponder's, it wrote "The answer is N." with
+the request's placeholder. The last call is the request itself, as `none` sends it, with the
+path beside it: on four probe items, two right instead of one.)
 
 Calls: at each level, one sampling of `breadth` next steps per node in the beam (`breadth`
 calls, or one with a native-`n` backend), all nodes at once; then one scoring call per new
@@ -39,7 +44,6 @@ from ponder.strategies.common import (
     without_step_label,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import REQUESTED_FORM
 from ponder.types import Completion, Message
 
 TOT_INSTRUCTIONS = (
@@ -53,10 +57,11 @@ VALUE_PROMPT = (
     "a correct answer, from 1 (a dead end) to 10 (certainly on the right track)? "
     "Reply with only the number."
 )
-FINAL_PROMPT = (
-    "Continue from the steps above and finish solving my original request: write the remaining "
-    "steps in full, checking each calculation, then give the final answer "
-    f"{REQUESTED_FORM}."
+FINAL_INSTRUCTIONS = (
+    "Below are steps towards solving the user's latest request, chosen by proposing and rating "
+    "possible steps. They may contain mistakes. Reply to the request with the complete "
+    "solution: check each of these steps, use those that are right, finish the solution, and "
+    "give the final answer in the form the request asks for.\n\nSteps:\n"
 )
 _NEXT_STEP = re.compile(r"\n\s*\**\s*step\s*\d+\s*[:.)]", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
@@ -147,4 +152,5 @@ class TreeOfThoughts:
             )
         best = beam[0]
         ctx.step("best_path", steps=best, score=best_score)
-        return await ctx.final(followup(messages, steps_text(best), FINAL_PROMPT), ctx.sampling)
+        final = with_system(messages, FINAL_INSTRUCTIONS + steps_text(best))
+        return await ctx.final(final, ctx.sampling)
