@@ -102,9 +102,11 @@ if want "$target" fixes4; then
     # The fourth round: moa and refine with the answer-writing calls asking for the request's
     # form "with the actual result in place of any placeholder" (the 1.5B wrote "The answer is
     # N." alone in 4 of 37 moa syntheses and 3 of 50 refine revisions of the third round);
-    # react with Thoughts that reason in full (they were one line) and cut-off steps that go on.
+    # react with Thoughts that reason in full (they were one line) and cut-off steps that go on;
+    # tot with its last call the request itself and the best path in the system prompt (asked to
+    # continue a finished path, it applied the last step again: 500 pieces became 334).
     with_none $RUNS/gsm8k-1.5b-fixes4 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,tot --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes4
 fi
 if want "$target" spl2; then
