@@ -40,8 +40,9 @@ from ponder.types import Completion, Delta, Message
 INSTRUCTIONS = (
     "Answer in three parts, using these tags exactly:\n"
     "1. Inside <thinking></thinking>, work through the problem step by step.\n"
-    "2. Inside <reflection></reflection>, check that reasoning for errors, gaps or wrong "
-    "assumptions, and correct it where needed.\n"
+    "2. Inside <reflection></reflection>, check that reasoning: redo each calculation and "
+    "compare it with the request. If it holds, say so in one sentence and keep your answer; "
+    "change it only for a mistake you can point to.\n"
     "3. Inside <output></output>, give only the final answer to the user's request, complete "
     "and self-contained, with no reference to your thinking.\n"
     "Write nothing outside these three sections."
@@ -49,7 +50,11 @@ INSTRUCTIONS = (
 """Read literally by a small model, which may write the tags back to back and the content after
 them: the parser takes that text as the section's. Showing the format as it is to be written
 was tried and dropped: the 1.5B then wrote the tags right but kept its thinking short, and
-scored 40% against this prompt's 56% on GSM8K (benchmarks/RESULTS.md)."""
+scored 40% against this prompt's 56% on GSM8K (benchmarks/RESULTS.md). Asked to check "for
+errors, gaps or wrong assumptions", it found some whether or not there were any, and talked
+itself out of right answers (item 105: 500 pieces worked out, then "the problem does not
+specify that her mom places a third", then 333): the reflection now redoes the calculations
+and keeps an answer that holds (on 16 probe items, 8 right against 6)."""
 
 SECTION_SEPARATOR = "\n\n"
 
