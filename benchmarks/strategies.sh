@@ -104,9 +104,12 @@ if want "$target" fixes4; then
     # N." alone in 4 of 37 moa syntheses and 3 of 50 refine revisions of the third round);
     # react with Thoughts that reason in full (they were one line) and cut-off steps that go on;
     # tot with its last call the request itself and the best path in the system prompt (asked to
-    # continue a finished path, it applied the last step again: 500 pieces became 334).
+    # continue a finished path, it applied the last step again: 500 pieces became 334);
+    # cot_reflection with a reflection that redoes the calculations and keeps an answer that
+    # holds (told to look for errors, it invented them).
     with_none $RUNS/gsm8k-1.5b-fixes4 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,tot --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,tot,cot_reflection \
+        --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes4
 fi
 if want "$target" spl2; then
