@@ -5,6 +5,7 @@ cancellation that gives every sequence and KV cell back, and a queue beyond free
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +17,7 @@ from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import running_server
-from tests.conftest import MODEL, reference_greedy
+from tests.conftest import MODEL, reference_greedy, sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +148,43 @@ async def test_a_stop_string_ends_the_sequence_and_is_not_returned(
     usage, free_usage = stopped["usage"], free["usage"]
     assert isinstance(usage, dict) and isinstance(free_usage, dict)
     assert usage["completion_tokens"] < free_usage["completion_tokens"]
+
+
+async def test_logprobs_give_every_token_its_log_probability_and_alternatives(
+    http: httpx.AsyncClient,
+) -> None:
+    messages = ask("Name three colors.")
+    body = {"messages": messages, "temperature": 0, "max_tokens": 16, "logprobs": True}
+    data = await chat(http, **body, top_logprobs=3)
+    choices, usage = data["choices"], data["usage"]
+    assert isinstance(choices, list) and isinstance(usage, dict)
+    (choice,) = choices
+    entries = choice["logprobs"]["content"]
+    assert choice["finish_reason"] == "length"  # 16 tokens, none of them the end
+    assert len(entries) == usage["completion_tokens"] == 16
+    assert "".join(e["token"] for e in entries) == choice["message"]["content"]
+    for e in entries:
+        top = e["top_logprobs"]
+        assert len(top) == 3 and e["logprob"] <= 0
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        assert sum(math.exp(t["logprob"]) for t in top) <= 1 + 1e-9
+        # greedy: the drawn token is the most likely one
+        assert (top[0]["token"], top[0]["logprob"]) == (e["token"], e["logprob"])
+        assert bytes(e["bytes"]).decode("utf-8", "replace") == e["token"]
+
+    plain = await chat(http, messages=messages, temperature=0, max_tokens=16)
+    assert plain["choices"][0]["logprobs"] is None  # type: ignore[index]
+
+    response = await http.post("/chat/completions", json={**body, "model": MODEL, "stream": True})
+    streamed = [
+        entry
+        for event in sse_events(response.text)
+        for c in event.get("choices", [])
+        for entry in (c.get("logprobs") or {}).get("content", [])
+    ]
+    assert [(e["token"], e["top_logprobs"]) for e in streamed] == [
+        (e["token"], []) for e in entries
+    ]  # no top_logprobs asked for: the drawn tokens alone
 
 
 async def test_completion_tokens_never_exceed_max_tokens(http: httpx.AsyncClient) -> None:

@@ -115,3 +115,21 @@ def test_assembler_keeps_choices_apart() -> None:
     first, second = assembler.completions()
     assert (first.content, first.finish_reason, first.usage) == ("a", "stop", Usage(1, 2))
     assert (second.content, second.finish_reason, second.usage) == ("bb", "length", Usage())
+
+
+def test_assembler_joins_each_choices_logprobs_in_order() -> None:
+    def entry(token: str) -> dict[str, object]:
+        return {"token": token, "logprob": -0.5, "bytes": list(token.encode()), "top_logprobs": []}
+
+    assembler = Assembler(2)
+    for delta in [
+        Delta(index=0, content="a", logprobs={"content": [entry("a")]}),
+        Delta(index=1, content="x"),
+        Delta(index=0, content="bc", logprobs={"content": [entry("b"), entry("c")]}),
+        Delta(index=0, finish_reason="stop", logprobs={"content": [entry("!")]}),
+        Delta(index=1, finish_reason="stop"),
+    ]:
+        assembler.add(delta)
+    first, second = assembler.completions()
+    assert first.logprobs == {"content": [entry("a"), entry("b"), entry("c"), entry("!")]}
+    assert second.logprobs is None  # none asked for, or none sent: not an empty list

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ponder.errors import BackendError
 from ponder.types import Completion, Delta, FinishReason, ToolCall, Usage
@@ -22,6 +23,9 @@ class _ChoiceParts:
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, _ToolCallParts] = field(default_factory=dict)
     finish_reason: FinishReason | None = None
+    logprobs: list[Any] = field(default_factory=list)
+    """The `logprobs.content` entries of the deltas, in order."""
+    has_logprobs: bool = False
 
 
 class Assembler:
@@ -43,6 +47,7 @@ class Assembler:
             and delta.reasoning is None
             and not delta.tool_calls
             and (delta.finish_reason is None)
+            and delta.logprobs is None
         ):
             return
         if not 0 <= delta.index < len(self._choices):
@@ -63,6 +68,9 @@ class Assembler:
             parts.type = tc.type or parts.type
             if tc.arguments:
                 parts.arguments.append(tc.arguments)
+        if delta.logprobs is not None:
+            choice.has_logprobs = True
+            choice.logprobs.extend(delta.logprobs.get("content") or ())
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
 
@@ -81,6 +89,7 @@ class Assembler:
                     tool_calls=tool_calls,
                     usage=usage,
                     reasoning="".join(c.reasoning) or None,
+                    logprobs={"content": c.logprobs} if c.has_logprobs else None,
                 )
             )
         return out

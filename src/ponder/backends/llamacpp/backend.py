@@ -16,6 +16,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ponder import catalog
 from ponder.backends.assemble import Assembler
@@ -29,10 +30,11 @@ from ponder.backends.llamacpp.jobs import (
     Finished,
     SequenceParams,
     Text,
+    TokenLogprob,
 )
 from ponder.backends.llamacpp.native import Model, NativeError, SamplerSettings
 from ponder.backends.tool_calls import ToolCallParser
-from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
+from ponder.errors import BackendError, BackendUnavailable, InvalidRequest
 from ponder.types import (
     Completion,
     Delta,
@@ -147,7 +149,7 @@ class EmbeddedBackend:
         )
         self.capabilities = Capabilities(
             native_n=True,
-            logprobs=False,
+            logprobs=True,
             tools=self._template.supports_tools,
             max_concurrency=sequences,
         )
@@ -202,17 +204,28 @@ class EmbeddedBackend:
         except NativeError as exc:
             raise BackendUnavailable(str(exc)) from exc
         tools = [ToolCallParser(names) if names else None for _ in range(n)]
+        # each choice's token log-probabilities not yet sent: they go with its next text, or
+        # with its finish (a stream's chunk carries the logprobs of the tokens it holds)
+        pending: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+
+        def logprobs(index: int) -> dict[str, Any] | None:
+            entries, pending[index] = pending[index], []
+            return {"content": entries} if entries else None
+
         remaining, completion_tokens = n, 0
         try:
             while remaining:
                 event = await events.get()
                 if isinstance(event, Failed):
                     raise BackendError(f"the embedded model failed: {event.error}")
+                if isinstance(event, TokenLogprob):
+                    pending[event.index].append(event.entry)
+                    continue
                 parser = tools[event.index]
                 if isinstance(event, Text):
                     text = parser.feed(event.text) if parser else event.text
                     if text:
-                        yield Delta(index=event.index, content=text)
+                        yield Delta(index=event.index, content=text, logprobs=logprobs(event.index))
                     continue
                 assert isinstance(event, Finished)
                 reason: FinishReason = event.reason
@@ -229,7 +242,7 @@ class EmbeddedBackend:
                                 for i, c in enumerate(calls)
                             ),
                         )
-                yield Delta(index=event.index, finish_reason=reason)
+                yield Delta(index=event.index, finish_reason=reason, logprobs=logprobs(event.index))
                 completion_tokens += event.tokens
                 remaining -= 1
             yield Delta(usage=Usage(len(prompt), completion_tokens))
@@ -244,8 +257,6 @@ class EmbeddedBackend:
     ) -> tuple[list[int], list[SequenceParams], list[str]]:
         """The prompt's tokens, each sample's settings, and the names of the tools offered in
         the prompt (the answer may call them). Refuses what cannot be honoured."""
-        if sampling.logprobs:
-            raise Unsupported("the embedded backend does not return logprobs", param="logprobs")
         rendered = self._template.render(messages, sampling.tools, sampling.tool_choice)
         # as llama.cpp's own chat completion does: specials are added unless the template
         # wrote them itself
@@ -266,6 +277,7 @@ class EmbeddedBackend:
             SequenceParams(
                 max_tokens=max_tokens,
                 stop=sampling.stop,
+                top_logprobs=(sampling.top_logprobs or 0) if sampling.logprobs else None,
                 sampler=SamplerSettings(
                     temperature=temperature,
                     top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,

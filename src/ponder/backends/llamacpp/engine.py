@@ -31,7 +31,9 @@ from ponder.backends.llamacpp.jobs import (
     SequenceParams,
     Sink,
     Text,
+    TokenLogprob,
 )
+from ponder.backends.llamacpp.logprobs import log_softmax, token_entry
 from ponder.backends.llamacpp.native import Batch, Context, Model, NativeError, Sampler
 from ponder.backends.llamacpp.text import TextStream
 
@@ -341,12 +343,17 @@ class Engine:
 
     def _accept(self, seq: _Seq, output: int) -> None:
         assert seq.sampler is not None
+        top = seq.params.top_logprobs
+        logprobs = None if top is None else log_softmax(self._ctx.logits_array(output))
         token = seq.sampler.sample(self._ctx, output)
         seq.generated += 1
         self._decoded += 1
         if self.model.is_eog(token):
             self._finish(seq, "stop")
             return
+        if logprobs is not None and top is not None:
+            entry = token_entry(logprobs, token, top, self.model.piece)
+            seq.job.emit(TokenLogprob(seq.index, entry))
         text = seq.text.push(self.model.piece(token))
         if text:
             seq.job.emit(Text(seq.index, text))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ponder.backends.llamacpp.native import SamplerSettings
 
@@ -18,6 +18,9 @@ class SequenceParams:
     max_tokens: int
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+    """Report each generated token's log-probability with this many alternatives (None: no
+    log-probabilities at all)."""
 
 
 # ---- what the engine reports, from its thread, through a job's sink ----------------------
@@ -27,6 +30,15 @@ class SequenceParams:
 class Text:
     index: int
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log-probability, as an OpenAI `logprobs.content` entry; sent
+    before the text the token adds (which a stop string may hold back, or end)."""
+
+    index: int
+    entry: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +54,7 @@ class Failed:
     error: BaseException
 
 
-Event = Text | Finished | Failed
+Event = Text | TokenLogprob | Finished | Failed
 Sink = Callable[[Event], None]
 
 

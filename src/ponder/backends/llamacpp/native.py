@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 _llama_log = logging.getLogger("ponder.llama_cpp")
@@ -168,6 +170,13 @@ class Context:
     def logits(self, i: int) -> Any:
         """The logits of output `i` of the last batch (a float pointer of `n_vocab` values)."""
         return llama_cpp.llama_get_logits_ith(self.ptr, i)
+
+    def logits_array(self, i: int) -> npt.NDArray[np.float32]:
+        """A copy of the logits of output `i` of the last batch."""
+        pointer = self.logits(i)
+        if not pointer:
+            raise NativeError(f"llama.cpp has no logits for output {i}")
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
         if not llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1):
