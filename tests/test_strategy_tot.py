@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -480,3 +481,54 @@ async def test_labelled_and_cut_off_proposals_make_clean_paths_and_the_last_call
         ("user", "hello"),
     ]
     assert response.json()["choices"][0]["message"]["content"] == "24 - 5 = 19. The answer is 19."
+
+
+def confident(text: str, probability: float) -> Completion:
+    """A rating `text` the model gave with `probability`, the rest on "1"."""
+    top = [{"token": text, "logprob": math.log(probability)}]
+    if probability < 1:
+        top.append({"token": "1", "logprob": math.log(1 - probability)})
+    entry = {"token": text, "logprob": math.log(probability), "top_logprobs": top}
+    return Completion(text, logprobs={"content": [entry]})
+
+
+@pytest.mark.parametrize("confidence", [True, False])
+async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
+    confidence: bool,
+) -> None:
+    """Both children are rated "8"; the model is surer of "b". With logprobs read, "b" leads
+    the path; with `confidence` off, the tie goes to the earlier "a" and nothing asks for
+    logprobs."""
+    sureness = {"a": 0.6, "b": 0.95}
+    proposals = iter("ab")
+
+    def reply(call: Call, index: int) -> Reply:
+        if kind(call) == "score":  # logprobs only when asked, as a backend gives them
+            sure = sureness[last_step(call.messages[-2].text)]
+            return confident("8", sure) if call.sampling.logprobs else "8"
+        if kind(call) == "final":
+            return ANSWER
+        return next(proposals)
+
+    backend = scripted(reply, capabilities=Capabilities(logprobs=True))
+    options = {"breadth": 2, "depth": 1, "beam": 1, "confidence": confidence}
+    response = await chat(backend, TOT, ponder={"tot": options, "trace": True})
+    (level,) = trace_steps(response.json(), "level")
+    scores = calls_of(backend, "score")
+    assert len(scores) == 2
+    if confidence:
+        assert level["scores"] == pytest.approx([0.6 * 8 + 0.4, 0.95 * 8 + 0.05])
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scores} == {(True, 10)}
+        assert final_path(calls_of(backend, "final")[0]) == steps_text(["b"])
+    else:
+        assert level["scores"] == [8.0, 8.0]
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scores} == {(False, None)}
+        assert final_path(calls_of(backend, "final")[0]) == steps_text(["a"])
+    # expansions and the answer never ask for logprobs the client did not
+    assert not any(c.sampling.logprobs for c in backend.calls if kind(c) != "score")
+
+
+async def test_a_backend_without_logprobs_is_not_asked_for_them() -> None:
+    backend = scripted(Tree({"a": 9}))
+    await chat(backend, TOT, ponder={"tot": {"breadth": 2, "depth": 1}})
+    assert not any(c.sampling.logprobs for c in backend.calls)

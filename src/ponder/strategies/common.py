@@ -121,6 +121,68 @@ def helper_sampling(sampling: Sampling, max_tokens: int, temperature: float = 0.
     return text_sampling(sampling, max_tokens).with_(temperature=temperature, top_p=None, stop=())
 
 
+RATING_ALTERNATIVES = 10
+"""How many alternatives a rating call asks for at each token, where the backend reports
+log-probabilities."""
+
+
+def rating_sampling(sampling: Sampling, logprobs: bool) -> Sampling:
+    """A rating call's sampling, asking for log-probabilities where the backend has them
+    (`Capabilities.logprobs`), for `read_score`."""
+    if not logprobs:
+        return sampling
+    return sampling.with_(logprobs=True, top_logprobs=RATING_ALTERNATIVES)
+
+
+def read_score(rating: Completion, low: float, high: float) -> float | None:
+    """A rating's score: its expected value under the model's own probabilities where the
+    rating carries log-probabilities (`expected_score`), else the number it wrote
+    (`parse_score`)."""
+    expected = expected_score(rating, low, high)
+    return expected if expected is not None else parse_score(rating.content, low, high)
+
+
+def expected_score(rating: Completion, low: float, high: float) -> float | None:
+    """The expected value of the number a rating starts with, from the log-probabilities of its
+    first token: each alternative that is a number in [low, high] weighs by its probability.
+    A judge that writes "8" for nearly everything is still 60% sure of one answer and 95% of
+    another, and this tells them apart. Where numbers are written a digit at a time, a "1" the
+    rating drew followed by "0" is a 10 with the probability of that "0" (an alternative "1"
+    the rating did not draw counts as 1). None without log-probabilities, or when the rating
+    does not start with a number."""
+    entries = [e for e in (rating.logprobs or {}).get("content") or () if str(e.get("token", ""))]
+    start = next((i for i, e in enumerate(entries) if str(e["token"]).strip()), None)
+    if start is None or not str(entries[start]["token"]).strip().isdigit():
+        return None
+    first = entries[start]
+    drawn = str(first["token"]).strip()
+    after = entries[start + 1] if start + 1 < len(entries) else None
+    weights: dict[float, float] = {}
+    for alternative in first.get("top_logprobs") or [first]:
+        token = str(alternative["token"]).strip()
+        if not token.isdigit():
+            continue
+        p = math.exp(float(alternative["logprob"]))
+        value = float(token)
+        if token == drawn and after is not None and value * 10 <= high:
+            # the tokens after a drawn digit say whether the number goes on
+            going_on = {
+                str(a["token"]).strip(): math.exp(float(a["logprob"]))
+                for a in after.get("top_logprobs") or [after]
+            }
+            for digit, q in going_on.items():
+                if digit.isdigit() and len(digit) == 1 and low <= value * 10 + int(digit) <= high:
+                    longer = value * 10 + int(digit)
+                    weights[longer] = weights.get(longer, 0.0) + p * q
+                    p -= p * q
+        if low <= value <= high:
+            weights[value] = weights.get(value, 0.0) + p
+    total = sum(weights.values())
+    if total <= 0:
+        return None
+    return sum(value * p for value, p in weights.items()) / total
+
+
 def parse_score(text: str | None, low: float, high: float) -> float | None:
     """The first number in `text`, clamped to [low, high]; None when there is none."""
     match = _FIRST_NUMBER.search(text or "")

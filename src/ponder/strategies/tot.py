@@ -1,8 +1,10 @@
 """`tot`: tree of thoughts. A breadth-first beam search over partial solutions: each node is
 the list of reasoning steps so far (the root has none). At every level each node in the beam
 proposes `breadth` possible next steps, the model rates every new partial solution from 1 to
-10, and the `beam` best-rated ones (earlier first on a tie) make the next beam. After `depth`
-levels the model answers the client's conversation as it is, with the best path in its system
+10 (where the backend reports log-probabilities, the rating is its expected value under them:
+the 1.5B wrote only 5 or 8 on GSM8K, so most ties fell to the order), and the `beam`
+best-rated ones (earlier first on a tie) make the next beam. After `depth` levels the model
+answers the client's conversation as it is, with the best path in its system
 prompt to check, use and finish; that call streams to a streaming client.
 
 A proposed step is kept as one step: a "Step N:" label the model wrote is dropped (the path
@@ -38,8 +40,9 @@ from ponder.strategies.common import (
     cut_off,
     followup,
     helper_sampling,
-    parse_score,
     preview,
+    rating_sampling,
+    read_score,
     with_system,
     without_step_label,
 )
@@ -74,6 +77,11 @@ class TreeOfThoughtsConfig(StrategyConfig):
     temperature: SampleTemperature = 0.7
     thought_tokens: int = Field(128, ge=1, description="Token limit of each proposed step")
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
+    confidence: bool = Field(
+        True,
+        description="Where the backend reports log-probabilities, a rating is the expected "
+        "score under them rather than the number written",
+    )
 
 
 def one_step(proposal: Completion) -> str:
@@ -117,7 +125,10 @@ class TreeOfThoughts:
         thinking = helper_sampling(
             ctx.sampling, cfg.thought_tokens, ctx.sampling.temperature or cfg.temperature
         )
-        scoring = helper_sampling(ctx.sampling, cfg.score_tokens, 0.0)
+        scoring = rating_sampling(
+            helper_sampling(ctx.sampling, cfg.score_tokens, 0.0),
+            cfg.confidence and ctx.backend.capabilities.logprobs,
+        )
         beam: list[list[str]] = [[]]
         best_score = 0.0
         for level in range(1, cfg.depth + 1):
@@ -138,7 +149,7 @@ class TreeOfThoughts:
                     for child in children
                 ]
             )
-            scores = [parse_score(r[0].content, 1, 10) or 1.0 for r in ratings]
+            scores = [read_score(r[0], 1, 10) or 1.0 for r in ratings]
             kept = sorted(range(len(children)), key=lambda i: -scores[i])[: cfg.beam]
             beam = [children[i] for i in kept]
             best_score = scores[kept[0]]
