@@ -135,6 +135,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("temperature", 0),
         ("thought_tokens", 0),
         ("score_tokens", 0),
+        ("confidence", "maybe"),
         ("width", 2),
     ],
     "z3": [("fix_attempts", -1), ("fix_attempts", 6), ("code_tokens", 0), ("code_temperature", 3)],
