@@ -18,6 +18,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("temperature", 0),
         ("plan_tokens", 8),
         ("score_tokens", 0),
+        ("confidence", "maybe"),
         ("plans", 2),
     ],
     "coc": [
