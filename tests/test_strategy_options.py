@@ -84,6 +84,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("actions", 9),
         ("temperature", 0),
         ("value_tokens", 0),
+        ("confidence", "maybe"),
         ("rollouts", 2),
     ],
     "moa": [
