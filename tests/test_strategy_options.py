@@ -113,6 +113,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("solutions", 9),
         ("temperature", 0),
         ("score_tokens", 0),
+        ("confidence", "maybe"),
         ("verifiers", 2),
     ],
     "rstar": [
