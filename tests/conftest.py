@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from ponder.proxy import create_app
 from ponder.spl_store import Lifecycle, Store
 from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
+from ponder.types import Completion
 from tests.services import fresh_database, postgres_server
 
 if TYPE_CHECKING:
@@ -189,6 +191,16 @@ def usage_for(backend: ScriptedBackend, replies: Iterable[str]) -> dict[str, int
 def trace_steps(body: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     """The entries of a response's `ponder.trace` whose step is `name`, in order."""
     return [step for step in body["ponder"]["trace"] if step["step"] == name]
+
+
+def confident(text: str, probability: float) -> Completion:
+    """A rating `text` the model gave with `probability`, the rest on "1", with its
+    log-probabilities as a backend reports them (`logprobs.content`)."""
+    top = [{"token": text, "logprob": math.log(probability)}]
+    if probability < 1:
+        top.append({"token": "1", "logprob": math.log(1 - probability)})
+    entry = {"token": text, "logprob": math.log(probability), "top_logprobs": top}
+    return Completion(text, logprobs={"content": [entry]})
 
 
 def assert_error(response: httpx.Response, status: int, **expected: object) -> None:

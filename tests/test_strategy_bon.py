@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 
+import pytest
+
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.bon import SCORE_PROMPT
@@ -14,6 +16,7 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
+    confident,
     conversation,
     scripted,
     streamed_text,
@@ -255,8 +258,53 @@ async def test_bad_options_are_400s_naming_the_field() -> None:
         ("candidates", 17),
         ("score_tokens", 0),
         ("temperature", 0),
+        ("confidence", "maybe"),
     ):
         backend = scripted()
         response = await chat(backend, BON, ponder={"bon": {field: value}})
         assert_error(response, 400, param=f"ponder.bon.{field}")
         assert backend.calls == []
+
+
+@pytest.mark.parametrize("confidence", [True, False])
+async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
+    confidence: bool,
+) -> None:
+    """Every candidate is rated "8"; the model is surest of the last. With logprobs read, the
+    last is returned; with `confidence` off, the tie goes to the first (no answer is shared)
+    and nothing asks for logprobs."""
+    candidates = ["It is 41.", "It is 42.", "It is 43."]
+    sureness = dict(zip(candidates, (0.6, 0.7, 0.95), strict=True))
+    drawn = iter(candidates)
+
+    def reply(call: Call, index: int) -> Reply:
+        if call.prompt == SCORE_PROMPT:  # logprobs only when asked, as a backend gives them
+            sure = sureness[call.messages[-2].text]
+            return confident("8", sure) if call.sampling.logprobs else "8"
+        return next(drawn)
+
+    backend = scripted(reply, capabilities=Capabilities(logprobs=True))
+    response = await chat(backend, BON, ponder={"bon": {"confidence": confidence}, "trace": True})
+    steps = {s["step"]: s for s in response.json()["ponder"]["trace"]}
+    scored = score_calls(backend)
+    assert len(scored) == 3
+    content = response.json()["choices"][0]["message"]["content"]
+    if confidence:
+        expected = [p * 8 + (1 - p) for p in (0.6, 0.7, 0.95)]
+        assert steps["scores"]["scores"] == pytest.approx(expected)
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scored} == {(True, 10)}
+        assert content == candidates[2]
+    else:
+        assert steps["scores"]["scores"] == [8.0, 8.0, 8.0]
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scored} == {(False, None)}
+        assert content == candidates[0]
+    # the candidates never ask for logprobs the client did not
+    assert not any(c.sampling.logprobs for c in backend.calls if c.prompt != SCORE_PROMPT)
+
+
+async def test_a_backend_without_logprobs_is_not_asked_for_them() -> None:
+    reply, _ = judge(CANDIDATES, SCORES)
+    backend = scripted(reply)
+    response = await chat(backend, BON)
+    assert response.json()["choices"][0]["message"]["content"] == CANDIDATES[1]
+    assert not any(c.sampling.logprobs for c in backend.calls)

@@ -27,6 +27,7 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
+    confident,
     conversation,
     scripted,
     stream_error,
@@ -365,3 +366,46 @@ async def test_request_n_runs_independent_selections() -> None:
     assert len(backend.calls) == 2 * (2 * 4 + 2)
     assert len(choices) == 2 and choices[0] != choices[1]
     assert set(choices) <= {f"answer {k}" for k in range(1, 5)}
+
+
+@pytest.mark.parametrize("confidence", [True, False])
+async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
+    confidence: bool,
+) -> None:
+    """Every answer is rated "8"; the model is surest of answer 3. With logprobs read, answer 3
+    is returned; with `confidence` off, the tie goes to the earliest (no answer is shared) and
+    nothing asks for logprobs."""
+    sureness = {"answer 1": 0.6, "answer 2": 0.7, "answer 3": 0.95}
+    planner = Planner()
+
+    def reply(call: Call, index: int) -> Reply:
+        if kind(call) == "rate":  # logprobs only when asked, as a backend gives them
+            sure = sureness[rated(call)]
+            return confident("8", sure) if call.sampling.logprobs else "8"
+        return planner(call, index)
+
+    backend = scripted(reply, capabilities=Capabilities(logprobs=True))
+    response = await chat(backend, CEPO, ponder={"cepo": {"confidence": confidence}, "trace": True})
+    body = response.json()
+    (scores,) = trace_steps(body, "scores")
+    rates = calls_of(backend, "rate")
+    assert len(rates) == 3
+    if confidence:
+        expected = [p * 8 + (1 - p) for p in (0.6, 0.7, 0.95)]
+        assert scores["scores"] == pytest.approx(expected)
+        assert scores["best"] == 2
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(True, 10)}
+        assert body["choices"][0]["message"]["content"] == "answer 3"
+    else:
+        assert (scores["scores"], scores["best"]) == ([8.0, 8.0, 8.0], 0)
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(False, None)}
+        assert body["choices"][0]["message"]["content"] == "answer 1"
+    # plans, executions and refinements never ask for logprobs the client did not
+    assert not any(c.sampling.logprobs for c in backend.calls if kind(c) != "rate")
+
+
+async def test_a_backend_without_logprobs_is_not_asked_for_them() -> None:
+    backend = scripted(Planner(scores={"answer 2": "9"}))
+    response = await chat(backend, CEPO)
+    assert response.json()["choices"][0]["message"]["content"] == "answer 2"
+    assert not any(c.sampling.logprobs for c in backend.calls)

@@ -25,6 +25,7 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
+    confident,
     conversation,
     scripted,
     stream_error,
@@ -47,6 +48,12 @@ REQUEST = CLIENT[-1][1]
 
 def kind(call: Call) -> str:
     return "rate" if call.prompt.endswith(VALUE_PROMPT) else "reply"
+
+
+def rated(call: Call) -> str:
+    """The label of the reply a rating call shows (a cut-off mark dropped)."""
+    shown = call.prompt.split(f"{REPLY_INTRO}\n\n")[1].split(f"\n\n{VALUE_PROMPT}")[0]
+    return label_of(shown.removeprefix(f"{CUT_OFF_NOTE}\n\n"))
 
 
 def text(label: str) -> str:
@@ -80,8 +87,7 @@ class Dialogue:
 
     def __call__(self, call: Call, index: int) -> Reply:
         if kind(call) == "rate":
-            rated = call.prompt.split(f"{REPLY_INTRO}\n\n")[1].split(f"\n\n{VALUE_PROMPT}")[0]
-            label = label_of(rated.removeprefix(f"{CUT_OFF_NOTE}\n\n"))
+            label = rated(call)
             if self.fail == ("rate", label):
                 return BackendUnavailable("down")
             reply = str(self.scores.get(label, 5))
@@ -371,6 +377,48 @@ async def test_a_client_temperature_drives_the_replies_not_the_ratings() -> None
     )
     assert {c.sampling.temperature for c in calls_of(backend, "reply")} == {0.3}
     assert {c.sampling.max_tokens for c in calls_of(backend, "rate")} == {3}
+
+
+@pytest.mark.parametrize("confidence", [True, False])
+async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
+    confidence: bool,
+) -> None:
+    """Every rollout is rated "8"; the model is surest of c's. With logprobs read, c has the
+    highest mean value and is returned; with `confidence` off, the tie goes to the earlier a
+    and nothing asks for logprobs."""
+    sureness = {"aa": 0.6, "ba": 0.7, "ca": 0.95}
+    dialogue = Dialogue()
+
+    def reply(call: Call, index: int) -> Reply:
+        if kind(call) == "rate":  # logprobs only when asked, as a backend gives them
+            sure = sureness[rated(call)]
+            return confident("8", sure) if call.sampling.logprobs else "8"
+        return dialogue(call, index)
+
+    backend = scripted(reply, capabilities=Capabilities(logprobs=True))
+    options = {"simulations": 1, "confidence": confidence}
+    response = await chat(backend, MCTS, ponder={"mcts": options, "trace": True})
+    (simulation,) = trace_steps(response.json(), "simulation")
+    rates = calls_of(backend, "rate")
+    assert len(rates) == 3
+    if confidence:
+        expected = [(p * 8 + (1 - p)) / 10 for p in (0.6, 0.7, 0.95)]
+        assert simulation["values"] == pytest.approx(expected)
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(True, 10)}
+        assert answer(response) == text("c")
+    else:
+        assert simulation["values"] == [0.8, 0.8, 0.8]
+        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(False, None)}
+        assert answer(response) == text("a")
+    # replies and rollouts never ask for logprobs the client did not
+    assert not any(c.sampling.logprobs for c in calls_of(backend, "reply"))
+
+
+async def test_a_backend_without_logprobs_is_not_asked_for_them() -> None:
+    backend = scripted(Dialogue({"ba": 9}))
+    response = await chat(backend, MCTS)
+    assert answer(response) == text("b")
+    assert not any(c.sampling.logprobs for c in backend.calls)
 
 
 # ---- streaming, failures, budget, options ----------------------------------------------------

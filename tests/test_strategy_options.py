@@ -18,6 +18,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("temperature", 0),
         ("plan_tokens", 8),
         ("score_tokens", 0),
+        ("confidence", "maybe"),
         ("plans", 2),
     ],
     "coc": [
@@ -83,6 +84,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("actions", 9),
         ("temperature", 0),
         ("value_tokens", 0),
+        ("confidence", "maybe"),
         ("rollouts", 2),
     ],
     "moa": [
@@ -111,6 +113,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("solutions", 9),
         ("temperature", 0),
         ("score_tokens", 0),
+        ("confidence", "maybe"),
         ("verifiers", 2),
     ],
     "rstar": [
@@ -135,6 +138,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("temperature", 0),
         ("thought_tokens", 0),
         ("score_tokens", 0),
+        ("confidence", "maybe"),
         ("width", 2),
     ],
     "z3": [("fix_attempts", -1), ("fix_attempts", 6), ("code_tokens", 0), ("code_temperature", 3)],

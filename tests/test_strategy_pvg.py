@@ -24,6 +24,7 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
+    confident,
     conversation,
     scripted,
     stream_error,
@@ -308,3 +309,50 @@ async def test_request_n_runs_independent_games() -> None:
     choices = response.json()["choices"]
     assert len(backend.calls) == 2 * 4
     assert sorted(c["message"]["content"] for c in choices) == ["helpful 1", "helpful 2"]
+
+
+@pytest.mark.parametrize("confidence", [True, False])
+async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
+    confidence: bool,
+) -> None:
+    """Every solution is rated "8"; the verifier is surest of helpful 3. With logprobs read,
+    helpful 3 is returned; with `confidence` off, the tie goes to the earliest (no answer is
+    shared) and nothing asks for logprobs."""
+    sureness = {"helpful 1": 0.6, "helpful 2": 0.7, "helpful 3": 0.95}
+    sureness |= {"sneaky 1": 0.9, "sneaky 2": 0.5, "sneaky 3": 0.8}
+    game = Game()
+
+    def reply(call: Call, index: int) -> Reply:
+        if kind(call) == "verify":  # logprobs only when asked, as a backend gives them
+            sure = sureness[verified(call)]
+            return confident("8", sure) if call.sampling.logprobs else "8"
+        return game(call, index)
+
+    backend = scripted(reply, capabilities=Capabilities(logprobs=True))
+    options = {"rounds": 1, "confidence": confidence}
+    response = await chat(backend, PVG, ponder={"pvg": options, "trace": True})
+    body = response.json()
+    (played,) = trace_steps(body, "round")
+    verifies = calls_of(backend, "verify")
+    assert len(verifies) == 6
+    if confidence:
+        expected = [p * 8 + (1 - p) for p in (0.6, 0.7, 0.95)]
+        assert played["helpful_scores"] == pytest.approx(expected)
+        assert played["sneaky_scores"] == pytest.approx([p * 8 + (1 - p) for p in (0.9, 0.5, 0.8)])
+        asked = {(c.sampling.logprobs, c.sampling.top_logprobs) for c in verifies}
+        assert asked == {(True, 10)}
+        assert body["choices"][0]["message"]["content"] == "helpful 3"
+    else:
+        assert (played["helpful_scores"], played["sneaky_scores"]) == ([8.0] * 3, [8.0] * 3)
+        asked = {(c.sampling.logprobs, c.sampling.top_logprobs) for c in verifies}
+        assert asked == {(False, None)}
+        assert body["choices"][0]["message"]["content"] == "helpful 1"
+    # the provers never ask for logprobs the client did not
+    assert not any(c.sampling.logprobs for c in backend.calls if kind(c) != "verify")
+
+
+async def test_a_backend_without_logprobs_is_not_asked_for_them() -> None:
+    backend = scripted(Game(scores={"helpful 5": "9"}))
+    response = await chat(backend, PVG)
+    assert response.json()["choices"][0]["message"]["content"] == "helpful 5"
+    assert not any(c.sampling.logprobs for c in backend.calls)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 
 import pytest
 
@@ -24,6 +23,7 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
+    confident,
     conversation,
     scripted,
     sse_data,
@@ -481,15 +481,6 @@ async def test_labelled_and_cut_off_proposals_make_clean_paths_and_the_last_call
         ("user", "hello"),
     ]
     assert response.json()["choices"][0]["message"]["content"] == "24 - 5 = 19. The answer is 19."
-
-
-def confident(text: str, probability: float) -> Completion:
-    """A rating `text` the model gave with `probability`, the rest on "1"."""
-    top = [{"token": text, "logprob": math.log(probability)}]
-    if probability < 1:
-        top.append({"token": "1", "logprob": math.log(1 - probability)})
-    entry = {"token": text, "logprob": math.log(probability), "top_logprobs": top}
-    return Completion(text, logprobs={"content": [entry]})
 
 
 @pytest.mark.parametrize("confidence", [True, False])

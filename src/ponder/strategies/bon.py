@@ -3,8 +3,10 @@ model rates each one from 0 to 10, and the client gets the best candidate (`show
 finished before `max_tokens` over one cut off, then the best-rated. A tie goes to the candidate
 whose final answer most candidates share, then to the first. The model's own rating is a weak
 judge: on GSM8K the 1.5B rated all three candidates 10 in 15 of 20 problems, where a tie to
-the first candidate made best-of-3 one sample. The candidates' agreement is what is left to
-tell them apart then.
+the first candidate made best-of-3 one sample. Where the backend reports log-probabilities, a
+rating is read as its expected value under them (a judge that writes 8 or 10 for nearly
+everything is still more or less sure of it), so equal written ratings need not tie; where
+ratings still tie, the candidates' agreement is what is left to tell them apart.
 
 Calls: `candidates` samples drawn concurrently (one call with a native-`n` backend), then one
 scoring call per candidate, all at once: `2 * candidates` calls, or `1 + candidates`. A failed
@@ -23,7 +25,8 @@ from ponder.strategies.common import (
     SampleTemperature,
     followup,
     helper_sampling,
-    parse_score,
+    rating_sampling,
+    read_score,
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
@@ -40,6 +43,11 @@ class BestOfNConfig(StrategyConfig):
     candidates: int = Field(3, ge=2, le=16, description="How many candidate answers are sampled")
     temperature: SampleTemperature = 0.7
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
+    confidence: bool = Field(
+        True,
+        description="Where the backend reports log-probabilities, a rating is the expected "
+        "score under them rather than the number written",
+    )
 
 
 class BestOfN:
@@ -56,14 +64,17 @@ class BestOfN:
         sampling = varied(ctx.sampling, self.config.temperature)
         candidates = await ctx.sample(messages, self.config.candidates, sampling)
         ctx.step("candidates", count=len(candidates))
-        scoring = helper_sampling(ctx.sampling, self.config.score_tokens, 0.0)
+        scoring = rating_sampling(
+            helper_sampling(ctx.sampling, self.config.score_tokens, 0.0),
+            self.config.confidence and ctx.backend.capabilities.logprobs,
+        )
         ratings = await gather(
             [
                 ctx.complete(followup(messages, c.content or "", SCORE_PROMPT), scoring)
                 for c in candidates
             ]
         )
-        scores = [parse_score(r[0].content, 0, 10) or 0.0 for r in ratings]
+        scores = [read_score(r[0], 0, 10) or 0.0 for r in ratings]
         for i, score in enumerate(scores, start=1):
             ctx.reason(f"Candidate {i} scored {score:g}\n")
         chosen = best(candidates, scores)

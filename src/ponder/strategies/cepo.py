@@ -3,7 +3,9 @@ client's request, carries the plan out several times at once, then compares thos
 works out where they disagree, and writes a refined answer. Several attempts run at once, the
 model rates each refined answer from 0 to 10 (all at once), and the client gets the best one,
 chosen as `bon` chooses (`showing.best`): finished before `max_tokens` over cut off, then the higher
-rating, then the final answer more attempts share, then the earlier.
+rating, then the final answer more attempts share, then the earlier. Where the backend reports
+log-probabilities, a rating is read as its expected value under them (a judge that writes 8 or
+10 for nearly everything is still more or less sure of it).
 
 The plan, the executions and each refined answer go to the model inside the client's last user
 turn, after its request, with the instructions for that call; the rest of the conversation
@@ -34,8 +36,9 @@ from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
     helper_sampling,
-    parse_score,
     preview,
+    rating_sampling,
+    read_score,
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
@@ -84,6 +87,11 @@ class PlanningOptimizationConfig(StrategyConfig):
     temperature: SampleTemperature = 0.7
     plan_tokens: int = Field(256, ge=16, le=8192, description="Token limit of each plan")
     score_tokens: int = Field(8, ge=1, description="Token limit of each rating call")
+    confidence: bool = Field(
+        True,
+        description="Where the backend reports log-probabilities, a rating is the expected "
+        "score under them rather than the number written",
+    )
 
 
 def split_refinement(text: str) -> tuple[str, str]:
@@ -166,8 +174,12 @@ class PlanningOptimization:
     async def rate(
         self, ctx: RequestContext, messages: Sequence[Message], answers: Sequence[Completion]
     ) -> list[float]:
-        """The model's rating of each answer, 0 to 10 (0 when it gives no number), all at once."""
-        scoring = helper_sampling(ctx.sampling, self.config.score_tokens, 0.0)
+        """The model's rating of each answer, 0 to 10 (0 when it gives no number; its expected
+        value where it comes with log-probabilities), all at once."""
+        scoring = rating_sampling(
+            helper_sampling(ctx.sampling, self.config.score_tokens, 0.0),
+            self.config.confidence and ctx.backend.capabilities.logprobs,
+        )
         replies = await gather(
             [
                 ctx.complete(
@@ -177,4 +189,4 @@ class PlanningOptimization:
                 for a in answers
             ]
         )
-        return [parse_score(r[0].content, 0, 10) or 0.0 for r in replies]
+        return [read_score(r[0], 0, 10) or 0.0 for r in replies]

@@ -12,8 +12,11 @@ came. Each of `simulations` simulations:
 3. **simulation**: each new child is rolled forward `depth` turns, one sampled reply a turn
    (with `depth` 0, the child's own reply is rated);
 4. **value**: the model rates, at temperature 0, how well the last reply of each state reached
-   answers the client's request, from 0 to 10 (read with `parse_score`; unreadable counts as 0),
-   normalised to 0..1; the new children's rollouts, and then their ratings, run at once;
+   answers the client's request, from 0 to 10 (read with `read_score`: where the backend
+   reports log-probabilities, the rating's expected value under them, since a judge that writes
+   8 or 10 for nearly everything is still more or less sure of it; else the number written;
+   unreadable counts as 0), normalised to 0..1; the new children's rollouts, and then their
+   ratings, run at once;
 5. **back-propagation**: each value is added to its child and to every node above it, each
    counting one visit.
 
@@ -59,8 +62,9 @@ from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
     helper_sampling,
-    parse_score,
     preview,
+    rating_sampling,
+    read_score,
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
@@ -96,6 +100,11 @@ class MCTSConfig(StrategyConfig):
     )
     temperature: SampleTemperature = 0.7
     value_tokens: int = Field(8, ge=1, description="Token limit of each rating call")
+    confidence: bool = Field(
+        True,
+        description="Where the backend reports log-probabilities, a rating is the expected "
+        "score under them rather than the number written",
+    )
 
 
 @dataclass(eq=False)
@@ -162,7 +171,10 @@ class MonteCarloTreeSearch:
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         cfg = self.config
         sampling = varied(ctx.sampling, cfg.temperature)
-        rating = helper_sampling(ctx.sampling, cfg.value_tokens, 0.0)
+        rating = rating_sampling(
+            helper_sampling(ctx.sampling, cfg.value_tokens, 0.0),
+            cfg.confidence and ctx.backend.capabilities.logprobs,
+        )
         root = Node()
         for simulation in range(1, cfg.simulations + 1):
             leaf = self._select(root)
@@ -244,7 +256,7 @@ class MonteCarloTreeSearch:
                 for r in replies
             ]
         )
-        return [(parse_score(r.content, 0, 10) or 0.0) / 10 for (r,) in rated]
+        return [(read_score(r, 0, 10) or 0.0) / 10 for (r,) in rated]
 
     @staticmethod
     def _back_propagate(node: Node, value: float) -> None:

@@ -4,7 +4,9 @@ easy to check, a sneaky prover writes convincing solutions with a subtle mistake
 verifier rates every solution's correctness from 0 to 10. From the second round on, the helpful
 prover is shown the best-rated helpful solution so far and asked for an improved one. The
 client gets the best helpful solution of all rounds; sneaky solutions are never returned (they
-are the verifier's test: the trace keeps their ratings beside the helpful ones).
+are the verifier's test: the trace keeps their ratings beside the helpful ones). Where the
+backend reports log-probabilities, a rating is read as its expected value under them (a judge
+that writes 8 or 10 for nearly everything is still more or less sure of it).
 
 The best helpful solution is chosen as `bon` chooses (`showing.best`): one that finished before
 `max_tokens` over one cut off, then the higher rating, then the final answer more helpful
@@ -31,8 +33,9 @@ from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
     helper_sampling,
-    parse_score,
     preview,
+    rating_sampling,
+    read_score,
     varied,
     with_system,
 )
@@ -70,6 +73,11 @@ class ProverVerifierConfig(StrategyConfig):
     )
     temperature: SampleTemperature = 0.7
     score_tokens: int = Field(8, ge=1, description="Token limit of each verifier call")
+    confidence: bool = Field(
+        True,
+        description="Where the backend reports log-probabilities, a rating is the expected "
+        "score under them rather than the number written",
+    )
 
 
 class ProverVerifierGame:
@@ -129,9 +137,12 @@ class ProverVerifierGame:
     async def verify(
         self, ctx: RequestContext, messages: Sequence[Message], solutions: Sequence[Completion]
     ) -> list[float]:
-        """The verifier's rating of each solution, 0 to 10 (0 when it gives no number), all
-        asked at once."""
-        scoring = helper_sampling(ctx.sampling, self.config.score_tokens, 0.0)
+        """The verifier's rating of each solution, 0 to 10 (0 when it gives no number; its
+        expected value where it comes with log-probabilities), all asked at once."""
+        scoring = rating_sampling(
+            helper_sampling(ctx.sampling, self.config.score_tokens, 0.0),
+            self.config.confidence and ctx.backend.capabilities.logprobs,
+        )
         replies = await gather(
             [
                 ctx.complete(
@@ -140,4 +151,4 @@ class ProverVerifierGame:
                 for s in solutions
             ]
         )
-        return [parse_score(r[0].content, 0, 10) or 0.0 for r in replies]
+        return [read_score(r[0], 0, 10) or 0.0 for r in replies]
