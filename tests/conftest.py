@@ -194,11 +194,12 @@ def trace_steps(body: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def confident(text: str, probability: float) -> Completion:
-    """A rating `text` the model gave with `probability`, the rest on "1", with its
-    log-probabilities as a backend reports them (`logprobs.content`)."""
+    """A rating `text` the model gave with `probability`, the rest on "2" (which begins no
+    longer number on a 0-10 scale), with its log-probabilities as a backend reports them
+    (`logprobs.content`)."""
     top = [{"token": text, "logprob": math.log(probability)}]
     if probability < 1:
-        top.append({"token": "1", "logprob": math.log(1 - probability)})
+        top.append({"token": "2", "logprob": math.log(1 - probability)})
     entry = {"token": text, "logprob": math.log(probability), "top_logprobs": top}
     return Completion(text, logprobs={"content": [entry]})
 

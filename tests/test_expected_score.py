@@ -45,6 +45,14 @@ def test_a_drawn_one_followed_by_zero_is_ten_with_that_zeros_probability() -> No
     assert expected_score(ten, 0, 5) == pytest.approx((0.8 * 1 + 0.2 * 0) / 0.8)  # 10, 9 too big
 
 
+def test_an_undrawn_one_that_may_begin_a_ten_is_left_out() -> None:
+    nine = rating(token("9", {"9": 0.6, "1": 0.4}))
+    assert expected_score(nine, 0, 10) == 9.0  # not 5.8: the "1" may be a 10
+    assert expected_score(nine, 0, 5) == 1.0  # on 0..5 the "1" is a 1, and 9 is out of range
+    assert expected_score(rating(token("4", {"4": 0.6, "1": 0.4})), 0, 5) == pytest.approx(2.8)
+    assert expected_score(rating(token("9", {"9": 0.5, "0": 0.5})), 0, 10) == 4.5
+
+
 def test_leading_spaces_are_skipped_and_a_whole_number_token_is_read_whole() -> None:
     assert expected_score(rating(token(" "), token("10", {"10": 0.5, "9": 0.5})), 0, 10) == 9.5
 

@@ -290,7 +290,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     assert len(scored) == 3
     content = response.json()["choices"][0]["message"]["content"]
     if confidence:
-        expected = [p * 8 + (1 - p) for p in (0.6, 0.7, 0.95)]
+        expected = [p * 8 + (1 - p) * 2 for p in (0.6, 0.7, 0.95)]
         assert steps["scores"]["scores"] == pytest.approx(expected)
         assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scored} == {(True, 10)}
         assert content == candidates[2]

@@ -391,7 +391,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     rates = calls_of(backend, "rate")
     assert len(rates) == 3
     if confidence:
-        expected = [p * 8 + (1 - p) for p in (0.6, 0.7, 0.95)]
+        expected = [p * 8 + (1 - p) * 2 for p in (0.6, 0.7, 0.95)]
         assert scores["scores"] == pytest.approx(expected)
         assert scores["best"] == 2
         assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(True, 10)}

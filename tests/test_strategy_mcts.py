@@ -402,7 +402,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     rates = calls_of(backend, "rate")
     assert len(rates) == 3
     if confidence:
-        expected = [(p * 8 + (1 - p)) / 10 for p in (0.6, 0.7, 0.95)]
+        expected = [(p * 8 + (1 - p) * 2) / 10 for p in (0.6, 0.7, 0.95)]
         assert simulation["values"] == pytest.approx(expected)
         assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(True, 10)}
         assert answer(response) == text("c")

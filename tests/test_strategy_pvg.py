@@ -336,9 +336,11 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     verifies = calls_of(backend, "verify")
     assert len(verifies) == 6
     if confidence:
-        expected = [p * 8 + (1 - p) for p in (0.6, 0.7, 0.95)]
+        expected = [p * 8 + (1 - p) * 2 for p in (0.6, 0.7, 0.95)]
         assert played["helpful_scores"] == pytest.approx(expected)
-        assert played["sneaky_scores"] == pytest.approx([p * 8 + (1 - p) for p in (0.9, 0.5, 0.8)])
+        assert played["sneaky_scores"] == pytest.approx(
+            [p * 8 + (1 - p) * 2 for p in (0.9, 0.5, 0.8)]
+        )
         asked = {(c.sampling.logprobs, c.sampling.top_logprobs) for c in verifies}
         assert asked == {(True, 10)}
         assert body["choices"][0]["message"]["content"] == "helpful 3"

@@ -508,7 +508,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     scores = calls_of(backend, "score")
     assert len(scores) == 2
     if confidence:
-        assert level["scores"] == pytest.approx([0.6 * 8 + 0.4, 0.95 * 8 + 0.05])
+        assert level["scores"] == pytest.approx([0.6 * 8 + 0.4 * 2, 0.95 * 8 + 0.05 * 2])
         assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scores} == {(True, 10)}
         assert final_path(calls_of(backend, "final")[0]) == steps_text(["b"])
     else:

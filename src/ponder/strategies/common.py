@@ -147,9 +147,11 @@ def expected_score(rating: Completion, low: float, high: float) -> float | None:
     first token: each alternative that is a number in [low, high] weighs by its probability.
     A judge that writes "8" for nearly everything is still 60% sure of one answer and 95% of
     another, and this tells them apart. Where numbers are written a digit at a time, a "1" the
-    rating drew followed by "0" is a 10 with the probability of that "0" (an alternative "1"
-    the rating did not draw counts as 1). None without log-probabilities, or when the rating
-    does not start with a number."""
+    rating drew followed by "0" is a 10 with the probability of that "0"; an alternative "1"
+    the rating did not draw, on a scale that reaches 10, is left out, since it may be a 1 or
+    the start of a 10 (counted as 1, a 9 drawn with 40% on "1" read as 5.8). None without
+    log-probabilities, or when the rating does not start with a number: the number written
+    is read then, so one comparison may mix the two readings."""
     entries = [e for e in (rating.logprobs or {}).get("content") or () if str(e.get("token", ""))]
     start = next((i for i, e in enumerate(entries) if str(e["token"]).strip()), None)
     if start is None or not str(entries[start]["token"]).strip().isdigit():
@@ -164,7 +166,8 @@ def expected_score(rating: Completion, low: float, high: float) -> float | None:
             continue
         p = math.exp(float(alternative["logprob"]))
         value = float(token)
-        if token == drawn and after is not None and value * 10 <= high:
+        may_go_on = value > 0 and value * 10 <= high
+        if token == drawn and after is not None and may_go_on:
             # the tokens after a drawn digit say whether the number goes on
             going_on = {
                 str(a["token"]).strip(): math.exp(float(a["logprob"]))
@@ -175,6 +178,8 @@ def expected_score(rating: Completion, low: float, high: float) -> float | None:
                     longer = value * 10 + int(digit)
                     weights[longer] = weights.get(longer, 0.0) + p * q
                     p -= p * q
+        elif token != drawn and may_go_on:
+            continue  # a digit that may begin a longer number: what follows it is unknown
         if low <= value <= high:
             weights[value] = weights.get(value, 0.0) + p
     total = sum(weights.values())
