@@ -84,9 +84,10 @@ if want "$target" fixes2; then
     # The second round: react with its steps and observations as turns of their own and no
     # built-in call run twice (the first round's react ran out of steps in 26 of 50 items);
     # bon with a tie of ratings going to the answer most candidates share (the judge said 10
-    # to all three in most problems).
+    # to all three in most problems) was stopped after 5 items: its ratings changed again
+    # (read from the model's log-probabilities) and it is measured in the fourth round.
     with_none $RUNS/gsm8k-1.5b-fixes2 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,bon --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes2
 fi
 if want "$target" fixes3; then
@@ -106,9 +107,10 @@ if want "$target" fixes4; then
     # tot with its last call the request itself and the best path in the system prompt (asked to
     # continue a finished path, it applied the last step again: 500 pieces became 334);
     # cot_reflection with a reflection that redoes the calculations and keeps an answer that
-    # holds (told to look for errors, it invented them).
+    # holds (told to look for errors, it invented them); bon and tot with ratings read as their
+    # expected value under the model's log-probabilities (the judges wrote 8 or 10, 5 or 8).
     with_none $RUNS/gsm8k-1.5b-fixes4 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,tot,cot_reflection \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon,cot_reflection,tot \
         --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes4
 fi
