@@ -4,7 +4,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.spl_store import Lifecycle, Store
-from ponder.testing import ScriptedBackend, running_server
+from ponder.testing import Call, Reply, ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion
 from tests.services import fresh_database, postgres_server
@@ -202,6 +202,22 @@ def confident(text: str, probability: float) -> Completion:
         top.append({"token": "2", "logprob": math.log(1 - probability)})
     entry = {"token": text, "logprob": math.log(probability), "top_logprobs": top}
     return Completion(text, logprobs={"content": [entry]})
+
+
+def rated_eight(call: Call, sureness: float) -> Reply:
+    """A judge's rating "8", by a model `sureness` sure of it: with its log-probabilities only
+    when the call asks for them, as a backend gives them."""
+    return confident("8", sureness) if call.sampling.logprobs else "8"
+
+
+def expected_eights(sureness: Sequence[float]) -> list[float]:
+    """The expected scores of `rated_eight` ratings read from their log-probabilities."""
+    return [p * 8 + (1 - p) * 2 for p in sureness]
+
+
+def logprobs_asked(calls: Sequence[Call]) -> set[tuple[bool, int | None]]:
+    """What `calls` asked for: (logprobs, top_logprobs)."""
+    return {(c.sampling.logprobs, c.sampling.top_logprobs) for c in calls}
 
 
 def assert_error(response: httpx.Response, status: int, **expected: object) -> None:

@@ -16,8 +16,10 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
-    confident,
     conversation,
+    expected_eights,
+    logprobs_asked,
+    rated_eight,
     scripted,
     streamed_text,
     usage_for,
@@ -280,7 +282,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     def reply(call: Call, index: int) -> Reply:
         if call.prompt == SCORE_PROMPT:  # logprobs only when asked, as a backend gives them
             sure = sureness[call.messages[-2].text]
-            return confident("8", sure) if call.sampling.logprobs else "8"
+            return rated_eight(call, sure)
         return next(drawn)
 
     backend = scripted(reply, capabilities=Capabilities(logprobs=True))
@@ -290,13 +292,13 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     assert len(scored) == 3
     content = response.json()["choices"][0]["message"]["content"]
     if confidence:
-        expected = [p * 8 + (1 - p) * 2 for p in (0.6, 0.7, 0.95)]
+        expected = expected_eights((0.6, 0.7, 0.95))
         assert steps["scores"]["scores"] == pytest.approx(expected)
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scored} == {(True, 10)}
+        assert logprobs_asked(scored) == {(True, 10)}
         assert content == candidates[2]
     else:
         assert steps["scores"]["scores"] == [8.0, 8.0, 8.0]
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scored} == {(False, None)}
+        assert logprobs_asked(scored) == {(False, None)}
         assert content == candidates[0]
     # the candidates never ask for logprobs the client did not
     assert not any(c.sampling.logprobs for c in backend.calls if c.prompt != SCORE_PROMPT)

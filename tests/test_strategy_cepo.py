@@ -27,8 +27,10 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
-    confident,
     conversation,
+    expected_eights,
+    logprobs_asked,
+    rated_eight,
     scripted,
     stream_error,
     streamed_text,
@@ -381,7 +383,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     def reply(call: Call, index: int) -> Reply:
         if kind(call) == "rate":  # logprobs only when asked, as a backend gives them
             sure = sureness[rated(call)]
-            return confident("8", sure) if call.sampling.logprobs else "8"
+            return rated_eight(call, sure)
         return planner(call, index)
 
     backend = scripted(reply, capabilities=Capabilities(logprobs=True))
@@ -391,14 +393,14 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     rates = calls_of(backend, "rate")
     assert len(rates) == 3
     if confidence:
-        expected = [p * 8 + (1 - p) * 2 for p in (0.6, 0.7, 0.95)]
+        expected = expected_eights((0.6, 0.7, 0.95))
         assert scores["scores"] == pytest.approx(expected)
         assert scores["best"] == 2
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(True, 10)}
+        assert logprobs_asked(rates) == {(True, 10)}
         assert body["choices"][0]["message"]["content"] == "answer 3"
     else:
         assert (scores["scores"], scores["best"]) == ([8.0, 8.0, 8.0], 0)
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(False, None)}
+        assert logprobs_asked(rates) == {(False, None)}
         assert body["choices"][0]["message"]["content"] == "answer 1"
     # plans, executions and refinements never ask for logprobs the client did not
     assert not any(c.sampling.logprobs for c in backend.calls if kind(c) != "rate")

@@ -25,8 +25,9 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
-    confident,
     conversation,
+    logprobs_asked,
+    rated_eight,
     scripted,
     stream_error,
     streamed_text,
@@ -392,7 +393,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     def reply(call: Call, index: int) -> Reply:
         if kind(call) == "rate":  # logprobs only when asked, as a backend gives them
             sure = sureness[rated(call)]
-            return confident("8", sure) if call.sampling.logprobs else "8"
+            return rated_eight(call, sure)
         return dialogue(call, index)
 
     backend = scripted(reply, capabilities=Capabilities(logprobs=True))
@@ -404,11 +405,11 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     if confidence:
         expected = [(p * 8 + (1 - p) * 2) / 10 for p in (0.6, 0.7, 0.95)]
         assert simulation["values"] == pytest.approx(expected)
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(True, 10)}
+        assert logprobs_asked(rates) == {(True, 10)}
         assert answer(response) == text("c")
     else:
         assert simulation["values"] == [0.8, 0.8, 0.8]
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in rates} == {(False, None)}
+        assert logprobs_asked(rates) == {(False, None)}
         assert answer(response) == text("a")
     # replies and rollouts never ask for logprobs the client did not
     assert not any(c.sampling.logprobs for c in calls_of(backend, "reply"))

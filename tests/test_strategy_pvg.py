@@ -24,8 +24,10 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
-    confident,
     conversation,
+    expected_eights,
+    logprobs_asked,
+    rated_eight,
     scripted,
     stream_error,
     streamed_text,
@@ -325,7 +327,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     def reply(call: Call, index: int) -> Reply:
         if kind(call) == "verify":  # logprobs only when asked, as a backend gives them
             sure = sureness[verified(call)]
-            return confident("8", sure) if call.sampling.logprobs else "8"
+            return rated_eight(call, sure)
         return game(call, index)
 
     backend = scripted(reply, capabilities=Capabilities(logprobs=True))
@@ -336,17 +338,15 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     verifies = calls_of(backend, "verify")
     assert len(verifies) == 6
     if confidence:
-        expected = [p * 8 + (1 - p) * 2 for p in (0.6, 0.7, 0.95)]
+        expected = expected_eights((0.6, 0.7, 0.95))
         assert played["helpful_scores"] == pytest.approx(expected)
-        assert played["sneaky_scores"] == pytest.approx(
-            [p * 8 + (1 - p) * 2 for p in (0.9, 0.5, 0.8)]
-        )
-        asked = {(c.sampling.logprobs, c.sampling.top_logprobs) for c in verifies}
+        assert played["sneaky_scores"] == pytest.approx(expected_eights((0.9, 0.5, 0.8)))
+        asked = logprobs_asked(verifies)
         assert asked == {(True, 10)}
         assert body["choices"][0]["message"]["content"] == "helpful 3"
     else:
         assert (played["helpful_scores"], played["sneaky_scores"]) == ([8.0] * 3, [8.0] * 3)
-        asked = {(c.sampling.logprobs, c.sampling.top_logprobs) for c in verifies}
+        asked = logprobs_asked(verifies)
         assert asked == {(False, None)}
         assert body["choices"][0]["message"]["content"] == "helpful 1"
     # the provers never ask for logprobs the client did not

@@ -23,8 +23,9 @@ from tests.conftest import (
     MODEL,
     assert_error,
     chat,
-    confident,
     conversation,
+    logprobs_asked,
+    rated_eight,
     scripted,
     sse_data,
     sse_events,
@@ -496,7 +497,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     def reply(call: Call, index: int) -> Reply:
         if kind(call) == "score":  # logprobs only when asked, as a backend gives them
             sure = sureness[last_step(call.messages[-2].text)]
-            return confident("8", sure) if call.sampling.logprobs else "8"
+            return rated_eight(call, sure)
         if kind(call) == "final":
             return ANSWER
         return next(proposals)
@@ -509,11 +510,11 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
     assert len(scores) == 2
     if confidence:
         assert level["scores"] == pytest.approx([0.6 * 8 + 0.4 * 2, 0.95 * 8 + 0.05 * 2])
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scores} == {(True, 10)}
+        assert logprobs_asked(scores) == {(True, 10)}
         assert final_path(calls_of(backend, "final")[0]) == steps_text(["b"])
     else:
         assert level["scores"] == [8.0, 8.0]
-        assert {(c.sampling.logprobs, c.sampling.top_logprobs) for c in scores} == {(False, None)}
+        assert logprobs_asked(scores) == {(False, None)}
         assert final_path(calls_of(backend, "final")[0]) == steps_text(["a"])
     # expansions and the answer never ask for logprobs the client did not
     assert not any(c.sampling.logprobs for c in backend.calls if kind(c) != "score")
