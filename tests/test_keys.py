@@ -132,6 +132,10 @@ async def test_a_key_runs_only_its_strategies_and_aliases_count(tmp_path: Path) 
         assert await ask(f"sc-{MODEL}", KEY_A) == 200  # allowed as self_consistency
         assert await ask(f"bon-{MODEL}", KEY_B) == 200  # no list: every strategy
         assert await ask(f"re2&bon-{MODEL}", KEY_A) == 403  # every stage must be allowed
+        body = {"model": f"readurls&sc-{MODEL}", "messages": [user("2+2?")]}
+        r = await c.post("/v1/chat/completions", json=body, headers=bearer(KEY_A))
+        assert_error(r, 403, type="permission_error", param="model")  # plugins count too
+        assert "'readurls'" in r.json()["error"]["message"]
 
 
 async def test_a_key_without_learning_changes_no_knowledge(tmp_path: Path, store: Store) -> None:

@@ -51,3 +51,57 @@ def test_resolve_errors(
     with pytest.raises(error) as info:
         resolve(name, canonical, approach)
     assert info.value.param == param
+
+
+LAYERED = {**KNOWN, "readurls": "readurls", "privacy": "privacy", "pii": "privacy"}
+PLUGINS = {"readurls", "privacy"}
+
+
+def layered(name: str) -> str | None:
+    return LAYERED.get(name)
+
+
+def is_plugin(name: str) -> bool:
+    return LAYERED.get(name) in PLUGINS
+
+
+@pytest.mark.parametrize(
+    ("name", "approach", "expected"),
+    [
+        ("readurls-m", None, Route("m", ("none",), "single", ("readurls",))),
+        ("readurls&sc-m", None, Route("m", ("sc",), "single", ("readurls",))),
+        ("pii&readurls&sc-m", None, Route("m", ("sc",), "single", ("privacy", "readurls"))),
+        ("readurls&privacy-m", None, Route("m", ("none",), "single", ("readurls", "privacy"))),
+        (
+            "readurls&sc&refine-m",
+            None,
+            Route("m", ("sc", "refine"), "pipeline", ("readurls",)),
+        ),
+        ("sc&refine-m", None, Route("m", ("sc", "refine"), "pipeline")),
+        ("sc|tot-m", None, Route("m", ("sc", "tot"), "parallel")),
+        ("m", "readurls&self_consistency", Route("m", ("sc",), "single", ("readurls",))),
+        ("m", "privacy", Route("m", ("none",), "single", ("privacy",))),
+    ],
+)
+def test_plugins_come_first_each_around_the_rest(
+    name: str, approach: str | None, expected: Route
+) -> None:
+    assert resolve(name, layered, approach, is_plugin) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "approach", "says", "param"),
+    [
+        ("sc&readurls-m", None, "'readurls' comes after a strategy", "model"),
+        ("readurls&sc&privacy-m", None, "'privacy' comes after a strategy", "model"),
+        ("readurls|sc-m", None, "'readurls' is joined with '|'", "model"),
+        ("m", "sc&readurls", "'readurls' comes after a strategy", "optillm_approach"),
+        ("m", "readurls|sc", "'readurls' is joined with '|'", "optillm_approach"),
+    ],
+)
+def test_a_plugin_out_of_place_is_a_400_that_says_why(
+    name: str, approach: str | None, says: str, param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        resolve(name, layered, approach, is_plugin)
+    assert info.value.param == param and says in str(info.value)

@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     code_memory_mb: int = Field(256, ge=16, description="Memory limit of one code run")
     enable_url_fetch: bool = Field(
         False,
-        description="Offer the react tool `fetch_url` and the `readurls` strategy "
+        description="Offer the react tool `fetch_url` and the `readurls` plugin "
         "(public addresses only)",
     )
     fetch_timeout_s: float = Field(10.0, gt=0, description="Time limit of one URL fetch")

@@ -23,6 +23,7 @@ from ponder.errors import (
     UnknownModel,
 )
 from ponder.keys import ANONYMOUS, Principal
+from ponder.plugins.base import Plugin
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy import metrics
 from ponder.proxy.convert import completion_body, to_messages, to_sampling
@@ -81,7 +82,10 @@ class ChatService:
         )
 
     def route(self, request: ChatCompletionRequest) -> Route:
-        route = resolve(request.model, self.engine.registry.canonical, request.optillm_approach)
+        registry = self.engine.registry
+        route = resolve(
+            request.model, registry.canonical, request.optillm_approach, registry.is_plugin
+        )
         if not self.backend.serves(route.model):
             hint = ""
             prefix, sep, _ = request.model.partition("-")
@@ -119,7 +123,7 @@ class ChatService:
                 raise InvalidRequest(f"{param} must be an object", param=param)
             if slug in options:
                 raise InvalidRequest(f"options for '{slug}' are given twice", param=param)
-            if slug not in route.slugs:  # the route's own are checked when they are built
+            if slug not in (*route.slugs, *route.plugins):  # the route's own: when built
                 self.engine.registry.config(slug, value)
             options[slug] = value
         return options
@@ -129,7 +133,7 @@ class ChatService:
     ) -> Job:
         """Validate and resolve everything before the first backend call."""
         route = self.route(request)
-        refused = [slug for slug in route.slugs if not principal.may_run(slug)]
+        refused = [s for s in (*route.plugins, *route.slugs) if not principal.may_run(s)]
         if refused:
             raise PermissionDenied(
                 f"this key may not use the strategy '{refused[0]}'", param="model"
@@ -138,6 +142,7 @@ class ChatService:
         return Job(
             route=route,
             strategies=self.engine.build(route, options),
+            plugins=self.engine.build_plugins(route, options),
             engine=self.engine,
             messages=to_messages(request),
             ctx=RequestContext(
@@ -250,6 +255,7 @@ class Job:
 
     route: Route
     strategies: list[Strategy]
+    plugins: list[Plugin]
     engine: Engine
     messages: list[Message]
     ctx: RequestContext
@@ -266,7 +272,9 @@ class Job:
         timer = asyncio.timeout(deadline)
         try:
             async with timer:
-                return await self.engine.run(self.route, self.strategies, self.ctx, self.messages)
+                return await self.engine.run(
+                    self.route, self.strategies, self.ctx, self.messages, self.plugins
+                )
         except TimeoutError:
             if not timer.expired():
                 raise  # a timeout from below, not the deadline

@@ -1,11 +1,14 @@
-"""The strategies that ship with Ponder. Add a built-in here: one import, one list entry."""
+"""The strategies and plugins that ship with Ponder. Add a built-in here: one import, one list
+entry."""
 
 from __future__ import annotations
 
+from ponder.plugins.base import PluginFactory
 from ponder.strategies.base import StrategyFactory
 
 
-def builtin() -> list[StrategyFactory]:
+def builtin() -> list[StrategyFactory | PluginFactory]:
+    from ponder.plugins.readurls import ReadUrls
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cepo import PlanningOptimization
@@ -23,7 +26,6 @@ def builtin() -> list[StrategyFactory]:
     from ponder.strategies.pvg import ProverVerifierGame
     from ponder.strategies.re2 import ReRead
     from ponder.strategies.react import ReAct
-    from ponder.strategies.readurls import ReadUrls
     from ponder.strategies.refine import SelfRefine
     from ponder.strategies.rstar import RStar
     from ponder.strategies.rto import RoundTrip

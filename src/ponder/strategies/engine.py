@@ -1,4 +1,5 @@
-"""Runs a resolved route: one strategy, a pipeline of them, or several side by side."""
+"""Runs a resolved route: one strategy, a pipeline of them, or several side by side, inside its
+plugins (the first outermost)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ponder.plugins.base import Inner, Plugin
 from ponder.strategies.base import Strategy
 from ponder.strategies.context import RequestContext, Sink, gather
 from ponder.strategies.registry import Registry
@@ -26,14 +28,40 @@ class Engine:
         bad options fail before any backend call)."""
         return [self.registry.create(slug, _options_for(options, slug)) for slug in route.slugs]
 
+    def build_plugins(self, route: Route, options: Mapping[str, Any]) -> list[Plugin]:
+        """Instantiate the route's plugins with the client's options, as `build` does."""
+        return [
+            self.registry.create_plugin(slug, _options_for(options, slug)) for slug in route.plugins
+        ]
+
     async def run(
         self,
         route: Route,
         strategies: Sequence[Strategy],
         ctx: RequestContext,
         messages: Sequence[Message],
+        plugins: Sequence[Plugin] = (),
     ) -> list[Completion]:
-        """Return `ctx.n` choices per strategy branch, indexed from `ctx.choice_index`."""
+        """Return `ctx.n` choices per strategy branch, indexed from `ctx.choice_index`: the
+        first plugin runs around the second, ..., around the strategies."""
+
+        def layer(i: int) -> Inner:
+            async def rest(c: RequestContext, m: Sequence[Message]) -> list[Completion]:
+                if i == len(plugins):
+                    return await self._strategies(route, strategies, c, m)
+                return await plugins[i].run(c, m, layer(i + 1))
+
+            return rest
+
+        return await layer(0)(ctx, messages)
+
+    async def _strategies(
+        self,
+        route: Route,
+        strategies: Sequence[Strategy],
+        ctx: RequestContext,
+        messages: Sequence[Message],
+    ) -> list[Completion]:
         if route.mode == "parallel":
             runs = [
                 _draw(s, ctx.for_choice(ctx.choice_index + i * ctx.n, ctx.n), messages)

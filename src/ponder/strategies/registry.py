@@ -11,11 +11,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from ponder.errors import InvalidRequest
+from ponder.plugins.base import Plugin, PluginFactory
 from ponder.strategies.base import Strategy, StrategyConfig, StrategyFactory
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ponder.strategies"
+
+Factory = StrategyFactory | PluginFactory
 
 
 class DuplicateStrategy(ValueError):
@@ -23,13 +26,13 @@ class DuplicateStrategy(ValueError):
 
 
 class Registry:
-    def __init__(self, factories: Iterable[StrategyFactory] = ()) -> None:
-        self._factories: dict[str, StrategyFactory] = {}
+    def __init__(self, factories: Iterable[Factory] = ()) -> None:
+        self._factories: dict[str, Factory] = {}
         self._aliases: dict[str, str] = {}
         for factory in factories:
             self.register(factory)
 
-    def register(self, factory: StrategyFactory) -> None:
+    def register(self, factory: Factory) -> None:
         for name in (factory.slug, *factory.aliases):
             if name in self._factories or name in self._aliases:
                 raise DuplicateStrategy(f"strategy slug {name!r} is registered twice")
@@ -40,7 +43,8 @@ class Registry:
             self._aliases[alias] = factory.slug
 
     def load_entry_points(self) -> None:
-        """Register third-party strategies published under the `ponder.strategies` group."""
+        """Register third-party strategies and plugins published under the `ponder.strategies`
+        group."""
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             log.info("loading strategy %s from %s", ep.name, ep.value)
             self.register(ep.load())
@@ -51,6 +55,11 @@ class Registry:
             return name
         return self._aliases.get(name)
 
+    def is_plugin(self, name: str) -> bool:
+        """Whether a slug or alias names a plugin (a layer around a route)."""
+        canonical = self.canonical(name)
+        return canonical is not None and _is_plugin(self._factories[canonical])
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.canonical(name) is not None
 
@@ -58,7 +67,7 @@ class Registry:
     def slugs(self) -> list[str]:
         return sorted(self._factories)
 
-    def factory(self, slug: str) -> StrategyFactory:
+    def factory(self, slug: str) -> Factory:
         canonical = self.canonical(slug)
         if canonical is None:
             raise KeyError(slug)
@@ -80,7 +89,21 @@ class Registry:
 
     def create(self, slug: str, options: Mapping[str, Any] | None = None) -> Strategy:
         """Build a strategy with the client's options for it, validated against its Config."""
-        return self.factory(slug)(self.config(slug, options))
+        factory = self.factory(slug)
+        if _is_plugin(factory):
+            raise ValueError(f"{slug!r} is a plugin, not a strategy")
+        return factory(self.config(slug, options))  # type: ignore[return-value]
+
+    def create_plugin(self, slug: str, options: Mapping[str, Any] | None = None) -> Plugin:
+        """Build a plugin with the client's options for it, validated against its Config."""
+        factory = self.factory(slug)
+        if not _is_plugin(factory):
+            raise ValueError(f"{slug!r} is a strategy, not a plugin")
+        return factory(self.config(slug, options))  # type: ignore[return-value]
+
+
+def _is_plugin(factory: Factory) -> bool:
+    return getattr(factory, "wraps", False) is True
 
 
 def _whole_numbers(value: Any) -> Any:

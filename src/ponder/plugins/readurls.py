@@ -1,24 +1,27 @@
-"""`readurls`: the pages a user links to, read before answering. The http(s) URLs of the last
-user message are fetched (concurrently, at most `max_urls`, each once) through the server's
-`fetch_url` tool, so the same address checks and limits apply, and their text is appended to
-that message in delimited blocks that say where each text came from and that it is untrusted.
+"""`readurls`, a plugin: the pages a user links to, read before the rest of the route answers.
+The http(s) URLs of the last user message are fetched (concurrently, at most `max_urls`, each
+once) through the server's `fetch_url` tool, so the same address checks and limits apply, and
+their text is appended to that message in delimited blocks that say where each text came from
+and that it is untrusted. The rest of the route (`none` in `readurls-model`, `sc` in
+`readurls&sc-model`) then runs on that conversation.
 
 A URL that cannot be fetched appears as its error line; it does not fail the request. The
 server must turn URL fetching on (PONDER_ENABLE_URL_FETCH); otherwise the request is refused
 before any backend call.
 
-One backend call, which streams; the request's `n` choices are drawn by that call.
+No backend call of its own: the calls are the rest of the route's.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from ponder.errors import PermissionDenied
+from ponder.plugins.base import Inner
 from ponder.sandbox.fetch import MAX_OBSERVATION_CHARS
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import last_user_text, preview, rewrite_last_user
@@ -53,17 +56,19 @@ class ReadUrls:
     slug: ClassVar[str] = "readurls"
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[StrategyConfig]] = ReadUrlsConfig
-    draws_n: ClassVar[bool] = True
+    wraps: ClassVar[Literal[True]] = True
 
     def __init__(self, config: StrategyConfig) -> None:
         assert isinstance(config, ReadUrlsConfig)
         self.config = config
 
-    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+    async def run(
+        self, ctx: RequestContext, messages: Sequence[Message], inner: Inner
+    ) -> list[Completion]:
         tool = ctx.tools.get(TOOL)
         if tool is None:
             raise PermissionDenied(
-                "the readurls strategy fetches URLs, which this server does not do (an "
+                "the readurls plugin fetches URLs, which this server does not do (an "
                 "operator turns it on with PONDER_ENABLE_URL_FETCH=true)",
                 param="model",
             )
@@ -73,9 +78,9 @@ class ReadUrls:
             ctx.reason(f"Read {url}: {preview(text, 100)}\n")
         ctx.step("readurls", urls=urls, results=[preview(text, 200) for text in texts])
         if not urls:
-            return await ctx.final(messages, n=ctx.n)
+            return await inner(ctx, messages)
         block = pages_block(urls, texts, self.config.max_chars_per_page)
-        return await ctx.final(rewrite_last_user(messages, lambda t: f"{t}\n\n{block}"), n=ctx.n)
+        return await inner(ctx, rewrite_last_user(messages, lambda t: f"{t}\n\n{block}"))
 
 
 def find_urls(text: str, limit: int) -> list[str]:

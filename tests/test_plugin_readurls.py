@@ -1,6 +1,7 @@
-"""`readurls`: the linked pages are fetched through the server's `fetch_url` tool and put, in
-delimited untrusted blocks, after the user's message; one backend call answers. Fetching is off
-unless the server turns it on. Also: `react` using `fetch_url`. Offline: a fake resolver and a
+"""`readurls`, a plugin: the linked pages are fetched through the server's `fetch_url` tool and
+put, in delimited untrusted blocks, after the user's message; the rest of the route answers
+(`none` in `readurls-model`: one call; `sc` in `readurls&sc-model`). Fetching is off unless
+the server turns it on. Also: `react` using `fetch_url`. Offline: a fake resolver and a
 MockTransport stand in for DNS and the network."""
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import httpx
 from fastapi import FastAPI
 
 from ponder.config import Settings
+from ponder.plugins.readurls import CUT, PAGES_HEADER, find_urls
 from ponder.proxy import create_app
 from ponder.sandbox.fetch import Fetcher, FetchUrlTool
-from ponder.strategies.readurls import CUT, PAGES_HEADER, find_urls
 from ponder.testing import ScriptedBackend
 from tests.conftest import (
     MODEL,
@@ -230,6 +231,60 @@ async def test_turned_off_by_default_refused_before_any_backend_call() -> None:
     response = await chat(backend, f"readurls-{MODEL}", messages=[user("https://example.com/a")])
     assert_error(response, 403, type="permission_error", param="model")
     assert "PONDER_ENABLE_URL_FETCH" in response.json()["error"]["message"]
+    assert backend.calls == []
+
+
+async def test_around_sc_every_sample_reads_the_pages_and_the_vote_answers() -> None:
+    """`readurls&sc`: the pages are fetched once, then sc's samples all see them; the calls and
+    the usage are sc's alone."""
+    replies = ["The answer is 7.", "The answer is 7.", "The answer is 8."]
+    backend = scripted(replies)
+    web = Web()
+    response = await post(
+        fetching_app(backend, web),
+        f"readurls&sc-{MODEL}",
+        messages=[user("What does https://example.com/a say?")],
+        ponder={"sc": {"samples": 3}, "trace": True},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "The answer is 7."
+    assert len(backend.calls) == 3 and len(web.requests) == 1
+    assert all("Alpha facts." in call.prompt for call in backend.calls)
+    assert body["usage"] == usage_for(backend, replies)
+    steps = [step["step"] for step in body["ponder"]["trace"]]
+    assert steps[0] == "readurls" and len(steps) > 1  # the plugin first, then sc's own
+
+
+async def test_options_reach_the_plugin_and_the_strategy_it_wraps() -> None:
+    backend = scripted(["a", "b"])
+    web = Web()
+    response = await post(
+        fetching_app(backend, web),
+        f"readurls&sc-{MODEL}",
+        messages=[user("https://example.com/a https://example.com/b")],
+        ponder={"readurls": {"max_urls": 1}, "sc": {"samples": 2}},
+    )
+    assert response.status_code == 200, response.text
+    assert len(web.requests) == 1 and len(backend.calls) == 2
+    bad = await post(
+        fetching_app(backend, web), f"readurls&sc-{MODEL}", ponder={"readurls": {"max_urls": 0}}
+    )
+    assert_error(bad, 400, param="ponder.readurls.max_urls")
+    assert len(backend.calls) == 2  # refused before any call
+
+
+async def test_a_plugin_after_a_strategy_is_a_400_that_says_plugins_come_first() -> None:
+    backend = scripted(["never"])
+    for model, says in [
+        (f"sc&readurls-{MODEL}", "comes after a strategy"),
+        (f"readurls|sc-{MODEL}", "joined with '|'"),
+    ]:
+        response = await post(fetching_app(backend, Web()), model)
+        assert_error(response, 400, type="invalid_request_error", param="model")
+        assert says in response.json()["error"]["message"]
+    response = await post(fetching_app(backend, Web()), MODEL, optillm_approach="sc&readurls")
+    assert_error(response, 400, param="optillm_approach")
     assert backend.calls == []
 
 
