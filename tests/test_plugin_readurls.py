@@ -25,6 +25,7 @@ from tests.conftest import (
     chat,
     conversation,
     scripted,
+    sse_data,
     sse_events,
     streamed_text,
     usage_for,
@@ -254,6 +255,21 @@ async def test_around_sc_every_sample_reads_the_pages_and_the_vote_answers() -> 
     assert body["usage"] == usage_for(backend, replies)
     steps = [step["step"] for step in body["ponder"]["trace"]]
     assert steps[0] == "readurls" and len(steps) > 1  # the plugin first, then sc's own
+
+
+async def test_around_sc_the_plugin_working_streams_as_reasoning_then_the_vote() -> None:
+    backend = scripted(["The answer is 7.", "The answer is 7.", "The answer is 8."])
+    response = await post(
+        fetching_app(backend, Web()),
+        f"readurls&sc-{MODEL}",
+        messages=[user("What does https://example.com/a say?")],
+        ponder={"sc": {"samples": 3}},
+        stream=True,
+    )
+    reasoning = streamed_text(response.text, "reasoning_content")
+    assert reasoning.startswith("Read https://example.com/a: ")
+    assert streamed_text(response.text) == "The answer is 7."
+    assert sse_data(response.text)[-1] == "[DONE]"
 
 
 async def test_options_reach_the_plugin_and_the_strategy_it_wraps() -> None:
