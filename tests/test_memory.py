@@ -14,14 +14,14 @@ from sqlalchemy.exc import OperationalError
 
 from ponder import vectors
 from ponder.config import Settings
-from ponder.spl_store import Policy, Store
-from ponder.spl_store import models as m
-from ponder.strategies.mem import (
+from ponder.plugins.mem import (
     ANSWER_CHARS,
     REFERENCE_FOOTER,
     REFERENCE_HEADER,
     conversation_of,
 )
+from ponder.spl_store import Policy, Store
+from ponder.spl_store import models as m
 from ponder.testing import ScriptedBackend
 from ponder.types import Message
 from tests.conftest import (
@@ -109,6 +109,34 @@ async def test_a_fact_told_once_is_recalled_into_a_later_related_request(store: 
     newest = store.episodes("default")[0]
     assert remember["stored"] is True and remember["id"] == newest.id
     assert (newest.question, newest.answer) == ("How old is my cat?", "She is three.")
+
+
+async def test_around_sc_every_sample_recalls_and_the_vote_is_remembered(store: Store) -> None:
+    """`mem&sc`: the plugin recalls once, sc's samples all see the reference block, and the
+    voted answer is the one remembered."""
+    seed(store, FACT, FACT_REPLY)
+    replies = ["She is three.", "She is two.", "She is three."]
+    backend = scripted(replies)
+    response = await chat(
+        backend,
+        f"mem&sc-{MODEL}",
+        store=store,
+        messages=[user("How old is my cat?")],
+        ponder={"sc": {"samples": 3}, "trace": True},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "She is three."
+    assert len(backend.calls) == 3
+    for call in backend.calls:
+        assert call.messages == (
+            Message("system", block((FACT, FACT_REPLY))),
+            Message("user", "How old is my cat?"),
+        )
+    assert response.json()["usage"] == usage_for(backend, replies)
+    newest = store.episodes("default")[0]
+    assert (newest.question, newest.answer) == ("How old is my cat?", "She is three.")
+    steps = [step["step"] for step in response.json()["ponder"]["trace"]]
+    assert steps[0] == "mem_recall" and steps[-1] == "mem_remember"
 
 
 async def test_an_unrelated_episode_is_not_recalled_below_the_similarity_threshold(

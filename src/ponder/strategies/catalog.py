@@ -8,6 +8,7 @@ from ponder.strategies.base import StrategyFactory
 
 
 def builtin() -> list[StrategyFactory | PluginFactory]:
+    from ponder.plugins.mem import EpisodicMemory
     from ponder.plugins.readurls import ReadUrls
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
@@ -19,7 +20,6 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
     from ponder.strategies.leap import Leap
     from ponder.strategies.mars import MultiAgentReasoning
     from ponder.strategies.mcts import MonteCarloTreeSearch
-    from ponder.strategies.mem import EpisodicMemory
     from ponder.strategies.moa import MixtureOfAgents
     from ponder.strategies.none import PassThrough
     from ponder.strategies.plansearch import PlanSearch

@@ -1,5 +1,6 @@
-"""`mem`: episodic memory. Earlier exchanges of the same tenant that are relevant to the new
-question are recalled into the system prompt, and the new exchange is remembered for later.
+"""`mem`, a plugin: episodic memory. Earlier exchanges of the same tenant that are relevant to
+the new question are recalled into the system prompt, the rest of the route answers (`none` in
+`mem-model`: one call; `sc` in `mem&sc-model`), and the new exchange is remembered for later.
 
 Why: a small model forgets everything between requests; giving it the answers it (or the
 client) already settled lets a fact told once be used again, without a second backend call.
@@ -8,7 +9,8 @@ client) already settled lets a fact told once be used again, without a second ba
   them) are ranked by TF-IDF cosine similarity to the new question; episodes marked wrong by
   feedback (`outcome` False) are never recalled. The `top_k` most relevant at or above
   `min_similarity` are added after the client's system prompt as a delimited reference block.
-- Answer: exactly one backend call, drawing the request's `n` choices; streamed when asked.
+- Answer: the rest of the route, on the conversation with the reference block; its calls are
+  the only backend calls (with `none`, exactly one, drawing the request's `n` choices).
 - Remember: the question and choice 0's answer are stored with their vector; the store prunes
   the tenant's episodes past the server's size cap and age limit in the same transaction.
 
@@ -29,6 +31,7 @@ from pydantic import Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from ponder import vectors
+from ponder.plugins.base import Inner
 from ponder.spl_store import EpisodeRecord, Store
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import last_user_text, preview, with_system
@@ -82,13 +85,15 @@ class EpisodicMemory:
     slug: ClassVar[str] = "mem"
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[StrategyConfig]] = MemoryConfig
-    draws_n: ClassVar[bool] = True
+    wraps: ClassVar[Literal[True]] = True
 
     def __init__(self, config: StrategyConfig) -> None:
         assert isinstance(config, MemoryConfig)
         self.config = config
 
-    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+    async def run(
+        self, ctx: RequestContext, messages: Sequence[Message], inner: Inner
+    ) -> list[Completion]:
         store = ctx.require_store()
         question = last_user_text(messages)
         conversation = conversation_of(self.config.conversation, ctx.sampling.extra.get("user"))
@@ -105,7 +110,7 @@ class EpisodicMemory:
         )
         prompt = with_reference(messages, recalled)
 
-        choices = await ctx.final(prompt, n=ctx.n)
+        choices = await inner(ctx, prompt)
 
         answer = choices[0].content if choices else None
         if self.config.remember and question.strip() and answer:
