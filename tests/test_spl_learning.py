@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ponder.errors import BackendUnavailable
+from ponder.errors import BackendUnavailable, PonderError
 from ponder.spl.learn import (
     JUDGE_PROMPT,
     MERGE_PROMPT,
@@ -25,7 +25,16 @@ from ponder.spl_store import PROBLEM_TYPES, Draft, Lifecycle, Policy, Store, Str
 from ponder.testing import Call, ScriptedBackend
 from ponder.types import Message
 from ponder.vectors import similarities
-from tests.conftest import chat, scripted, sse_events, streamed_text, trace_steps, usage_for, user
+from tests.conftest import (
+    MODEL,
+    chat,
+    scripted,
+    sse_events,
+    streamed_text,
+    trace_steps,
+    usage_for,
+    user,
+)
 from tests.test_spl import (
     ANSWER,
     QUESTION,
@@ -614,3 +623,34 @@ async def test_refinement_is_judged_against_the_baseline(
     assert ("refine" in kinds(backend)) is refined
     assert (store.strategy(TENANT, s.id).status == "retired") is refined
     store.close()
+
+
+async def test_around_sc_the_samples_all_see_the_strategies_and_learning_judges_the_vote(
+    store: Store,
+) -> None:
+    """`spl&sc`: classified once, sc's samples all carry the strategies, and the example the
+    tenant learns from is the voted answer."""
+    (s,) = learning(store, Draft("arithmetic", STRATEGY, status="active"))
+    script = Script()
+    drafts = iter([ANSWER, "17 * 23 = 391. The answer is 400.", ANSWER])
+
+    def reply(call: Call, index: int) -> str | PonderError:
+        return next(drafts) if kind_of(call.prompt) == "answer" else script(call, index)
+
+    backend = scripted(reply)
+    response = await chat(
+        backend,
+        f"spl&sc-{MODEL}",
+        store=store,
+        messages=[user(QUESTION)],
+        ponder={"trace": True, "spl": {"answer": TRUTH}, "sc": {"samples": 3}},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    assert kinds(backend) == ["classify", "answer", "answer", "answer"]  # the truth: no judge
+    for call in backend.calls[1:]:
+        assert STRATEGY in call.messages[0].text
+    rid = response.headers["x-request-id"]
+    assert store.request_outcome(TENANT, rid) == (True, "ground_truth")
+    (example,) = store.examples(TENANT, s.id)
+    assert (example.answer, example.correct) == (ANSWER, True)

@@ -1,14 +1,16 @@
-"""`spl`: system prompt learning. The query is classified into a problem type, the tenant's
-best strategies for that type are added to the system prompt as a reference block, and the
-model answers. In learning mode the request then teaches the store: its outcome updates the
+"""`spl`, a plugin: system prompt learning. The query is classified into a problem type, the
+tenant's best strategies for that type are added to the system prompt as a reference block,
+and the rest of the route answers (`none` in `spl-model`; in `spl&sc-model`, `sc` samples with
+the strategies in every sample's prompt, and learning judges the voted answer). In learning
+mode the request then teaches the store: its outcome updates the
 strategies' records, and a new strategy is written (or merged, or a failing one refined).
 
-Calls: one classification (none when the query's type is cached), the answer (all `n` choices
-in one call); in learning mode also at most one judge call and at most two evolution calls
-(write + merge, or one refinement). All of them are metered and counted in the usage. The
-learning calls come after the answer (a streaming client has it by then); if one of them fails
-or the request's call budget runs out, learning stops (traced as `spl_learn_failed`) and the
-client still gets its answer.
+Calls: one classification (none when the query's type is cached), the rest of the route's
+(with `none`, the answer: all `n` choices in one call); in learning mode also at most one judge
+call and at most two evolution calls (write + merge, or one refinement). All of them are
+metered and counted in the usage. The learning calls come after the answer (a streaming client
+has it by then); if one of them fails or the request's call budget runs out, learning stops
+(traced as `spl_learn_failed`) and the client still gets its answer.
 
 The control arm: in learning mode a share of requests (`PONDER_SPL_EXPLORE`, 0.2) is answered
 with no strategies at all. Their outcomes are the baseline of their problem type, which every
@@ -27,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from ponder.errors import BackendError, BudgetExceeded, NotFound, PermissionDenied
+from ponder.plugins.base import Inner
 from ponder.spl.classify import classify
 from ponder.spl.learn import evolve, outcome
 from ponder.spl.proposals import Lesson
@@ -63,13 +66,15 @@ class SystemPromptLearning:
     slug: ClassVar[str] = "spl"
     aliases: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[StrategyConfig]] = SplConfig
-    draws_n: ClassVar[bool] = True
+    wraps: ClassVar[Literal[True]] = True
 
     def __init__(self, config: StrategyConfig) -> None:
         assert isinstance(config, SplConfig)
         self.config = config
 
-    async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
+    async def run(
+        self, ctx: RequestContext, messages: Sequence[Message], inner: Inner
+    ) -> list[Completion]:
         store = ctx.require_store()
         settings = await asyncio.to_thread(store.tenant, ctx.tenant)
         learning = self.learning(settings, store, may_learn=ctx.may_learn)
@@ -100,7 +105,7 @@ class SystemPromptLearning:
             used += " (control arm: measuring the baseline)"
         ctx.reason(f"Problem type: {problem_type}. Strategies used: {used}.\n")
         prompt = with_strategies(messages, problem_type, [r.strategy.text for r in chosen])
-        choices = await ctx.final(prompt, n=ctx.n)
+        choices = await inner(ctx, prompt)
 
         if learning:
             answer = (choices[0].content or "") if choices else ""
