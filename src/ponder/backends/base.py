@@ -18,6 +18,12 @@ class Capabilities:
     """The engine itself understands `tools` and returns structured `tool_calls`."""
     max_concurrency: int = 16
     """How many calls are worth running at once; strategies bound their fan-out by it."""
+    json_schema: bool = False
+    """The engine constrains decoding to `response_format` (json_object and json_schema), so
+    what it writes has the document's shape (the `json` plugin still validates it)."""
+    context_window: int | None = None
+    """Tokens one call may hold, prompt and answer together; None when the backend does not
+    know (plugins that fit long inputs into it then take it as an option)."""
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ from ponder.backends.base import Backend
 from ponder.backends.resilience import ResilientBackend
 from ponder.config import Settings
 from ponder.keys import Keyring
+from ponder.plugins.resources import close_resources
 from ponder.proxy import errors
 from ponder.proxy.knowledge import knowledge
 from ponder.proxy.metrics import METRICS_PATH, MetricsMiddleware, PonderMetrics, metrics_endpoint
@@ -51,6 +52,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await close_resources(state.resources)
         if owns_store:
             state.store.close()
         if state.owns_backend:

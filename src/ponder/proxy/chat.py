@@ -61,10 +61,17 @@ class ChatService:
     """The tools strategies may use (the optional ones only where the settings turn them on)."""
     admission: Admission | None = None
     """The cap on concurrent requests (None: no cap)."""
+    resources: Mapping[str, object] = field(default_factory=dict)
+    """What the server lends its plugins (`ponder.plugins.resources`)."""
 
     @classmethod
     def for_settings(
-        cls, settings: Settings, backend: Backend, engine: Engine, store: Store | None = None
+        cls,
+        settings: Settings,
+        backend: Backend,
+        engine: Engine,
+        store: Store | None = None,
+        resources: Mapping[str, object] | None = None,
     ) -> ChatService:
         """The service with the server's limits from `settings`."""
         return cls(
@@ -79,6 +86,7 @@ class ChatService:
                 settings.max_queued_requests,
                 settings.queue_timeout_s,
             ),
+            resources if resources is not None else {},
         )
 
     def route(self, request: ChatCompletionRequest) -> Route:
@@ -159,6 +167,7 @@ class ChatService:
                 may_learn=principal.learning,
                 store=self.store,
                 tools=self.tools,
+                resources=self.resources,
             ),
         )
 

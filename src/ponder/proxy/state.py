@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ponder.backends.base import Backend
 from ponder.config import Settings
 from ponder.keys import Keyring
+from ponder.plugins.resources import Resources, server_resources
 from ponder.proxy.chat import ChatService
 from ponder.proxy.limits import RateLimiter
 from ponder.spl_store import Store
@@ -22,10 +23,15 @@ class AppState:
     owns_backend: bool
     store: Store
     keyring: Keyring
+    resources: Resources = field(init=False)
+    """What the server lends its plugins, built from the settings (closed with the app)."""
     chat: ChatService = field(init=False)
     rate_limiter: RateLimiter = field(init=False)
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
-        self.chat = ChatService.for_settings(self.settings, self.backend, self.engine, self.store)
+        self.resources = server_resources(self.settings, self.backend, self.engine)
+        self.chat = ChatService.for_settings(
+            self.settings, self.backend, self.engine, self.store, self.resources
+        )
         self.rate_limiter = RateLimiter(self.settings.rate_limit_per_minute)

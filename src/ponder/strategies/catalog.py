@@ -8,8 +8,19 @@ from ponder.strategies.base import StrategyFactory
 
 
 def builtin() -> list[StrategyFactory | PluginFactory]:
+    from ponder.plugins.compact import Compact
+    from ponder.plugins.deep_research import DeepResearch
+    from ponder.plugins.executecode import ExecuteCode
+    from ponder.plugins.json_mode import JsonMode
+    from ponder.plugins.longcepo import LongCepo
+    from ponder.plugins.mcp import Mcp
     from ponder.plugins.mem import EpisodicMemory
+    from ponder.plugins.memory import Memory
+    from ponder.plugins.privacy import Privacy
+    from ponder.plugins.proxy import Proxy
     from ponder.plugins.readurls import ReadUrls
+    from ponder.plugins.router import Router
+    from ponder.plugins.web_search import WebSearchPlugin
     from ponder.spl.strategy import SystemPromptLearning
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cepo import PlanningOptimization
@@ -59,4 +70,15 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
         ChainOfCode,
         SystemPromptLearning,
         EpisodicMemory,
+        Memory,
+        Compact,
+        LongCepo,
+        JsonMode,
+        Privacy,
+        Proxy,
+        Mcp,
+        WebSearchPlugin,
+        DeepResearch,
+        Router,
+        ExecuteCode,
     ]

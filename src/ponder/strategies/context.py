@@ -109,6 +109,8 @@ class RequestContext:
     """The SPL and memory store, for the strategies that keep knowledge."""
     tools: Mapping[str, Tool] = field(default_factory=lambda: dict(BUILTIN_TOOLS))
     """The tools this server offers strategies (the optional ones only where turned on)."""
+    resources: Mapping[str, object] = field(default_factory=dict)
+    """What the server lends its plugins, by name (`ponder.plugins.resources`)."""
 
     def __post_init__(self) -> None:
         if self.limiter is None:

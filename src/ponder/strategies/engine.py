@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ponder.errors import InvalidRequest
 from ponder.plugins.base import Inner, Plugin
 from ponder.strategies.base import Strategy
 from ponder.strategies.context import RequestContext, Sink, gather
@@ -29,7 +30,18 @@ class Engine:
         return [self.registry.create(slug, _options_for(options, slug)) for slug in route.slugs]
 
     def build_plugins(self, route: Route, options: Mapping[str, Any]) -> list[Plugin]:
-        """Instantiate the route's plugins with the client's options, as `build` does."""
+        """Instantiate the route's plugins with the client's options, as `build` does. A plugin
+        that picks the strategy itself (`picks_strategy`) must be the last one, with no
+        strategy after it."""
+        for i, slug in enumerate(route.plugins):
+            if not getattr(self.registry.factory(slug), "picks_strategy", False):
+                continue
+            if i != len(route.plugins) - 1 or route.slugs != ("none",):
+                raise InvalidRequest(
+                    f"the plugin {slug!r} picks the strategy itself, so it comes last, with no "
+                    f"strategy after it (as in '{slug}-<model>')",
+                    param="model",
+                )
         return [
             self.registry.create_plugin(slug, _options_for(options, slug)) for slug in route.plugins
         ]

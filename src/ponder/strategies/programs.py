@@ -46,6 +46,17 @@ def extract_code(text: str | None) -> str:
     return chosen.strip("\n").rstrip()
 
 
+def python_blocks(text: str | None) -> list[str]:
+    """Every ```python (or ```py, or untagged) fenced block of `text` that holds code, in
+    order. A block cut off before its closing fence runs to the end of the text."""
+    found = (
+        m.group(2).strip("\n").rstrip()
+        for m in _FENCE.finditer(text or "")
+        if m.group(1).lower() in (*_PYTHON, "")
+    )
+    return [code for code in found if code.strip()]
+
+
 def fenced(code: str) -> str:
     """A program as the model is shown it: in a ```python fence."""
     return f"```python\n{code}\n```"

@@ -319,9 +319,11 @@ def enabled(ctx: RequestContext, name: str) -> Tool:
     tool = ctx.tools.get(name)
     if tool is None:
         setting = OPTIONAL_TOOLS.get(name, "")
+        if setting and not setting.endswith("_URL"):  # a URL setting is set to the URL
+            setting += "=true"
         raise PermissionDenied(
             f"the tool '{name}' is turned off on this server"
-            + (f" (an operator turns it on with {setting}=true)" if setting else ""),
+            + (f" (an operator turns it on with {setting})" if setting else ""),
             param="ponder.react.tools",
         )
     return tool

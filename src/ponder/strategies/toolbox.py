@@ -33,4 +33,10 @@ def server_tools(settings: Settings) -> Mapping[str, Tool]:
         from ponder.sandbox.fetch import FetchUrlTool
 
         tools["fetch_url"] = FetchUrlTool.for_settings(settings)
+    if settings.web_search_url:
+        from ponder.plugins.search_provider import WebSearch, WebSearchTool
+
+        search = WebSearch.for_settings(settings)
+        if search is not None:
+            tools["web_search"] = WebSearchTool(search)
     return tools

@@ -263,6 +263,7 @@ BUILTIN_TOOLS: Mapping[str, Tool] = {tool.name: tool for tool in (Calculator(), 
 OPTIONAL_TOOLS: Mapping[str, str] = {
     "python": "PONDER_ENABLE_CODE_EXECUTION",
     "fetch_url": "PONDER_ENABLE_URL_FETCH",
+    "web_search": "PONDER_WEB_SEARCH_URL",
 }
 """Tools that run model-written code or reach the network: off unless the operator turns
 them on with the setting named here (`ponder.strategies.toolbox.server_tools`)."""

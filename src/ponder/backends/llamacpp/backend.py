@@ -97,7 +97,7 @@ def output_grammar(sampling: Sampling) -> str | None:
         schema = (fmt.get("json_schema") or {}).get("schema") or {}
         try:
             return str(json_schema_to_gbnf(json.dumps(schema)))
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, AssertionError) as exc:
             raise InvalidRequest(
                 f"the JSON schema cannot be turned into a grammar: {exc}",
                 param="response_format",
@@ -152,6 +152,8 @@ class EmbeddedBackend:
             logprobs=True,
             tools=self._template.supports_tools,
             max_concurrency=sequences,
+            json_schema=True,
+            context_window=n_ctx,
         )
 
     # ---- Backend protocol ------------------------------------------------------------------
