@@ -25,6 +25,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import Failure, ServerError
 from schemathesis.openapi.checks import RejectedPositiveData
 
+from ponder.backends.base import Capabilities
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.proxy.chat import FLAGS, LIMITS
@@ -45,7 +46,12 @@ def _app(config: Settings) -> FastAPI:
     # schemathesis builds its test cases when this module is collected, so the apps are built
     # here, each with its store in a directory of its own.
     store = Store(f"sqlite:///{tempfile.mkdtemp(prefix='ponder-fuzz-')}/ponder.db")
-    return create_app(config, backend=AnyModel(lambda call, i: "4", model_ids=("m",)), store=store)
+    # it reports a context window, as the embedded backend does: without one, the `memory`,
+    # `compact` and `longcepo` plugins refuse a request that does not give its own
+    backend = AnyModel(
+        lambda call, i: "4", model_ids=("m",), capabilities=Capabilities(context_window=32768)
+    )
+    return create_app(config, backend=backend, store=store)
 
 
 _open = _app(Settings())

@@ -12,6 +12,7 @@ document the shape in the OpenAPI schema.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -221,9 +222,23 @@ def _names(registry: Registry) -> dict[str, str]:
 
 
 def _approach_schema(schema: dict[str, Any]) -> None:
-    """`optillm_approach`: strategy names joined by `&` or by `|`, or empty."""
-    name = "|".join(re.escape(n) for n in sorted(_names(_registry()), key=len, reverse=True))
-    pattern = rf"^(?:(?:{name})(?:&(?:{name}))*|(?:{name})(?:\|(?:{name}))*)?$"
+    """`optillm_approach`: plugins first, joined by `&`, around strategies joined by `&` (or a
+    plugin that picks the strategy itself, last); or strategies joined by `|`; or empty."""
+    registry = _registry()
+    names = _names(registry)
+
+    def either(kind: Callable[[str], bool]) -> str:
+        chosen = sorted((n for n, slug in names.items() if kind(slug)), key=len, reverse=True)
+        return "|".join(re.escape(n) for n in chosen) or "(?!)"
+
+    def picks(slug: str) -> bool:
+        return bool(getattr(registry.factory(slug), "picks_strategy", False))
+
+    strategy = either(lambda slug: not registry.is_plugin(slug))
+    plugin = either(lambda slug: registry.is_plugin(slug) and not picks(slug))
+    picker = either(lambda slug: registry.is_plugin(slug) and picks(slug))
+    chain = rf"(?:(?:{plugin})&)*(?:(?:{picker})|(?:{plugin})|(?:{strategy})(?:&(?:{strategy}))*)"
+    pattern = rf"^(?:{chain}|(?:{strategy})(?:\|(?:{strategy}))*)?$"
     schema["anyOf"] = [{"type": "string", "pattern": pattern}, {"type": "null"}]
 
 
