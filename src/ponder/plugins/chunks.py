@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import Field
 from semantic_text_splitter import TextSplitter
 
 from ponder.errors import BudgetExceeded, InvalidRequest
+from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import last_user_index, rewrite_last_user, with_system
 from ponder.strategies.context import RequestContext
 from ponder.tokens import count_prompt_tokens, count_tokens
@@ -32,6 +34,40 @@ QUESTION_TOKENS = 512
 """Most tokens of the question taken from the end of the last user message."""
 
 NOTES_BLOCK = "### {title}\n{intro}\n\n{notes}\n### End of {lower}"
+
+
+class LongInputConfig(StrategyConfig):
+    """The knobs `memory` and `longcepo` share: how a long input is cut and read."""
+
+    context_window: int | None = Field(
+        None,
+        ge=256,
+        le=10_000_000,
+        description="Tokens one backend call holds (default: what the backend reports)",
+    )
+    chunk_tokens: int | None = Field(
+        None,
+        ge=64,
+        le=1_000_000,
+        description="Tokens of input per part (default: what the window leaves)",
+    )
+    overlap_tokens: int = Field(
+        64, ge=0, le=4096, description="Tokens each part repeats from the one before"
+    )
+    answer_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Tokens kept free for the answer when deciding whether the input fits "
+        "(default: the request's max_tokens, else a quarter of the window up to 1024)",
+    )
+    question: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4000,
+        description="What the reading is for (default: the last paragraph of the last user "
+        "message)",
+    )
 
 
 def context_window(ctx: RequestContext, option: int | None, slug: str) -> int:

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from ponder.plugins.base import Inner
 from ponder.plugins.chunks import (
+    LongInputConfig,
     answer_messages,
     answer_tokens,
     chunk_size,
@@ -77,38 +78,9 @@ NOTES_INTRO = (
 )
 
 
-class MemoryConfig(StrategyConfig):
-    context_window: int | None = Field(
-        None,
-        ge=256,
-        le=10_000_000,
-        description="Tokens one backend call holds (default: what the backend reports)",
-    )
+class MemoryConfig(LongInputConfig):
     memory_tokens: int = Field(
         512, ge=32, le=8192, description="The memory's cap in tokens: over it, condensed, then cut"
-    )
-    chunk_tokens: int | None = Field(
-        None,
-        ge=64,
-        le=1_000_000,
-        description="Tokens of input per part (default: what the window leaves)",
-    )
-    overlap_tokens: int = Field(
-        64, ge=0, le=4096, description="Tokens each part repeats from the one before"
-    )
-    answer_tokens: int | None = Field(
-        None,
-        ge=1,
-        le=1_000_000,
-        description="Tokens kept free for the answer when deciding whether the input fits "
-        "(default: the request's max_tokens, else a quarter of the window up to 1024)",
-    )
-    question: str | None = Field(
-        None,
-        min_length=1,
-        max_length=4000,
-        description="What the reading is for (default: the last paragraph of the last user "
-        "message)",
     )
 
 
