@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, Literal, Protocol
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.context import RequestContext
-from ponder.types import Completion, Message
+from ponder.strategies.context import RequestContext, Sink
+from ponder.types import Completion, Delta, Message
 
 Inner = Callable[[RequestContext, Sequence[Message]], Awaitable[list[Completion]]]
 """The rest of the route: run it on a context and a conversation, get the request's choices."""
@@ -47,3 +47,14 @@ class PluginFactory(Protocol):
     wraps: Literal[True]
 
     def __call__(self, config: StrategyConfig) -> Plugin: ...
+
+
+def reasoning_only(sink: Sink) -> Sink:
+    """A sink that passes the rest of the route's reasoning on and holds its answer back, for
+    a plugin that sends the answer itself once it has checked or changed it."""
+
+    def forward(delta: Delta) -> None:
+        if delta.reasoning:
+            sink(Delta(index=delta.index, reasoning=delta.reasoning))
+
+    return forward

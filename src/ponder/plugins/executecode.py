@@ -27,15 +27,15 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from ponder.errors import PermissionDenied
-from ponder.plugins.base import Inner
+from ponder.plugins.base import Inner, reasoning_only
 from ponder.plugins.untrusted import defused
 from ponder.sandbox.code import MAX_OUTPUT_CHARS
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, last_user_text, preview, rewrite_last_user
-from ponder.strategies.context import RequestContext, Sink, gather
+from ponder.strategies.context import RequestContext, gather
 from ponder.strategies.programs import PYTHON, python_blocks
 from ponder.strategies.tools import OPTIONAL_TOOLS, Tool
-from ponder.types import Completion, Delta, Message
+from ponder.types import Completion, Message
 
 REQUEST_HEADER = (
     "Ponder ran the Python code blocks above in a sandbox, each on its own in a fresh "
@@ -91,7 +91,7 @@ class ExecuteCode:
             shown = self.outputs_block(REQUEST_HEADER, outputs)
             return await inner(ctx, rewrite_last_user(messages, lambda t: f"{t}\n\n{shown}"))
 
-        held = _reasoning_only(ctx.sink) if ctx.sink is not None else None
+        held = reasoning_only(ctx.sink) if ctx.sink is not None else None
         choices = await inner(replace(ctx, sink=held), messages)
         checks = [
             self._checked(ctx.for_choice(ctx.choice_index + i), tool, messages, choice)
@@ -148,14 +148,3 @@ class ExecuteCode:
                 text = text[:limit] + CUT.format(total=len(text), shown=limit)
             parts.append(f"{BEGIN.format(number=number)}\n{text}\n{END.format(number=number)}")
         return "\n\n".join(parts)
-
-
-def _reasoning_only(sink: Sink) -> Sink:
-    """A sink that passes the rest of the route's reasoning on and holds its answer back (a
-    choice's answer is sent once it is known whether its code changes it)."""
-
-    def forward(delta: Delta) -> None:
-        if delta.reasoning:
-            sink(Delta(index=delta.index, reasoning=delta.reasoning))
-
-    return forward

@@ -41,12 +41,12 @@ from jsonschema.protocols import Validator
 from pydantic import Field, field_validator
 
 from ponder.errors import BackendError
-from ponder.plugins.base import Inner
+from ponder.plugins.base import Inner, reasoning_only
 from ponder.plugins.json_output import Checked, JsonTarget, check, checked_schema, target
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import followup, preview, with_system
-from ponder.strategies.context import RequestContext, Sink, gather
-from ponder.types import Completion, Delta, Message, Sampling
+from ponder.strategies.context import RequestContext, gather
+from ponder.types import Completion, Message, Sampling
 
 SCHEMA_INSTRUCTION = (
     "Answer with one JSON document only: no text before or after it and no code fences. "
@@ -106,7 +106,7 @@ class JsonMode:
         else:
             sampling = ctx.sampling
             prompt = with_system(messages, instruction(wanted))
-        held = _held_back(ctx.sink) if ctx.sink is not None else None
+        held = reasoning_only(ctx.sink) if ctx.sink is not None else None
         choices = await inner(replace(ctx, sampling=sampling, sink=held), prompt)
 
         calls = [
@@ -178,14 +178,3 @@ def instruction(wanted: JsonTarget) -> str:
     if wanted.name is None:
         return OBJECT_INSTRUCTION
     return SCHEMA_INSTRUCTION.format(schema=json.dumps(wanted.schema, ensure_ascii=False))
-
-
-def _held_back(sink: Sink) -> Sink:
-    """A sink that passes the rest of the route's reasoning on and holds its answer back: the
-    answer is sent whole once it validates."""
-
-    def forward(delta: Delta) -> None:
-        if delta.reasoning:
-            sink(Delta(index=delta.index, reasoning=delta.reasoning))
-
-    return forward
