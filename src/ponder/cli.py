@@ -97,6 +97,7 @@ async def ask(
     from ponder.backends import build_backend
     from ponder.protocol import ChatCompletionRequest
     from ponder.proxy.chat import ChatService
+    from ponder.proxy.chat_api import chat_request
     from ponder.proxy.middleware import new_request_id
     from ponder.strategies.engine import Engine
     from ponder.strategies.registry import default_registry
@@ -116,7 +117,7 @@ async def ask(
             }
         )
         service = ChatService.for_settings(settings, backend, Engine(default_registry()))
-        job = service.prepare(request, new_request_id())
+        job = service.prepare(chat_request(request), new_request_id())
         streamed = False
 
         def show(delta: Delta) -> None:

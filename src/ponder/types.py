@@ -81,6 +81,8 @@ class Sampling:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Of the prompt tokens, those the backend served from its cache (0 where it cannot say)."""
 
     @property
     def total_tokens(self) -> int:
@@ -90,6 +92,7 @@ class Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
         )
 
 

@@ -1,14 +1,18 @@
-"""POST /v1/chat/completions: resolve, build the context, run, answer (JSON or SSE)."""
+"""`ChatService`: one request of any front end, resolved, run and answered.
+
+Every front end (Chat Completions, Anthropic Messages, Responses) turns its wire request into a
+`ChatRequest` of internal types and hands it over with a `FrontEnd`, which writes the answer in
+its own shape (JSON, or SSE through `StreamFormat`). Strategies never learn which one called.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -24,11 +28,9 @@ from ponder.errors import (
 )
 from ponder.keys import ANONYMOUS, Principal
 from ponder.plugins.base import Plugin
-from ponder.protocol import ChatCompletionRequest
 from ponder.proxy import metrics
-from ponder.proxy.convert import completion_body, to_messages, to_sampling
 from ponder.proxy.limits import Admission
-from ponder.proxy.streaming import KEEPALIVE_S, ChunkFormat, stream_chunks
+from ponder.proxy.streaming import KEEPALIVE_S, StreamFormat, events, sse_stream
 from ponder.spl_store import Store
 from ponder.strategies.base import Strategy
 from ponder.strategies.context import Budget, RequestContext, Sink
@@ -36,7 +38,7 @@ from ponder.strategies.engine import Engine
 from ponder.strategies.resolve import Route, resolve
 from ponder.strategies.toolbox import server_tools
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
-from ponder.types import Completion, Message
+from ponder.types import Completion, Message, Sampling
 
 T = TypeVar("T")
 
@@ -45,6 +47,33 @@ FLAGS = frozenset({"trace", "reasoning"})
 LIMITS = frozenset({"max_backend_calls", "deadline_s"})
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One request as a front end hands it over: internal types only."""
+
+    model: str
+    """The model name as the client gave it (strategies and backend model)."""
+    messages: list[Message]
+    sampling: Sampling
+    n: int = 1
+    approach: str | None = None
+    """`optillm_approach`: the strategies, when the model name does not carry them."""
+    ponder: Mapping[str, Any] | None = None
+    """The `ponder` options (flags, limits, per-strategy options)."""
+    stream: bool = False
+    keep_working: bool = False
+    """Keep the strategy's working when not streaming (`RequestContext.working`), for front
+    ends that return it whole."""
+
+
+class FrontEnd(Protocol):
+    """How one API answers: the whole answer as a response, or a stream's format."""
+
+    async def respond(self, job: Job, choices: list[Completion]) -> Response: ...
+
+    def stream_format(self, job: Job) -> StreamFormat: ...
 
 
 @dataclass
@@ -89,11 +118,9 @@ class ChatService:
             resources if resources is not None else {},
         )
 
-    def route(self, request: ChatCompletionRequest) -> Route:
+    def route(self, request: ChatRequest) -> Route:
         registry = self.engine.registry
-        route = resolve(
-            request.model, registry.canonical, request.optillm_approach, registry.is_plugin
-        )
+        route = resolve(request.model, registry.canonical, request.approach, registry.is_plugin)
         if not self.backend.serves(route.model):
             hint = ""
             prefix, sep, _ = request.model.partition("-")
@@ -105,7 +132,7 @@ class ChatService:
             )
         return route
 
-    def options(self, request: ChatCompletionRequest, route: Route) -> Mapping[str, Any]:
+    def options(self, request: ChatRequest, route: Route) -> Mapping[str, Any]:
         """The `ponder` body field, checked, with strategy aliases turned into their slugs."""
         options: dict[str, Any] = {}
         for key, value in (request.ponder or {}).items():
@@ -137,7 +164,7 @@ class ChatService:
         return options
 
     def prepare(
-        self, request: ChatCompletionRequest, request_id: str, principal: Principal = ANONYMOUS
+        self, request: ChatRequest, request_id: str, principal: Principal = ANONYMOUS
     ) -> Job:
         """Validate and resolve everything before the first backend call."""
         route = self.route(request)
@@ -152,12 +179,12 @@ class ChatService:
             strategies=self.engine.build(route, options),
             plugins=self.engine.build_plugins(route, options),
             engine=self.engine,
-            messages=to_messages(request),
+            request=request,
             ctx=RequestContext(
                 request_id=request_id,
                 model=route.model,
                 backend=self.backend,
-                sampling=to_sampling(request),
+                sampling=request.sampling,
                 n=request.n,
                 options=options,
                 budget=self.budget.tighter(
@@ -168,22 +195,24 @@ class ChatService:
                 store=self.store,
                 tools=self.tools,
                 resources=self.resources,
+                working=[] if request.keep_working and not request.stream else None,
             ),
         )
 
     async def handle(
         self,
-        request: ChatCompletionRequest,
+        request: ChatRequest,
         request_id: str,
         receive: Receive,
+        front: FrontEnd,
         principal: Principal = ANONYMOUS,
     ) -> Response:
-        """Answer `request` for `principal`. `receive` is the ASGI channel: a client that
-        disconnects before the answer is ready (or while it waits for a slot) cancels the run
-        and every backend call in it."""
+        """Answer `request` for `principal` as `front` writes it. `receive` is the ASGI
+        channel: a client that disconnects before the answer is ready (or while it waits for a
+        slot) cancels the run and every backend call in it."""
         job = self.prepare(request, request_id, principal)
         if self.admission is None:
-            return await self._answer(request, job, receive)
+            return await self._answer(job, receive, front)
         admission = self.admission
         try:
             await cancel_on_disconnect(admission.acquire(), receive)
@@ -191,7 +220,7 @@ class ChatService:
             metrics.note_rejected("overload")
             raise
         try:
-            response = await self._answer(request, job, receive)
+            response = await self._answer(job, receive, front)
         except BaseException:
             admission.release()
             raise
@@ -200,31 +229,21 @@ class ChatService:
         admission.release()
         return response
 
-    async def _answer(self, request: ChatCompletionRequest, job: Job, receive: Receive) -> Response:
+    async def _answer(self, job: Job, receive: Receive, front: FrontEnd) -> Response:
         ctx = job.ctx
         metrics.note_job(job.route, ctx.meter)  # read when the last byte is sent
-        completion_id = f"chatcmpl-{ctx.request_id}"
-        created = int(time.time())
-        if not request.stream:
+        if not job.request.stream:
             choices = await cancel_on_disconnect(job.run(None), receive)
-            body = completion_body(
-                completion_id=completion_id,
-                created=created,
-                model=request.model,
-                choices=choices,
-                usage=ctx.meter.usage,
-                trace=ctx.trace if ctx.options.get("trace") else None,
-            )
-            return JSONResponse(body, headers={"x-ponder-backend-calls": str(ctx.meter.calls)})
-
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        chunks = stream_chunks(
-            job.run,
-            ChunkFormat(completion_id, created, request.model, include_usage),
-            n_choices=job.n_choices,
-            usage=lambda: ctx.meter.usage,
-            hold_until_first_token=job.route.slugs == ("none",),
-            keepalive_s=self.keepalive_s,
+            response = await front.respond(job, choices)
+            response.headers["x-ponder-backend-calls"] = str(ctx.meter.calls)
+            return response
+        chunks = sse_stream(
+            events(
+                job.run,
+                hold_until_first_token=job.route.slugs == ("none",),
+                keepalive_s=self.keepalive_s,
+            ),
+            front.stream_format(job),
         )
         try:
             # An early failure raises here, before any byte is sent; a client that goes while
@@ -266,8 +285,12 @@ class Job:
     strategies: list[Strategy]
     plugins: list[Plugin]
     engine: Engine
-    messages: list[Message]
+    request: ChatRequest
     ctx: RequestContext
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.request.messages
 
     @property
     def n_choices(self) -> int:

@@ -73,11 +73,15 @@ def to_sampling(request: ChatCompletionRequest) -> Sampling:
     )
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
+def usage_dict(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """The Chat Completions `usage`: the request's whole cost, with the output tokens of every
+    call but the answer's own as `reasoning_tokens` (`Meter.reasoning_tokens`)."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
     }
 
 
@@ -95,6 +99,7 @@ def completion_body(
     model: str,
     choices: Sequence[Completion],
     usage: Usage,
+    reasoning_tokens: int = 0,
     trace: Sequence[Step] | None = None,
 ) -> dict[str, Any]:
     out_choices = []
@@ -118,7 +123,7 @@ def completion_body(
         "created": created,
         "model": model,
         "choices": out_choices,
-        "usage": usage_dict(usage),
+        "usage": usage_dict(usage, reasoning_tokens),
     }
     if trace is not None:
         body["ponder"] = {"trace": [{"step": s.name, "at_s": s.at_s, **s.detail} for s in trace]}

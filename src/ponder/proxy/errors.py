@@ -1,4 +1,10 @@
-"""Every error leaves Ponder in the OpenAI shape: {"error": {message, type, param, code}}."""
+"""Every error leaves Ponder in the shape of the API that was called.
+
+The OpenAI APIs (Chat Completions, Responses, and everything else under `/v1`) answer
+`{"error": {message, type, param, code}}`; the Anthropic Messages API (`/v1/messages`) answers
+`{"type": "error", "error": {type, message}}` with Anthropic's error types. The status codes are
+the same for both.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,35 @@ _NOT_FIELDS = frozenset(
     | {"system", "developer", "user", "assistant", "tool"}
     | {"text", "image_url", "input_audio", "file", "refusal"}
 )
+
+
+MESSAGES_PREFIX = "/v1/messages"
+"""Paths answered in the Anthropic shape."""
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+"""Anthropic's error type for a status; every other status is an `api_error`."""
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+    }
+
+
+def shaped(path: str, status: int, openai_body: dict[str, Any], message: str) -> dict[str, Any]:
+    """`openai_body` as the API at `path` writes an error with this status and message."""
+    if path == MESSAGES_PREFIX or path.startswith(MESSAGES_PREFIX + "/"):
+        return anthropic_error_body(status, message)
+    return openai_body
 
 
 def error_body(
@@ -57,26 +92,33 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return where + msg, param
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers=headers)
+def _json(
+    request: Request,
+    status: int,
+    body: dict[str, Any],
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    shape = shaped(request.url.path, status, body, message)
+    return JSONResponse(shape, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(PonderError)
-    async def _ponder(_: Request, exc: PonderError) -> JSONResponse:
+    async def _ponder(request: Request, exc: PonderError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("request failed: %s (%s)", exc.message, exc.code)
-        return _json(exc.status_code, exc.to_dict(), exc.headers)
+        return _json(request, exc.status_code, exc.to_dict(), exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = validation_message(exc)
-        return _json(400, error_body(message, "invalid_request_error", param))
+        return _json(request, 400, error_body(message, "invalid_request_error", param), message)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _json(
-            exc.status_code, error_body(str(exc.detail), kind, None, code), dict(exc.headers or {})
-        )
+        message = str(exc.detail)
+        body = error_body(message, kind, None, code)
+        return _json(request, exc.status_code, body, message, dict(exc.headers or {}))

@@ -15,6 +15,7 @@ from ponder.errors import AuthenticationError, BackendUnavailable, RateLimited, 
 from ponder.keys import Keyring, Principal
 from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
 from ponder.proxy import metrics
+from ponder.proxy.chat_api import ChatCompletions, chat_request
 from ponder.proxy.state import AppState
 
 READY_TIMEOUT_S = 5.0
@@ -78,11 +79,22 @@ def principal_for(keyring: Keyring, authorization: str, *, basic: bool = False) 
     return None
 
 
+def presented_key(request: Request) -> str:
+    """The `Authorization` header, or an `x-api-key` header (as the Anthropic SDK sends the
+    key) as a Bearer one."""
+    authorization = request.headers.get("authorization", "")
+    if not authorization and (key := request.headers.get("x-api-key")):
+        return f"Bearer {key}"
+    return authorization
+
+
 async def authenticate(request: Request) -> Principal:
     """Check the API key (when keys are configured); sets `request.state.principal`."""
-    principal = principal_for(state_of(request).keyring, request.headers.get("authorization", ""))
+    principal = principal_for(state_of(request).keyring, presented_key(request))
     if principal is None:
-        raise AuthenticationError("Missing or incorrect API key in 'Authorization: Bearer ...'.")
+        raise AuthenticationError(
+            "Missing or incorrect API key in 'Authorization: Bearer ...' or 'x-api-key'."
+        )
     request.state.principal = principal
     return principal
 
@@ -111,8 +123,13 @@ health = APIRouter(prefix="/health")
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await state_of(request).chat.handle(
-        body, request.state.request_id, request.receive, principal=request.state.principal
+        chat_request(body),
+        request.state.request_id,
+        request.receive,
+        ChatCompletions(body.model, include_usage),
+        request.state.principal,
     )
 
 

@@ -1,4 +1,5 @@
-"""The SQL store of system prompt learning (strategies, outcomes) and episodic memory."""
+"""The SQL store of system prompt learning (strategies, outcomes), episodic memory and stored
+Responses API responses."""
 
 from ponder.spl_store.problem_types import FALLBACK_TYPE, PROBLEM_TYPES
 from ponder.spl_store.records import (
@@ -12,6 +13,8 @@ from ponder.spl_store.records import (
     Lifecycle,
     OutcomeResult,
     Policy,
+    ResponseRecord,
+    ResponseStatus,
     Status,
     StrategyRecord,
     TenantSettings,
@@ -31,6 +34,8 @@ __all__ = [
     "Lifecycle",
     "OutcomeResult",
     "Policy",
+    "ResponseRecord",
+    "ResponseStatus",
     "Status",
     "Store",
     "StrategyRecord",

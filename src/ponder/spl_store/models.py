@@ -1,4 +1,5 @@
-"""SQLAlchemy models of the SPL and memory store. Every row of knowledge belongs to a tenant.
+"""SQLAlchemy models of the SPL, memory and stored-response store. Every row belongs to a
+tenant (except the shared problem types).
 
 Change a model only together with a new migration in `migrations/versions/`; a test checks
 that the migrations build exactly these tables.
@@ -181,3 +182,25 @@ class Episode(Base):
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
+
+
+class StoredResponse(Base):
+    """A Responses API response kept for retrieval and for continuing from it
+    (`previous_response_id`). Its id is unique within its tenant only."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_tenant_created_at", "tenant", "created_at"),)
+
+    tenant: Mapped[str] = mapped_column(TENANT, primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))
+    """completed, incomplete, failed, cancelled, in_progress or queued"""
+    previous_id: Mapped[str | None] = mapped_column(String(128))
+    """The response this one continued."""
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The public Response object."""
+    conversation: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """The conversation up to and including this response's output, as the front end encodes
+    it: what a response continuing from this one starts with."""
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

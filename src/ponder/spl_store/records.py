@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 Status = Literal["candidate", "active", "retired"]
 OutcomeSource = Literal["ground_truth", "feedback", "judge"]
+ResponseStatus = Literal["completed", "incomplete", "failed", "cancelled", "in_progress", "queued"]
 
 # Which outcome signal may replace which: ground truth is never overridden, a judgement is.
 SOURCE_RANK: dict[str, int] = {"judge": 0, "feedback": 1, "ground_truth": 2}
@@ -84,6 +85,24 @@ class EpisodeRecord:
     answer: str
     outcome: bool | None
     vector: bytes
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    """A stored Responses API response."""
+
+    id: str
+    tenant: str
+    model: str
+    status: ResponseStatus
+    previous_id: str | None
+    """The response this one continued."""
+    body: dict[str, Any]
+    """The public Response object."""
+    conversation: list[dict[str, Any]]
+    """The conversation up to and including this response's output, as the front end encodes
+    it."""
     created_at: dt.datetime
 
 

@@ -4,9 +4,10 @@ with its promotions)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -25,6 +26,8 @@ from ponder.spl_store.records import (
     ImportEntry,
     ImportResult,
     Lifecycle,
+    ResponseRecord,
+    ResponseStatus,
     Status,
     StrategyRecord,
     TenantSettings,
@@ -448,4 +451,22 @@ def to_episode(row: m.Episode) -> EpisodeRecord:
         row.outcome,
         row.vector,
         row.created_at,
+    )
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """`value` in UTC; a naive value (SQLite returns those) is taken to be UTC already."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def to_response(row: m.StoredResponse) -> ResponseRecord:
+    return ResponseRecord(
+        id=row.id,
+        tenant=row.tenant,
+        model=row.model,
+        status=cast(ResponseStatus, row.status),
+        previous_id=row.previous_id,
+        body=dict(row.body),
+        conversation=[dict(item) for item in row.conversation],
+        created_at=utc(row.created_at),
     )

@@ -1,9 +1,9 @@
-"""`Store`: the one way into the SPL and memory database.
+"""`Store`: the one way into the SPL, memory and stored-response database.
 
 Every method takes the tenant and touches only that tenant's rows. Methods are synchronous
 (SQLAlchemy sessions); async code calls them through `asyncio.to_thread`. The database is
-opened, and migrated to the newest schema, on first use. The outcome and memory-episode
-methods are in `outcomes.py` and `episodes.py`.
+opened, and migrated to the newest schema, on first use. The outcome, memory-episode and
+stored-response methods are in `outcomes.py`, `episodes.py` and `responses.py`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from ponder.spl_store.records import (
     StrategyRecord,
     TenantSettings,
 )
+from ponder.spl_store.responses import ResponseMethods
 
 
-class Store(OutcomeMethods, EpisodeMethods):
+class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
     def __init__(
         self,
         url: str | None = None,

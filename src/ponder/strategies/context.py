@@ -70,6 +70,12 @@ class Meter:
     def record(self, usage: Usage) -> None:
         self.usage = self.usage + usage
 
+    def reasoning_tokens(self, answer: Sequence[Completion]) -> int:
+        """The output tokens of every call that is not the answer's own: everything counted
+        here beyond what the `answer` choices say they cost (0 for a pass-through)."""
+        own = sum(c.usage.completion_tokens for c in answer)
+        return max(0, self.usage.completion_tokens - own)
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -111,6 +117,9 @@ class RequestContext:
     """The tools this server offers strategies (the optional ones only where turned on)."""
     resources: Mapping[str, object] = field(default_factory=dict)
     """What the server lends its plugins, by name (`ponder.plugins.resources`)."""
+    working: list[tuple[int, str]] | None = None
+    """Where a request that is not streamed keeps the strategy's working, as (choice, text),
+    for the front ends that return it whole; None: not kept."""
 
     def __post_init__(self) -> None:
         if self.limiter is None:
@@ -137,9 +146,14 @@ class RequestContext:
         self.trace.append(Step(name, detail, round(time.monotonic() - self.started, 6)))
 
     def reason(self, text: str) -> None:
-        """Stream `text` as reasoning of this choice (unless `ponder: {"reasoning": false}`)."""
-        if text and self.shows_reasoning and self.sink is not None:
+        """Stream `text` as reasoning of this choice (unless `ponder: {"reasoning": false}`), or
+        keep it in `working` when the request is not streamed and its front end asked."""
+        if not text or not self.options.get("reasoning", True):
+            return
+        if self.sink is not None:
             self.sink(Delta(index=self.choice_index, reasoning=text))
+        elif self.working is not None:
+            self.working.append((self.choice_index, text))
 
     def emit(self, delta: Delta) -> None:
         """Send a delta of this choice's answer to the client (when streaming)."""
