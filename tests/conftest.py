@@ -4,7 +4,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,16 +175,23 @@ def chat_scope() -> dict[str, Any]:
     }
 
 
-def usage_for(backend: ScriptedBackend, replies: Iterable[str]) -> dict[str, int]:
+def usage_for(
+    backend: ScriptedBackend, replies: Sequence[str], answer: str | None = None
+) -> dict[str, Any]:
     """The usage a response should report when every call to `backend` was answered and
     `replies` are all the texts it answered with: prompt tokens counted once per backend call
-    (as ScriptedBackend does, whatever its `n`), completion tokens once per reply."""
+    (as ScriptedBackend does, whatever its `n`), completion tokens once per reply, and as
+    reasoning tokens every reply's but the one that produced the answer (`answer`, by default
+    the last reply; "" when no reply is the answer's own)."""
     prompt = sum(count_prompt_tokens(call.messages) for call in backend.calls)
     completion = sum(count_tokens(reply) for reply in replies)
+    own = count_tokens(replies[-1] if answer is None and replies else answer or "")
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": completion - own},
     }
 
 

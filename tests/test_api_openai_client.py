@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from ponder.testing import ScriptedBackend
+from ponder.config import Settings
+from ponder.proxy import create_app
+from ponder.testing import ScriptedBackend, running_server
 from ponder.tokens import count_tokens
 from ponder.types import Completion, ToolCall
 from tests.conftest import MODEL, scripted
@@ -45,6 +48,11 @@ def test_plain_completion(oai: openai.OpenAI, backend: ScriptedBackend) -> None:
     assert usage is not None
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
     assert usage.prompt_tokens + usage.completion_tokens == usage.total_tokens
+    # a pass-through: every output token is the answer's own, and nothing came from a cache
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 0
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 0
 
 
 def test_streamed_with_usage(oai: openai.OpenAI, backend: ScriptedBackend) -> None:
@@ -71,7 +79,41 @@ def test_streamed_with_usage(oai: openai.OpenAI, backend: ScriptedBackend) -> No
     assert usage is not None
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert usage.completion_tokens == count_tokens(text)
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 0
     assert len(backend.calls) == 1 and backend.calls[0].stream
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_tokens_are_every_call_but_the_answers_own(stream: bool) -> None:
+    """sc draws three samples and answers with one: the other two are its reasoning."""
+    replies = ["It is 4.", "Four: 4.", "I say 5."]
+    backend = scripted(replies)
+    request: dict[str, Any] = {
+        "model": f"sc-{MODEL}",
+        "messages": [{"role": "user", "content": "2+2?"}],
+        "extra_body": {"ponder": {"sc": {"samples": 3}}},
+    }
+    with running_server(create_app(Settings(), backend=backend)) as url:
+        oai = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        if stream:
+            chunks = list(
+                oai.chat.completions.create(
+                    **request, stream=True, stream_options={"include_usage": True}
+                )
+            )
+            usage = chunks[-1].usage
+            answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            completion = oai.chat.completions.create(**request)
+            usage = completion.usage
+            answer = completion.choices[0].message.content or ""
+    assert answer == "It is 4."
+    assert len(backend.calls) == 3
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens == sum(count_tokens(r) for r in replies)
+    reasoning = count_tokens("Four: 4.") + count_tokens("I say 5.")
+    assert usage.completion_tokens_details.reasoning_tokens == reasoning
 
 
 def test_stream_without_usage_has_no_usage_chunk(oai: openai.OpenAI) -> None:

@@ -211,7 +211,9 @@ async def test_a_shared_system_prompt_is_evaluated_once(
     first = engine_backend.engine_stats()
     await chat(http, messages=[system, {"role": "user", "content": "Hi."}], max_tokens=4)
     middle = engine_backend.engine_stats()
-    await chat(http, messages=[system, {"role": "user", "content": "Hello!"}], max_tokens=4)
+    second = await chat(
+        http, messages=[system, {"role": "user", "content": "Hello!"}], max_tokens=4
+    )
     last = engine_backend.engine_stats()
     assert first is not None and middle is not None and last is not None
     evaluated = last.prompt_tokens - middle.prompt_tokens
@@ -219,6 +221,11 @@ async def test_a_shared_system_prompt_is_evaluated_once(
     assert reused > 150  # the system prompt's ~180 tokens came from the cache
     assert evaluated < 20
     assert middle.prompt_tokens - first.prompt_tokens > 150
+    # the answer says so: the cached prompt tokens are the ones the engine reused
+    usage = second["usage"]
+    assert isinstance(usage, dict)
+    assert usage["prompt_tokens_details"] == {"cached_tokens": reused}
+    assert usage["prompt_tokens"] == reused + evaluated
 
 
 async def test_cancelled_streams_give_back_every_sequence_and_cell(

@@ -363,7 +363,9 @@ async def test_one_backend_call_draws_n_with_honest_usage(store: Store) -> None:
     (call,) = backend.calls
     assert (call.n, call.sampling.temperature) == (2, 0.4)
     assert response.headers["x-ponder-backend-calls"] == "1"
-    assert body["usage"] == usage_for(backend, ["She is three.", "Three years."])
+    # both replies are the answer's choices: none of their tokens is reasoning
+    expected = usage_for(backend, ["She is three.", "Three years."])
+    assert body["usage"] == {**expected, "completion_tokens_details": {"reasoning_tokens": 0}}
     assert store.episodes("default")[0].answer == "She is three."  # choice 0 is remembered
 
 

@@ -16,6 +16,7 @@ from ponder.errors import BackendUnavailable, InvalidRequest
 from ponder.plugins.json_mode import OBJECT_INSTRUCTION, REPAIR_REQUEST, SCHEMA_INSTRUCTION
 from ponder.plugins.json_output import MAX_STARTS, check, documents, target
 from ponder.testing import ScriptedBackend
+from ponder.tokens import count_tokens
 from ponder.types import Completion, Message, Sampling, ToolCall
 from tests.conftest import (
     MODEL,
@@ -363,7 +364,11 @@ async def test_each_of_n_choices_is_checked_and_repaired_on_its_own() -> None:
     assert [c.n for c in backend.calls] == [2, 1]
     assert turns(backend.calls[1].messages)[-2][1] == '{"city": "Lyon"}'
     assert trace_steps(body, "json")[0]["repairs"] == [0, 1]
-    assert body["usage"] == usage_for(backend, replies)
+    # the choices are PARIS and the repair: only the invalid first Lyon is reasoning
+    chosen = [PARIS, replies[2]]
+    expected = usage_for(backend, replies, answer="")  # all replies, less the choices:
+    expected["completion_tokens_details"]["reasoning_tokens"] -= sum(map(count_tokens, chosen))
+    assert body["usage"] == expected
 
 
 ANSWER_SCHEMA = {

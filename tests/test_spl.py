@@ -20,6 +20,7 @@ from ponder.spl.select import select, with_strategies
 from ponder.spl.starter import parse_starter, starter_drafts
 from ponder.spl_store import FALLBACK_TYPE, PROBLEM_TYPES, Draft, Lifecycle, Store, StrategyRecord
 from ponder.testing import Call, ScriptedBackend
+from ponder.tokens import count_tokens
 from ponder.types import Message
 from tests.conftest import (
     MODEL,
@@ -451,7 +452,11 @@ async def test_n_2_gives_two_choices_from_one_answer_call_and_one_classification
     assert [c["message"]["content"] for c in body["choices"]] == [ANSWER, f"{ANSWER} (1)"]
     assert kinds(backend) == ["classify", "answer"]
     assert [c.n for c in backend.calls] == [1, 2]
-    assert body["usage"] == usage_for(backend, script.given)
+    # both choices come from the one answer call: only the classification is reasoning
+    chosen = [ANSWER, f"{ANSWER} (1)"]
+    expected = usage_for(backend, script.given, answer="")  # all replies, less the choices:
+    expected["completion_tokens_details"]["reasoning_tokens"] -= sum(map(count_tokens, chosen))
+    assert body["usage"] == expected
 
 
 # ---- tenants --------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ async def test_a_wrong_answer_with_ground_truth_writes_a_new_candidate(store: St
     write = call_of(backend, "write")
     assert write.messages == (Message("user", write_prompt(truth=WRONG)),)
     assert (write.sampling.temperature, write.sampling.max_tokens) == (0.0, 200)
-    assert response.json()["usage"] == usage_for(backend, script.given)
+    assert response.json()["usage"] == usage_for(backend, script.given, answer=ANSWER)
     old, new = store.strategies(TENANT)
     assert (old.id, old.attempts, old.successes) == (s.id, 1, 0)
     assert (new.text, new.status, new.origin, new.problem_type) == (
@@ -256,7 +256,7 @@ async def test_without_strategies_the_judge_decides_and_a_strategy_is_written(
     assert store.request_outcome(TENANT, rid) == (True, "judge")
     new = store.strategies(TENANT, "arithmetic")
     assert [(s.text, s.status, s.attempts) for s in new] == [(UNRELATED, "candidate", 0)]
-    assert response.json()["usage"] == usage_for(backend, script.given)
+    assert response.json()["usage"] == usage_for(backend, script.given, answer=ANSWER)
 
 
 @pytest.mark.parametrize(("verdict", "calls"), [("maybe", 3), ("skip", 2)])
@@ -331,7 +331,7 @@ async def test_a_similar_new_strategy_is_merged_into_the_existing_one(store: Sto
         problem_type="arithmetic", existing=STRATEGY, new=similar
     )
     assert (merge.sampling.temperature, merge.sampling.max_tokens) == (0.0, 200)
-    assert response.json()["usage"] == usage_for(backend, script.given)
+    assert response.json()["usage"] == usage_for(backend, script.given, answer=ANSWER)
     # the merged text is a new active strategy with its own counters, linked to the old one
     (after,) = store.strategies(TENANT, statuses=["active"])
     assert (after.text, after.status, after.origin, after.parent_id) == (
@@ -369,7 +369,7 @@ async def test_a_weak_used_strategy_is_refined(store: Store, truth: str | None) 
         answer=ANSWER,
         truth=TRUTH_SECTION.format(truth=truth) if truth else "",
     )
-    assert response.json()["usage"] == usage_for(backend, script.given)
+    assert response.json()["usage"] == usage_for(backend, script.given, answer=ANSWER)
     # the refined text starts its own counters; the old text keeps its record, retired
     (after,) = store.strategies(TENANT, statuses=["active"])
     assert (after.text, after.parent_id, after.attempts, after.successes) == (
@@ -580,7 +580,7 @@ async def test_a_streamed_learning_request_streams_the_answer_then_learns(store:
     assert streamed_text(response.text, "reasoning_content").startswith("Problem type: arithmetic")
     assert kinds(backend) == ["classify", "answer", "write"]
     assert [c.stream for c in backend.calls] == [False, True, False]
-    assert events[-1]["usage"] == usage_for(backend, script.given)
+    assert events[-1]["usage"] == usage_for(backend, script.given, answer=ANSWER)
     assert store.strategy(TENANT, s.id).attempts == 1
     assert [x.text for x in store.strategies(TENANT, statuses=["candidate"])] == [UNRELATED]
 

@@ -86,7 +86,7 @@ async def test_best_scored_candidate_wins_with_exact_calls_prompts_and_usage() -
         assert call.sampling.temperature == 0.0
         assert call.sampling.max_tokens == 8
         assert call.sampling.stop == ()
-    assert body["usage"] == usage_for(backend, replied)
+    assert body["usage"] == usage_for(backend, replied, answer=CANDIDATES[1])
     steps = {s["step"]: s for s in body["ponder"]["trace"]}
     assert steps["scores"]["scores"] == [6.0, 9.0, 0.0]
     assert steps["scores"]["best"] == 1
@@ -199,7 +199,7 @@ async def test_native_n_backend_draws_the_candidates_in_one_call() -> None:
     assert len(backend.calls) == 4
     assert response.headers["x-ponder-backend-calls"] == "4"
     assert [c.n for c in backend.calls] == [3, 1, 1, 1]
-    assert body["usage"] == usage_for(backend, replied)
+    assert body["usage"] == usage_for(backend, replied, answer=CANDIDATES[1])
 
 
 async def test_a_failing_score_call_is_an_openai_shaped_error() -> None:

@@ -68,6 +68,12 @@ def review(plan: str) -> str:
     return f"The executions of {plan} agree."
 
 
+def refinement(number: int) -> str:
+    """The refinement of plan `number` that `Planner` writes: its review, the marker and its
+    answer."""
+    return f"{review(f'plan {number}')}\n{MARKER}\nanswer {number}"
+
+
 class Planner:
     """A scripted model for cepo: plans "plan 1", "plan 2", ... in the order asked for;
     executions "plan k, execution j"; a refinement of plan k is its review, the marker line and
@@ -104,7 +110,7 @@ class Planner:
         elif k == "refine":
             plan = plan_of(call)
             number = int(plan.split()[-1])
-            reply = self.answers.get(number, f"{review(plan)}\n{MARKER}\nanswer {number}")
+            reply = self.answers.get(number, refinement(number))
         else:
             reply = self.scores.get(rated(call), "5")
         text = reply.content if isinstance(reply, Completion) else reply
@@ -138,7 +144,8 @@ async def test_the_best_rated_refined_answer_wins_with_exact_calls_and_usage() -
     counts = {name: len(calls_of(backend, name)) for name in ("plan", "execute", "refine")}
     assert counts == {"plan": 3, "execute": 9, "refine": 3}
     assert [kind(c) for c in backend.calls[-3:]] == ["rate"] * 3
-    assert body["usage"] == usage_for(backend, planner.replies)
+    # the answer is the refinement call that wrote it, its review included
+    assert body["usage"] == usage_for(backend, planner.replies, answer=refinement(2))
     attempts = sorted(trace_steps(body, "attempt"), key=lambda s: s["attempt"])
     assert [s["plan"] for s in attempts] == ["plan 1", "plan 2", "plan 3"]
     assert attempts[1]["executions"] == [f"plan 2, execution {j}" for j in (1, 2, 3)]
@@ -288,7 +295,7 @@ async def test_native_n_draws_each_plans_executions_in_one_call() -> None:
     assert response.headers["x-ponder-backend-calls"] == "12"
     assert [c.n for c in calls_of(backend, "execute")] == [3, 3, 3]
     assert [c.n for c in backend.calls if kind(c) != "execute"] == [1] * 9
-    assert response.json()["usage"] == usage_for(backend, planner.replies)
+    assert response.json()["usage"] == usage_for(backend, planner.replies, answer=refinement(3))
 
 
 async def test_a_single_attempt_is_returned_without_a_rating() -> None:

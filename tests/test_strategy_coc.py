@@ -26,6 +26,7 @@ from ponder.strategies.coc import (
     extract_code,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.tokens import count_tokens
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -454,7 +455,11 @@ async def test_request_n_is_drawn_by_the_answer_call_from_one_program() -> None:
     body = response.json()
     assert [c["message"]["content"] for c in body["choices"]] == [ANSWER, f"{ANSWER} (1)"]
     assert [(kind(c), c.n) for c in backend.calls] == [("code", 1), ("answer", 2)]
-    assert body["usage"] == usage_for(backend, coder.replies)
+    # both choices come from the one answer call: only the program is reasoning
+    chosen = [ANSWER, f"{ANSWER} (1)"]
+    expected = usage_for(backend, coder.replies, answer="")  # all replies, less the choices:
+    expected["completion_tokens_details"]["reasoning_tokens"] -= sum(map(count_tokens, chosen))
+    assert body["usage"] == expected
 
 
 # ---- streaming -----------------------------------------------------------------------------

@@ -132,7 +132,7 @@ async def test_agreeing_chains_give_the_answer_with_exact_calls_and_usage() -> N
     (chains,) = trace_steps(body, "chains")
     assert (chains["tally"], chains["winner"]) == ({"42": 2, "43": 1}, "42")
     assert (chains["share"], chains["routed"]) == (0.6667, "majority")
-    assert body["usage"] == usage_for(backend, model.replies)
+    assert body["usage"] == usage_for(backend, model.replies, answer=AGREE[0])
 
 
 async def test_prompts_keep_the_conversation_and_carry_each_stage() -> None:
@@ -358,7 +358,8 @@ async def test_streams_the_working_then_the_majority_chain() -> None:
     )
     assert streamed_text(response.text) == AGREE[0]
     assert not any(c.stream for c in backend.calls)
-    assert sse_events(response.text)[-1]["usage"] == usage_for(backend, model.replies)
+    usage = usage_for(backend, model.replies, answer=AGREE[0])
+    assert sse_events(response.text)[-1]["usage"] == usage
 
 
 async def test_streams_the_greedy_answer_token_by_token() -> None:

@@ -120,7 +120,7 @@ async def test_the_selected_candidate_is_returned_with_exact_calls_prompts_and_u
     ]
     s = select_call.sampling
     assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.3, 1024, (), 5)
-    assert body["usage"] == usage_for(backend, selector.replies)
+    assert body["usage"] == usage_for(backend, selector.replies, answer=CANDIDATES[2])
     (step,) = trace_steps(body, "selection")
     assert (step["picks"], step["chosen"], step["fallback"]) == ([3], 3, False)
     assert trace_steps(body, "candidates")[0]["candidates"] == CANDIDATES[:4]
@@ -220,7 +220,7 @@ async def test_several_selections_run_at_once_and_the_most_picked_wins() -> None
     assert backend.max_in_flight == 4
     (step,) = trace_steps(body, "selection")
     assert (step["picks"], step["chosen"]) == ([2, 4, None, 4], 4)
-    assert body["usage"] == usage_for(backend, selector.replies)
+    assert body["usage"] == usage_for(backend, selector.replies, answer=CANDIDATES[3])
 
 
 async def test_a_tie_between_picks_goes_to_the_pick_made_first() -> None:
@@ -236,7 +236,7 @@ async def test_native_n_draws_candidates_and_selections_in_one_call_each() -> No
     assert content(response.json()) == CANDIDATES[1]
     assert [(is_selection(c), c.n) for c in backend.calls] == [(False, 4), (True, 3)]
     assert response.headers["x-ponder-backend-calls"] == "2"
-    assert response.json()["usage"] == usage_for(backend, selector.replies)
+    assert response.json()["usage"] == usage_for(backend, selector.replies, answer=CANDIDATES[1])
 
 
 async def test_options_and_client_temperature() -> None:

@@ -137,7 +137,7 @@ async def test_all_verified_the_majority_answer_wins_with_exact_calls_and_usage(
     (check,) = trace_steps(body, "verification")
     assert check["verdicts"] == [["CORRECT", "CORRECT"]] * 3
     assert not trace_steps(body, "improvement")
-    assert body["usage"] == usage_for(backend, model.replies)
+    assert body["usage"] == usage_for(backend, model.replies, answer=AGREE[0.3])
 
 
 async def test_prompts_keep_the_conversation_and_carry_the_solution_and_issues() -> None:
@@ -198,7 +198,7 @@ async def test_a_failed_solution_is_improved_and_verified_again() -> None:
     assert rechecks[1]["verdicts"] == [["CORRECT", "CORRECT"]]
     (vote,) = trace_steps(body, "vote")
     assert (vote["verified"], vote["tally"]) == ([1, 2, 3], {"42": 3})
-    assert body["usage"] == usage_for(backend, model.replies)
+    assert body["usage"] == usage_for(backend, model.replies, answer=AGREE[0.3])
 
 
 async def test_only_verified_solutions_vote_when_there_are_any() -> None:
@@ -245,7 +245,8 @@ async def test_each_round_improves_what_still_fails() -> None:
     assert [i["improved"] for i in trace_steps(body, "improvement")] == [[2], [2]]
     (vote,) = trace_steps(body, "vote")
     assert vote["verified"] == [1, 2, 3]
-    assert body["usage"] == usage_for(backend, model.replies)
+    # 42 wins the vote, and the first solution gave it
+    assert body["usage"] == usage_for(backend, model.replies, answer=AGREE[0.3])
 
 
 async def test_a_review_without_a_verdict_line_does_not_verify() -> None:
@@ -332,7 +333,7 @@ async def test_native_n_draws_both_passes_in_one_call() -> None:
     assert content(response.json()) == AGREE[0.3]
     assert [c.n for c in backend.calls] == [1, 1, 1, 2, 2, 2]
     assert response.headers["x-ponder-backend-calls"] == "6"
-    assert response.json()["usage"] == usage_for(backend, model.replies)
+    assert response.json()["usage"] == usage_for(backend, model.replies, answer=AGREE[0.3])
 
 
 async def test_streams_the_working_as_reasoning_and_the_chosen_solution_as_content() -> None:
@@ -351,7 +352,8 @@ async def test_streams_the_working_as_reasoning_and_the_chosen_solution_as_conte
     )
     assert streamed_text(response.text) == AGREE[0.3]
     assert not any(c.stream for c in backend.calls)
-    assert sse_events(response.text)[-1]["usage"] == usage_for(backend, model.replies)
+    usage = usage_for(backend, model.replies, answer=AGREE[0.3])
+    assert sse_events(response.text)[-1]["usage"] == usage
 
 
 @pytest.mark.parametrize("failing", ["agent", "verify", "improve"])

@@ -179,7 +179,7 @@ async def test_defaults_make_18_calls_and_return_the_reply_of_the_highest_mean_v
     for call in calls_of(backend, "rate"):
         s = call.sampling
         assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.0, 8, (), 5)
-    assert body["usage"] == usage_for(backend, dialogue.replies)
+    assert body["usage"] == usage_for(backend, dialogue.replies, answer=text("a"))
     first, second = trace_steps(body, "simulation")
     assert first == {
         "step": "simulation",
@@ -284,7 +284,8 @@ async def test_call_count_follows_simulations_actions_and_depth(
     assert response.status_code == 200
     assert len(backend.calls) == calls
     assert response.headers["x-ponder-backend-calls"] == str(calls)
-    assert response.json()["usage"] == usage_for(backend, dialogue.replies)
+    # every rating is 5: the replies tie, and the earliest, a, is the answer
+    assert response.json()["usage"] == usage_for(backend, dialogue.replies, answer=text("a"))
 
 
 async def test_depth_0_rates_the_new_replies_and_depth_2_rolls_two_turns() -> None:
@@ -342,7 +343,7 @@ async def test_native_n_samples_each_expansion_in_one_call() -> None:
     # per simulation: 1 expansion (n=3), 3 rollouts, 3 ratings
     assert [c.n for c in backend.calls] == ([3] + [1] * 6) * 2
     assert response.headers["x-ponder-backend-calls"] == "14"
-    assert response.json()["usage"] == usage_for(backend, dialogue.replies)
+    assert response.json()["usage"] == usage_for(backend, dialogue.replies, answer=text("b"))
 
 
 async def test_each_stage_runs_its_calls_at_once() -> None:

@@ -143,7 +143,8 @@ async def test_the_selected_solution_is_the_answer_with_exact_calls_and_usage() 
         *["solve"] * 3,
         "select",
     ]
-    assert body["usage"] == usage_for(backend, search.replies)
+    selected = search.solutions["Plan from 1+3"]  # solution 2
+    assert body["usage"] == usage_for(backend, search.replies, answer=selected)
     assert trace_steps(body, "observations")[0]["observations"] == OBSERVATIONS[:3]
     assert trace_steps(body, "combined")[0]["notes"] == [
         [OBSERVATIONS[0], OBSERVATIONS[1], "Insight from 1+2."],

@@ -113,7 +113,7 @@ async def test_the_best_rated_helpful_solution_wins_with_exact_calls_and_usage()
     assert [kind(c) for c in backend.calls] == (
         ["helpful"] * 3 + ["sneaky"] * 3 + ["verify"] * 6
     ) + (["improve"] * 3 + ["sneaky"] * 3 + ["verify"] * 6)
-    assert body["usage"] == usage_for(backend, game.replies)
+    assert body["usage"] == usage_for(backend, game.replies, answer="helpful 5")
     first, second = trace_steps(body, "round")
     assert first["helpful"] == ["helpful 1", "helpful 2", "helpful 3"]
     assert first["helpful_scores"] == [5.0, 8.0, 5.0]
@@ -238,7 +238,7 @@ async def test_native_n_draws_each_side_in_one_call() -> None:
     assert len(backend.calls) == 16
     assert response.headers["x-ponder-backend-calls"] == "16"
     assert [c.n for c in backend.calls] == ([3, 3] + [1] * 6) * 2
-    assert response.json()["usage"] == usage_for(backend, game.replies)
+    assert response.json()["usage"] == usage_for(backend, game.replies, answer="helpful 1")
 
 
 async def test_options_change_rounds_and_solutions() -> None:

@@ -96,7 +96,7 @@ async def test_a_critique_with_nothing_to_fix_stops_at_once_with_the_draft() -> 
     assert turns(backend.calls[1].messages)[-1] == ("user", CRITIQUE_PROMPT)
     (critique,) = trace_steps(body, "critique")
     assert (critique["verdict"], critique["revise"]) == (None, False)
-    assert body["usage"] == usage_for(backend, [DRAFT, "no issues."])
+    assert body["usage"] == usage_for(backend, [DRAFT, "no issues."], answer=DRAFT)
 
 
 CHECK = "Step 1 says 3 - 1 = 2: it holds.\nStep 2 says 2 + 5 = 8: 2 + 5 is 7, so it is wrong."
@@ -170,7 +170,7 @@ async def test_a_clean_critique_in_round_two_keeps_the_first_revision() -> None:
         ("assistant", REVISION_1),
         ("user", CRITIQUE_PROMPT),
     ]
-    assert body["usage"] == usage_for(backend, replies)
+    assert body["usage"] == usage_for(backend, replies, answer=REVISION_1)
 
 
 async def test_rounds_option_sets_the_number_of_calls() -> None:

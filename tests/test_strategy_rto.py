@@ -132,7 +132,7 @@ async def test_agreeing_answers_return_the_first_in_three_calls() -> None:
         assert (s.temperature, s.max_tokens, s.stop, s.seed) == (None, 90, ("END",), 4)
     s = restate.sampling
     assert (s.temperature, s.max_tokens, s.stop, s.seed) == (0.0, 512, (), 4)
-    assert body["usage"] == usage_for(backend, model.replies)
+    assert body["usage"] == usage_for(backend, model.replies, answer=FIRST)
     (step,) = trace_steps(body, "compare")
     assert (step["agree"], step["judged"], step["second"]) == (True, False, SECOND_SAME)
     assert trace_steps(body, "restated")[0]["request"] == RESTATED
@@ -180,7 +180,7 @@ async def test_prose_answers_go_to_the_judge_which_can_find_them_the_same() -> N
     assert (judge.sampling.temperature, judge.sampling.max_tokens) == (0.0, 8)
     (step,) = trace_steps(body, "compare")
     assert (step["agree"], step["judged"]) == (True, True)
-    assert body["usage"] == usage_for(backend, model.replies)
+    assert body["usage"] == usage_for(backend, model.replies, answer=first)
 
 
 async def test_a_judge_that_finds_them_different_leads_to_a_reconciliation() -> None:

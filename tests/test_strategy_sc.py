@@ -61,7 +61,8 @@ async def test_majority_answer_wins_and_its_first_sample_is_returned_whole() -> 
         assert call.n == 1
         assert call.sampling.temperature == 0.7  # the client gave none
         assert (call.sampling.max_tokens, call.sampling.stop) == (50, ("###",))
-    assert body["usage"] == usage_for(backend, REPLIES)
+    # the answer is the first sample that gave the majority answer
+    assert body["usage"] == usage_for(backend, REPLIES, answer=REPLIES[1])
     (vote,) = trace_steps(body, "vote")
     assert vote["tally"] == {"41": 2, "42": 3}
     assert (vote["winner"], vote["samples"], vote["survivors"]) == ("42", 5, 5)
@@ -97,7 +98,8 @@ async def test_native_n_backend_draws_all_samples_in_one_call() -> None:
     (call,) = backend.calls
     assert call.n == 5
     assert response.headers["x-ponder-backend-calls"] == "1"
-    assert body["usage"] == usage_for(backend, REPLIES)  # the one prompt counted once
+    # the one prompt counted once; the answer is the first majority sample
+    assert body["usage"] == usage_for(backend, REPLIES, answer=REPLIES[1])
 
 
 # ---- statistics: the vote beats a single sample by as much as theory says ------------------
@@ -289,7 +291,7 @@ async def test_streams_the_samples_as_reasoning_then_the_winner() -> None:
     assert finish_reasons(response.text) == ["stop"]
     usage = events[-1]["usage"]
     assert events[-1]["choices"] == []
-    assert usage == usage_for(backend, REPLIES)
+    assert usage == usage_for(backend, REPLIES, answer=REPLIES[1])
     assert len(backend.calls) == 5
 
 
@@ -342,7 +344,7 @@ async def test_majority_voting_is_the_same_vote_with_six_samples_at_0_6() -> Non
         assert {c.sampling.temperature for c in backend.calls} == {0.6}
         (vote,) = trace_steps(body, "vote")
         assert vote["tally"] == {"7": 2, "42": 4}
-        assert body["usage"] == usage_for(backend, replies)
+        assert body["usage"] == usage_for(backend, replies, answer=replies[1])
 
 
 async def test_majority_voting_options_are_its_own() -> None:

@@ -22,6 +22,7 @@ from ponder.strategies.z3 import (
     PROGRAM_PROMPT,
 )
 from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.tokens import count_tokens
 from tests.conftest import (
     MODEL,
     assert_error,
@@ -291,4 +292,8 @@ async def test_request_n_writes_independent_programs_at_once() -> None:
     response = await request
     assert [c["message"]["content"] for c in response.json()["choices"]] == [ANSWER, ANSWER]
     assert len(backend.calls) == 4
-    assert response.json()["usage"] == usage_for(backend, model.replies)
+    # each choice is its own answer call's ANSWER: only the programs are reasoning
+    chosen = [ANSWER, ANSWER]
+    expected = usage_for(backend, model.replies, answer="")  # all replies, less the choices:
+    expected["completion_tokens_details"]["reasoning_tokens"] -= sum(map(count_tokens, chosen))
+    assert response.json()["usage"] == expected

@@ -69,3 +69,12 @@ def test_any_split_gives_the_same_text(split: int) -> None:
 def test_the_earliest_of_several_stop_strings_wins() -> None:
     sent, rest, _ = run([b"a B c A d"], stop=("A", "B"))
     assert "".join(sent) + rest == "a "
+
+
+def test_the_stop_string_that_ended_the_text_is_known() -> None:
+    stream = TextStream(("A", "B"))
+    stream.push(b"a B c A d")
+    assert stream.matched == "B"  # the earliest, not the first listed
+    quiet = TextStream(("A",))
+    quiet.push(b"no stop here")
+    assert quiet.flush() == "" and quiet.matched is None

@@ -24,7 +24,7 @@ from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.backends.resilience import ResilientBackend, RetryPolicy
 from ponder.backends.wire import completions_of, deltas_of
 from ponder.errors import BackendError, BackendUnavailable
-from ponder.types import Completion, Delta, Message, Sampling
+from ponder.types import Completion, Delta, Message, Sampling, Usage
 
 HI = [Message("user", "hi")]
 SSE = {"content-type": "text/event-stream"}
@@ -50,6 +50,43 @@ def _events(*chunks: object) -> bytes:
     return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
 
 
+async def test_the_upstreams_cached_prompt_tokens_are_passed_on() -> None:
+    usage = {
+        "prompt_tokens": 40,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 32},
+    }
+    backend = _backend(lambda r: httpx.Response(200, json=_answer() | {"usage": usage}))
+    (choice,) = await backend.complete("m", HI, Sampling())
+    assert choice.usage == Usage(40, 2, cached_tokens=32)
+    # an upstream without the details: nothing cached that Ponder knows of
+    backend = _backend(
+        lambda r: httpx.Response(200, json=_answer() | {"usage": {"prompt_tokens": 40}})
+    )
+    (choice,) = await backend.complete("m", HI, Sampling())
+    assert choice.usage == Usage(40, 0, cached_tokens=0)
+
+
+async def test_a_servers_stop_reason_says_which_stop_string_ended_the_choice() -> None:
+    """Servers that report `stop_reason` (a string for a stop string, a number for a stop
+    token) let the Messages API answer `stop_reason: stop_sequence`."""
+    said = _answer(finish_reason="stop", stop_reason="###")
+    token = _answer(finish_reason="stop", stop_reason=151645)
+    backend = _backend(lambda r: httpx.Response(200, json=said))
+    (choice,) = await backend.complete("m", HI, Sampling(stop=("###",)))
+    assert choice.stop_sequence == "###"
+    backend = _backend(lambda r: httpx.Response(200, json=token))
+    (choice,) = await backend.complete("m", HI, Sampling())
+    assert choice.stop_sequence is None
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": "a"}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "###"}]},
+    ]
+    backend = _backend(lambda r: httpx.Response(200, content=_events(*chunks), headers=SSE))
+    (choice,) = await _drain(backend)
+    assert (choice.content, choice.stop_sequence) == ("a", "###")
+
+
 # ---- answers that parse as JSON but are not shaped like one --------------------------------
 
 
@@ -72,6 +109,10 @@ def _events(*chunks: object) -> bytes:
             "arguments is not a string",
         ),
         (_answer(logprobs="none"), "logprobs is not an object"),
+        (
+            _answer() | {"usage": {"prompt_tokens_details": {"cached_tokens": "all"}}},
+            "cached_tokens is not a token count",
+        ),
     ],
 )
 async def test_misshapen_answers_are_retryable_backend_errors(

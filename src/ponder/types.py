@@ -111,6 +111,8 @@ class Completion:
     usage: Usage = Usage()
     logprobs: Mapping[str, Any] | None = None
     reasoning: str | None = None
+    stop_sequence: str | None = None
+    """The client's stop string that ended this choice, where the backend says which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +146,5 @@ class Delta:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     logprobs: Mapping[str, Any] | None = None
+    stop_sequence: str | None = None
+    """With `finish_reason`: the stop string that ended the choice, where known."""

@@ -26,6 +26,7 @@ class _ChoiceParts:
     logprobs: list[Any] = field(default_factory=list)
     """The `logprobs.content` entries of the deltas, in order."""
     has_logprobs: bool = False
+    stop_sequence: str | None = None
 
 
 class Assembler:
@@ -73,6 +74,7 @@ class Assembler:
             choice.logprobs.extend(delta.logprobs.get("content") or ())
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
+            choice.stop_sequence = delta.stop_sequence
 
     def completions(self) -> list[Completion]:
         out = []
@@ -90,6 +92,7 @@ class Assembler:
                     usage=usage,
                     reasoning="".join(c.reasoning) or None,
                     logprobs={"content": c.logprobs} if c.has_logprobs else None,
+                    stop_sequence=c.stop_sequence,
                 )
             )
         return out

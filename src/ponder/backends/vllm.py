@@ -166,9 +166,11 @@ class VLLMBackend:
     ) -> list[Completion]:
         prompt, params = await self._prepare(messages, sampling, n, final_only=True)
         final: dict[int, Any] = {}
+        cached = 0
         async with aclosing(self._outputs(prompt, params)) as outputs:
             async for out in outputs:
                 final.update((c.index, c) for c in out.outputs)
+                cached = cached_tokens(out)
         if sorted(final) != list(range(n)):
             raise BackendError(f"vLLM returned {len(final)} choices, {n} were asked for")
         top, choices = top_logprobs(sampling), []
@@ -176,7 +178,12 @@ class VLLMBackend:
             lp = None
             if top is not None and c.logprobs:
                 lp = {"content": logprobs_content(c.token_ids, c.logprobs, top)}
-            usage = Usage(len(prompt["prompt_token_ids"]) if i == 0 else 0, len(c.token_ids))
+            first = i == 0
+            usage = Usage(
+                len(prompt["prompt_token_ids"]) if first else 0,
+                len(c.token_ids),
+                cached if first else 0,
+            )
             choices.append(Completion(c.text, finish_of(c.finish_reason), usage=usage, logprobs=lp))
         return choices
 
@@ -185,13 +192,16 @@ class VLLMBackend:
     ) -> AsyncIterator[Delta]:
         prompt, params = await self._prepare(messages, sampling, n, final_only=False)
         tracker = CumulativeDeltas(top_logprobs(sampling))
+        cached = 0
         async with aclosing(self._outputs(prompt, params)) as outputs:
             async for out in outputs:
+                cached = cached_tokens(out)
                 for delta in tracker.feed(out.outputs):
                     yield delta
         for delta in tracker.finish(n):
             yield delta
-        yield Delta(usage=Usage(len(prompt["prompt_token_ids"]), tracker.completion_tokens))
+        prompt_tokens = len(prompt["prompt_token_ids"])
+        yield Delta(usage=Usage(prompt_tokens, tracker.completion_tokens, cached))
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -264,3 +274,10 @@ async def _abort(engine: Any, generator: Any, request_id: str) -> None:
             await result
     except Exception:  # nothing is lost if the request was already gone
         log.warning("aborting vLLM request %s failed", request_id, exc_info=True)
+
+
+def cached_tokens(output: Any) -> int:
+    """The prompt tokens vLLM served from its prefix cache for one request (0 where the
+    version does not say)."""
+    value = getattr(output, "num_cached_tokens", None)
+    return value if isinstance(value, int) and value > 0 else 0

@@ -125,9 +125,12 @@ def usage_of(data: object) -> Usage | None:
     usage = _object(data, "usage")
     if not usage:
         return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
     return Usage(
         _tokens(usage.get("prompt_tokens"), "usage.prompt_tokens"),
         _tokens(usage.get("completion_tokens"), "usage.completion_tokens"),
+        _tokens(cached, "usage.prompt_tokens_details.cached_tokens"),
     )
 
 
@@ -168,9 +171,17 @@ def completions_of(body: Mapping[str, Any]) -> list[Completion]:
                 usage=usage if i == 0 else Usage(),
                 logprobs=_logprobs(choice.get("logprobs")),
                 reasoning=_reasoning(msg),
+                stop_sequence=_stop_sequence(choice),
             )
         )
     return out
+
+
+def _stop_sequence(choice: Mapping[str, Any]) -> str | None:
+    """The stop string that ended a choice, where the server says (as `stop_reason`, a string
+    for a stop string, a number for a stop token)."""
+    value = choice.get("stop_reason")
+    return value if isinstance(value, str) and choice.get("finish_reason") == "stop" else None
 
 
 def _reasoning(fields: Mapping[str, Any]) -> str | None:
@@ -200,6 +211,7 @@ def deltas_of(chunk: Mapping[str, Any]) -> list[Delta]:
                 tool_calls=tuple(tool_calls),
                 finish_reason=finish_reason(reason) if reason else None,
                 logprobs=_logprobs(choice.get("logprobs")),
+                stop_sequence=_stop_sequence(choice) if reason else None,
             )
         )
     usage = usage_of(chunk.get("usage"))

@@ -190,7 +190,9 @@ class ReAct:
                     ctx.reason(f"Final Answer: {answer}\n{SHAPING_NOTE}")
                     return await self._final(ctx, conversation, scratchpad, SHAPE_FINAL)
                 finish: FinishReason = "length" if reply.finish_reason == "length" else "stop"
-                return [Completion(content=answer, finish_reason=finish)]
+                # the call that produced the answer is the answer's cost (usage's reasoning
+                # tokens count the steps before it)
+                return [Completion(content=answer, finish_reason=finish, usage=reply.usage)]
 
             if step.thought:
                 ctx.reason(f"Thought: {step.thought}\n")
@@ -209,7 +211,14 @@ class ReAct:
                     input=call.arguments,
                     tool_call_id=call.id,
                 )
-                return [Completion(content=None, finish_reason="tool_calls", tool_calls=(call,))]
+                return [
+                    Completion(
+                        content=None,
+                        finish_reason="tool_calls",
+                        tool_calls=(call,),
+                        usage=reply.usage,
+                    )
+                ]
 
             tool = builtins.get(step.action)
             if step.action in client_tools:  # a call the client already answered this turn

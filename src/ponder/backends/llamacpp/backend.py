@@ -244,10 +244,15 @@ class EmbeddedBackend:
                                 for i, c in enumerate(calls)
                             ),
                         )
-                yield Delta(index=event.index, finish_reason=reason, logprobs=logprobs(event.index))
+                yield Delta(
+                    index=event.index,
+                    finish_reason=reason,
+                    logprobs=logprobs(event.index),
+                    stop_sequence=event.stop_sequence if reason == "stop" else None,
+                )
                 completion_tokens += event.tokens
                 remaining -= 1
-            yield Delta(usage=Usage(len(prompt), completion_tokens))
+            yield Delta(usage=Usage(len(prompt), completion_tokens, job.cached_tokens or 0))
         finally:
             if remaining:
                 job.cancel()

@@ -292,6 +292,8 @@ class Engine:
     def _place(self, seq: _Seq, slot: _Slot, state: Literal["prefill", "follow"]) -> None:
         seq.slot, seq.state = slot.id, state
         seq.pending = seq.job.prompt[len(slot.tokens) :] if state == "prefill" else []
+        if state == "prefill":
+            seq.job.note_cached(len(slot.tokens))
         slot.seq, slot.used = seq, self._steps
         try:
             seq.sampler = Sampler(self.model, seq.params.sampler)
@@ -336,6 +338,7 @@ class Engine:
                 self._ctx.seq_copy(source.id, follower.slot, len(source.tokens))
                 self._slots[follower.slot].tokens = list(source.tokens)
                 self._reused += len(source.tokens)
+                follower.job.note_cached(len(seq.job.prompt))  # evaluated by another job
                 follower.state = "generate"
                 self._accept(follower, output)
             seq.followers = []
@@ -368,7 +371,7 @@ class Engine:
         rest = seq.text.flush()
         if rest:
             seq.job.emit(Text(seq.index, rest))
-        seq.job.emit(Finished(seq.index, reason, seq.generated))
+        seq.job.emit(Finished(seq.index, reason, seq.generated, seq.text.matched))
         self._release(seq)
 
     def _release(self, seq: _Seq) -> None:

@@ -47,6 +47,8 @@ class Finished:
     reason: Literal["stop", "length"]
     tokens: int
     """Tokens this sequence generated (its end-of-generation token included)."""
+    stop_sequence: str | None = None
+    """The stop string that ended it, if one did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +75,15 @@ class Job:
         self.params = tuple(params)
         self.sink = sink
         self.cancelled = False
+        self.cached_tokens: int | None = None
+        """Prompt tokens the job's first sequence found in the cache (set by the engine)."""
         self._wake = wake
         """Tells the engine to look at its jobs again."""
+
+    def note_cached(self, tokens: int) -> None:
+        """Record, once, how much of the prompt the cache served."""
+        if self.cached_tokens is None:
+            self.cached_tokens = min(tokens, len(self.prompt))
 
     def cancel(self) -> None:
         self.cancelled = True
