@@ -74,8 +74,11 @@ async def post(app: FastAPI, model: str, **fields: object) -> httpx.Response:
         return await client.post("/v1/chat/completions", json={"model": model, **fields})
 
 
-def tokens_of(backends: list[ScriptedBackend], reply: Callable[[str], str]) -> dict[str, int]:
-    """The usage of every call the upstreams got, each answered `reply(upstream's name)`."""
+def tokens_of(
+    backends: list[ScriptedBackend], reply: Callable[[str], str], answer: str
+) -> dict[str, object]:
+    """The usage of every call the upstreams got, each answered `reply(upstream's name)`, when
+    the client's answer is the reply `answer` (the rest is reasoning)."""
     prompt = completion = 0
     for backend in backends:
         for call in backend.calls:
@@ -85,6 +88,8 @@ def tokens_of(backends: list[ScriptedBackend], reply: Callable[[str], str]) -> d
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": completion - count_tokens(answer)},
     }
 
 
@@ -114,7 +119,9 @@ async def test_proxy_sc_spreads_the_samples_over_the_upstreams() -> None:
     calls = [call for u in upstreams for call in u.calls]
     assert {(c.model, c.messages[-1].text, c.n) for c in calls} == {(MODEL, "hello", 1)}
     assert response.headers["x-ponder-backend-calls"] == "6"
-    assert body["usage"] == tokens_of(upstreams, lambda name: f"{name} says 4")
+    answer = body["choices"][0]["message"]["content"]
+    assert answer in {f"{name} says 4" for name in "abc"}
+    assert body["usage"] == tokens_of(upstreams, lambda name: f"{name} says 4", answer)
     (proxy,) = trace_steps(body, "proxy")
     assert (proxy["strategy"], proxy["upstreams"]) == ("round_robin", 3)
     served = trace_steps(body, "proxy_upstream")
@@ -171,7 +178,9 @@ async def test_a_stream_fails_over_before_its_first_delta_and_says_so() -> None:
         "Upstream a failed (backend_unavailable).\n"
     )
     (usage,) = [e["usage"] for e in sse_events(response.text) if e.get("usage")]
-    assert usage == tokens_of([b], lambda name: "Hello from the second upstream")
+    assert usage == tokens_of(
+        [b], lambda name: "Hello from the second upstream", "Hello from the second upstream"
+    )
     assert (len(a.calls), len(b.calls)) == (1, 1)
 
 
@@ -270,6 +279,8 @@ async def test_the_pool_file_builds_upstreams_with_keys_from_the_environment(
         "prompt_tokens": 5,
         "completion_tokens": 2,
         "total_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }  # b's answer
     assert [(name, auth, body["model"]) for name, auth, body in http.sent] == [
         ("alpha", f"Bearer {KEY_A}", "alpha-model"),  # failed over after its 503

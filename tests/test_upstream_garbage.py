@@ -180,8 +180,9 @@ async def test_choices_keep_their_index_order_and_usage() -> None:
     }
     backend = _backend(lambda r: httpx.Response(200, json=body))
     first, second = await backend.complete("m", HI, Sampling(), 2)
-    assert (first.content, first.reasoning, first.usage.total_tokens) == ("a", "r", 7)
-    assert (second.content, second.finish_reason, second.usage.total_tokens) == ("b", "length", 0)
+    # the call's 4 output tokens shared by the two one-letter choices
+    assert (first.content, first.reasoning, first.usage) == ("a", "r", Usage(3, 2))
+    assert (second.content, second.finish_reason, second.usage) == ("b", "length", Usage(0, 2))
 
 
 def test_assembler_refuses_a_choice_nobody_asked_for() -> None:

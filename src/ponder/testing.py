@@ -127,7 +127,11 @@ class ScriptedBackend:
                     await asyncio.sleep(0)
                 if choice.tool_calls:
                     yield Delta(index=i, tool_calls=tool_call_deltas(choice.tool_calls))
-                yield Delta(index=i, finish_reason=choice.finish_reason)
+                yield Delta(
+                    index=i,
+                    finish_reason=choice.finish_reason,
+                    completion_tokens=choice.usage.completion_tokens,
+                )
                 usage = usage + choice.usage
             yield Delta(usage=usage)
 

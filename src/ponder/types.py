@@ -101,8 +101,9 @@ class Completion:
     """One generated choice.
 
     `usage` is what producing this choice cost. When a backend draws several choices from one
-    prompt in a single call, the prompt tokens are counted once, on the first choice, so that
-    summing the choices' usage gives the call's usage.
+    prompt in a single call, the prompt tokens are counted once, on the first choice, and each
+    choice has its own output tokens (`split_usage`), so that summing the choices' usage gives
+    the call's usage.
     """
 
     content: str | None
@@ -148,3 +149,5 @@ class Delta:
     logprobs: Mapping[str, Any] | None = None
     stop_sequence: str | None = None
     """With `finish_reason`: the stop string that ended the choice, where known."""
+    completion_tokens: int | None = None
+    """With `finish_reason`: the choice's own output tokens, where the backend counts them."""

@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ponder.errors import BackendError
 from ponder.types import Completion, Delta, FinishReason, ToolCall, Usage
+
+
+def split_usage(
+    usage: Usage, texts: Sequence[str], own: Sequence[int | None] | None = None
+) -> list[Usage]:
+    """One call's usage spread over its choices: the prompt (and cached) tokens on the first,
+    and to each choice its own output tokens, as the backend counted them (`own`) where it
+    counted every choice and they add up; else the call's total shared out in proportion to
+    each choice's text (an estimate, exact in sum)."""
+    n = len(texts)
+    if n == 0:
+        return []
+    total = usage.completion_tokens
+    counts: list[int]
+    known = [c for c in own or () if c is not None]
+    if len(known) == n and sum(known) == total:
+        counts = known
+    else:
+        weights = [len(t) for t in texts]
+        if not any(weights):
+            weights = [1] * n
+        whole = sum(weights)
+        shares = [total * w / whole for w in weights]
+        counts = [int(s) for s in shares]
+        by_remainder = sorted(range(n), key=lambda i: counts[i] - shares[i])
+        for i in by_remainder[: total - sum(counts)]:
+            counts[i] += 1
+    return [
+        Usage(
+            usage.prompt_tokens if i == 0 else 0,
+            counts[i],
+            usage.cached_tokens if i == 0 else 0,
+        )
+        for i in range(n)
+    ]
+
+
+def choice_text(content: str | None, tool_calls: Sequence[ToolCall]) -> str:
+    """What a choice generated, to weigh its share of a call's output tokens."""
+    return (content or "") + "".join(tc.name + tc.arguments for tc in tool_calls)
 
 
 @dataclass
@@ -27,6 +68,7 @@ class _ChoiceParts:
     """The `logprobs.content` entries of the deltas, in order."""
     has_logprobs: bool = False
     stop_sequence: str | None = None
+    completion_tokens: int | None = None
 
 
 class Assembler:
@@ -75,24 +117,28 @@ class Assembler:
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
             choice.stop_sequence = delta.stop_sequence
+            choice.completion_tokens = delta.completion_tokens
 
     def completions(self) -> list[Completion]:
         out = []
-        for i, c in enumerate(self._choices):
+        for c in self._choices:
             tool_calls = tuple(
                 ToolCall(id=p.id, name=p.name, arguments="".join(p.arguments), type=p.type)
                 for _, p in sorted(c.tool_calls.items())
             )
-            usage = (self.usage or Usage()) if i == 0 else Usage()
             out.append(
                 Completion(
                     content="".join(c.content) if c.content or not tool_calls else None,
                     finish_reason=c.finish_reason or "stop",
                     tool_calls=tool_calls,
-                    usage=usage,
                     reasoning="".join(c.reasoning) or None,
                     logprobs={"content": c.logprobs} if c.has_logprobs else None,
                     stop_sequence=c.stop_sequence,
                 )
             )
-        return out
+        usages = split_usage(
+            self.usage or Usage(),
+            [choice_text(c.content, c.tool_calls) for c in out],
+            [c.completion_tokens for c in self._choices],
+        )
+        return [replace(c, usage=u) for c, u in zip(out, usages, strict=True)]

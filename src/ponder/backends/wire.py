@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
+from ponder.backends.assemble import choice_text, split_usage
 from ponder.errors import BackendError, Unsupported
 from ponder.types import (
     Completion,
@@ -156,8 +158,8 @@ def completions_of(body: Mapping[str, Any]) -> list[Completion]:
         _dicts(body.get("choices")), key=lambda c: _index(c.get("index"), "choices[].index")
     )
     usage = usage_of(body.get("usage")) or Usage()
-    out = []
-    for i, choice in enumerate(choices):
+    out: list[Completion] = []
+    for choice in choices:
         msg = _object(choice.get("message"), "choices[].message")
         tool_calls = []
         for tc in _dicts(msg.get("tool_calls")):
@@ -168,13 +170,13 @@ def completions_of(body: Mapping[str, Any]) -> list[Completion]:
                 content=_content(msg.get("content"), "message.content"),
                 finish_reason=finish_reason(choice.get("finish_reason")),
                 tool_calls=tuple(tool_calls),
-                usage=usage if i == 0 else Usage(),
                 logprobs=_logprobs(choice.get("logprobs")),
                 reasoning=_reasoning(msg),
                 stop_sequence=_stop_sequence(choice),
             )
         )
-    return out
+    shares = split_usage(usage, [choice_text(c.content, c.tool_calls) for c in out])
+    return [replace(c, usage=u) for c, u in zip(out, shares, strict=True)]
 
 
 def _stop_sequence(choice: Mapping[str, Any]) -> str | None:

@@ -249,6 +249,7 @@ class EmbeddedBackend:
                     finish_reason=reason,
                     logprobs=logprobs(event.index),
                     stop_sequence=event.stop_sequence if reason == "stop" else None,
+                    completion_tokens=event.tokens,
                 )
                 completion_tokens += event.tokens
                 remaining -= 1
