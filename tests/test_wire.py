@@ -113,8 +113,9 @@ def test_assembler_keeps_choices_apart() -> None:
     ]:
         assembler.add(delta)
     first, second = assembler.completions()
-    assert (first.content, first.finish_reason, first.usage) == ("a", "stop", Usage(1, 2))
-    assert (second.content, second.finish_reason, second.usage) == ("bb", "length", Usage())
+    # the call's 2 output tokens shared by what each choice wrote ("a" and a call; "bb")
+    assert (first.content, first.finish_reason, first.usage) == ("a", "stop", Usage(1, 1))
+    assert (second.content, second.finish_reason, second.usage) == ("bb", "length", Usage(0, 1))
 
 
 def test_assembler_joins_each_choices_logprobs_in_order() -> None:

@@ -179,8 +179,23 @@ class StreamOptions(_Open):
 
 
 class ResponseFormat(_Open):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"properties": {"type": {"enum": ["text", "json_object"]}}},
+                _present("json_schema", {"type": "object"}),
+            ]
+        }
+    )
+
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a json_schema format needs its json_schema object")
+        return self
 
 
 # ---- the parts of the request schema that come from the strategy registry ----------------

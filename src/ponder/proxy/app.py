@@ -17,8 +17,10 @@ from ponder.keys import Keyring
 from ponder.plugins.resources import close_resources
 from ponder.proxy import errors
 from ponder.proxy.knowledge import knowledge
+from ponder.proxy.messages_api import messages
 from ponder.proxy.metrics import METRICS_PATH, MetricsMiddleware, PonderMetrics, metrics_endpoint
 from ponder.proxy.middleware import RequestIdMiddleware
+from ponder.proxy.responses_api import cancel_background, responses
 from ponder.proxy.routes import authenticate, health, v1
 from ponder.proxy.state import AppState
 from ponder.proxy.ui import ui
@@ -52,6 +54,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await cancel_background(state)  # before the store closes: they are stored cancelled
         await close_resources(state.resources)
         if owns_store:
             state.store.close()
@@ -67,6 +70,8 @@ def create_app(
     app.state.ponder = state
     errors.install(app)
     app.include_router(v1)
+    app.include_router(messages)
+    app.include_router(responses)
     app.include_router(knowledge)
     app.include_router(ui)
     app.include_router(health)

@@ -29,6 +29,10 @@ _NOT_FIELDS = frozenset(
 )
 
 
+ERROR_CODE_HEADER = "x-ponder-error-code"
+"""Ponder's code for an error (`budget_exceeded`, `model_not_found`, ...), sent with every
+error that has one: the Anthropic shape has no field for it."""
+
 MESSAGES_PREFIX = "/v1/messages"
 """Paths answered in the Anthropic shape."""
 
@@ -108,7 +112,10 @@ def install(app: FastAPI) -> None:
     async def _ponder(request: Request, exc: PonderError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("request failed: %s (%s)", exc.message, exc.code)
-        return _json(request, exc.status_code, exc.to_dict(), exc.message, exc.headers)
+        headers = exc.headers
+        if exc.code is not None:  # Ponder's own code, also where the body's shape has none
+            headers = {**headers, ERROR_CODE_HEADER: exc.code}
+        return _json(request, exc.status_code, exc.to_dict(), exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -58,7 +58,8 @@ ROUTE_NAMES = {
 }
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _MAX_ERROR_BODY = 65536
-_IN_BAND_ERROR = b'data: {"error"'
+_IN_BAND_ERRORS = (b'data: {"error"', b'data: {"type":"error"')
+"""How an in-band error event's data starts: OpenAI's shape, and the Messages API's."""
 
 
 class PonderMetrics:
@@ -201,13 +202,17 @@ def route_name(scope: Scope) -> str:
 
 
 def _error_code(payload: bytes) -> str | None:
-    """The code (or else the type) of an OpenAI-shaped error body; None if it is not one."""
+    """The code (or else the type) of an OpenAI-shaped error body, or of the Responses API's
+    `error` event (`{"type": "error", "code": ...}`); None if it is neither."""
     try:
-        error = json.loads(payload).get("error")
+        data = json.loads(payload)
+        error = data.get("error")
     except (ValueError, AttributeError):
         return None
     if not isinstance(error, dict):
-        return None
+        if data.get("type") != "error":
+            return None
+        error = {"code": data.get("code"), "type": "error"}
     code = error.get("code") or error.get("type")
     if not isinstance(code, str):
         return None
@@ -216,11 +221,13 @@ def _error_code(payload: bytes) -> str | None:
 
 def _in_band_code(chunk: bytes) -> str | None:
     """The code of an in-band error event in a piece of an SSE stream. JSON escapes quotes in
-    strings, so `data: {"error"` at a line start cannot come from generated text."""
-    at = chunk.find(_IN_BAND_ERROR)
-    if at < 0 or (at > 0 and chunk[at - 1 : at] != b"\n"):
-        return None
-    return _error_code(chunk[at + len(b"data: ") :].split(b"\n", 1)[0])
+    strings, so `data: {"error"` (or the Messages API's `data: {"type":"error"`) at a line
+    start cannot come from generated text."""
+    for marker in _IN_BAND_ERRORS:
+        at = chunk.find(marker)
+        if at >= 0 and (at == 0 or chunk[at - 1 : at] == b"\n"):
+            return _error_code(chunk[at + len(b"data: ") :].split(b"\n", 1)[0])
+    return None
 
 
 class MetricsMiddleware:

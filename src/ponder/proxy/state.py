@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class AppState:
     chat: ChatService = field(init=False)
     rate_limiter: RateLimiter = field(init=False)
     started: float = field(default_factory=time.time)
+    background: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    """The background Responses API runs in flight in this process, by (tenant, response id)."""
 
     def __post_init__(self) -> None:
         self.resources = server_resources(self.settings, self.backend, self.engine)
