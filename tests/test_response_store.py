@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 
 from ponder.errors import InvalidRequest
-from ponder.spl_store import ResponseRecord, Store
+from ponder.spl_store import Policy, ResponseRecord, Store
 
 
 @pytest.fixture
 def any_store(database_url: str) -> Iterator[Store]:
-    """A fresh store on each real database."""
-    s = Store(database_url)
+    """A fresh store on each real database, keeping responses for years (the tests date them
+    in the past; the age limit has its own test)."""
+    s = Store(database_url, policy=Policy(responses_max_age=dt.timedelta(days=3650)))
     yield s
     s.close()
 
@@ -171,12 +172,26 @@ def test_the_same_id_in_two_tenants_is_two_responses(any_store: Store) -> None:
 def test_pruning_drops_only_the_tenants_old_responses(any_store: Store) -> None:
     now = dt.datetime.now(dt.UTC)
     any_store.save_response(response("resp_old", created_at=now - dt.timedelta(days=10)))
-    any_store.save_response(response("resp_older", created_at=now - dt.timedelta(days=40)))
+    any_store.save_response(response("resp_older", created_at=now - dt.timedelta(days=20)))
     any_store.save_response(response("resp_new", created_at=now - dt.timedelta(days=1)))
-    any_store.save_response(response("resp_old", "other", created_at=now - dt.timedelta(days=40)))
+    any_store.save_response(response("resp_old", "other", created_at=now - dt.timedelta(days=20)))
     assert any_store.prune_responses("t", dt.timedelta(days=5)) == 2
     assert any_store.get_response("t", "resp_old") is None
     assert any_store.get_response("t", "resp_older") is None
     assert any_store.get_response("t", "resp_new") is not None
     assert any_store.get_response("other", "resp_old") is not None
     assert any_store.prune_responses("t", dt.timedelta(days=5)) == 0
+
+
+def test_a_new_response_drops_the_tenants_responses_past_the_policys_age(
+    any_store: Store,
+) -> None:
+    any_store.policy = Policy(responses_max_age=dt.timedelta(days=7))
+    now = dt.datetime.now(dt.UTC)
+    any_store.save_response(response("resp_a", created_at=now - dt.timedelta(days=6)))
+    any_store.save_response(response("resp_b", "other", created_at=now - dt.timedelta(days=6)))
+    any_store.policy = Policy(responses_max_age=dt.timedelta(days=5))
+    any_store.save_response(response("resp_c"))
+    assert any_store.get_response("t", "resp_a") is None  # past 5 days when resp_c came
+    assert any_store.get_response("t", "resp_c") is not None
+    assert any_store.get_response("other", "resp_b") is not None  # another tenant's: kept

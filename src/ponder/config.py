@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     spl_max_per_type: int = Field(5, ge=1, description="Most active strategies per problem type")
     memory_max_episodes: int = Field(1000, ge=1, description="Episodes kept per tenant")
     memory_max_age_days: float = Field(90.0, gt=0, description="Episodes older than this go")
+    responses_max_age_days: float = Field(
+        30.0, gt=0, description="Stored responses (Responses API) older than this go"
+    )
     keys_file: Path | None = Field(
         None,
         description="YAML file of hashed API keys with their tenant and permissions "

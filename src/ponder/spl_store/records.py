@@ -157,6 +157,8 @@ class Policy:
     """Episodes kept per tenant; the oldest beyond it are dropped."""
     memory_max_age: dt.timedelta = dt.timedelta(days=90)
     """Episodes older than this are dropped."""
+    responses_max_age: dt.timedelta = dt.timedelta(days=30)
+    """Stored responses (Responses API) older than this are dropped."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from ponder.errors import InvalidRequest
 from ponder.spl_store import models as m
 from ponder.spl_store import rows
 from ponder.spl_store.db import read_session, write_session
-from ponder.spl_store.records import ResponseRecord, ResponseStatus
+from ponder.spl_store.records import Policy, ResponseRecord, ResponseStatus
 
 RESPONSE_STATUSES: tuple[str, ...] = get_args(ResponseStatus)
 MAX_ID = 128
@@ -34,9 +34,13 @@ class ResponseMethods:
         """The store's engine (`Store.engine`)."""
         raise NotImplementedError
 
+    policy: Policy
+    """The store's policy (`Store.policy`): how long responses are kept."""
+
     def save_response(self, record: ResponseRecord) -> None:
         """Insert a response, or replace the tenant's stored one with the same id (keeping its
-        `created_at`), e.g. when a response in progress completes."""
+        `created_at`), e.g. when a response in progress completes. A new one also drops the
+        tenant's responses past `policy.responses_max_age`, in the same transaction."""
         check_response_status(record.status)
         if not 0 < len(record.id) <= MAX_ID:
             raise InvalidRequest(f"a response id has 1 to {MAX_ID} characters", param="id")
@@ -61,6 +65,12 @@ class ResponseMethods:
                         body=body,
                         conversation=conversation,
                         created_at=rows.utc(record.created_at),
+                    )
+                )
+                s.execute(
+                    delete(m.StoredResponse).where(
+                        m.StoredResponse.tenant == record.tenant,
+                        m.StoredResponse.created_at < m.utcnow() - self.policy.responses_max_age,
                     )
                 )
                 return

@@ -69,6 +69,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
                 client_learning=settings.spl_client_learning,
                 memory_max_episodes=settings.memory_max_episodes,
                 memory_max_age=dt.timedelta(days=settings.memory_max_age_days),
+                responses_max_age=dt.timedelta(days=settings.responses_max_age_days),
             ),
         )
 
