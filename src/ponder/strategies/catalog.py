@@ -22,6 +22,7 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
     from ponder.plugins.router import Router
     from ponder.plugins.web_search import WebSearchPlugin
     from ponder.spl.strategy import SystemPromptLearning
+    from ponder.strategies.autothink import AutoThink
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cepo import PlanningOptimization
     from ponder.strategies.coc import ChainOfCode
@@ -49,6 +50,7 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
         ReRead,
         SelfConsistency,
         MajorityVoting,
+        AutoThink,
         BestOfN,
         TreeOfThoughts,
         MonteCarloTreeSearch,
