@@ -236,9 +236,10 @@ def _names(registry: Registry) -> dict[str, str]:
     }
 
 
-def _approach_schema(schema: dict[str, Any]) -> None:
-    """`optillm_approach`: plugins first, joined by `&`, around strategies joined by `&` (or a
-    plugin that picks the strategy itself, last); or strategies joined by `|`; or empty."""
+def approach_pattern(*, side_by_side: bool) -> str:
+    """The pattern of `optillm_approach`: plugins first, joined by `&`, around strategies
+    joined by `&` (or a plugin that picks the strategy itself, last); with `side_by_side`, or
+    strategies joined by `|`; or empty."""
     registry = _registry()
     names = _names(registry)
 
@@ -253,7 +254,14 @@ def _approach_schema(schema: dict[str, Any]) -> None:
     plugin = either(lambda slug: registry.is_plugin(slug) and not picks(slug))
     picker = either(lambda slug: registry.is_plugin(slug) and picks(slug))
     chain = rf"(?:(?:{plugin})&)*(?:(?:{picker})|(?:{plugin})|(?:{strategy})(?:&(?:{strategy}))*)"
-    pattern = rf"^(?:{chain}|(?:{strategy})(?:\|(?:{strategy}))*)?$"
+    if side_by_side:
+        return rf"^(?:{chain}|(?:{strategy})(?:\|(?:{strategy}))*)?$"
+    return rf"^(?:{chain})?$"
+
+
+def _approach_schema(schema: dict[str, Any]) -> None:
+    """`optillm_approach` (`approach_pattern`), or null."""
+    pattern = approach_pattern(side_by_side=True)
     schema["anyOf"] = [{"type": "string", "pattern": pattern}, {"type": "null"}]
 
 

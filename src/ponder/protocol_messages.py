@@ -11,12 +11,11 @@ dicts by `ponder.proxy.convert_messages`; the response models here document thei
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ponder.protocol import _absent_or, _names, _Open, _ponder_schema, _present, _registry
+from ponder.protocol import _absent_or, _Open, _ponder_schema, _present, approach_pattern
 
 
 def _whole(value: object) -> object:
@@ -178,24 +177,10 @@ model after its dash, or without a dash, is a model name like any other.)"""
 
 
 def _one_answer_approach_schema(schema: dict[str, Any]) -> None:
-    """`optillm_approach` as `ponder.protocol` states it, less strategies side by side: plugins
-    first, joined by `&`, around strategies joined by `&` (or a plugin that picks the strategy
-    itself, last); or empty."""
-    registry = _registry()
-    names = _names(registry)
-
-    def either(kind: Callable[[str], bool]) -> str:
-        chosen = sorted((n for n, slug in names.items() if kind(slug)), key=len, reverse=True)
-        return "|".join(re.escape(n) for n in chosen) or "(?!)"
-
-    def picks(slug: str) -> bool:
-        return bool(getattr(registry.factory(slug), "picks_strategy", False))
-
-    strategy = either(lambda slug: not registry.is_plugin(slug))
-    plugin = either(lambda slug: registry.is_plugin(slug) and not picks(slug))
-    picker = either(lambda slug: registry.is_plugin(slug) and picks(slug))
-    chain = rf"(?:(?:{plugin})&)*(?:(?:{picker})|(?:{plugin})|(?:{strategy})(?:&(?:{strategy}))*)"
-    schema["anyOf"] = [{"type": "string", "pattern": rf"^(?:{chain})?$"}, {"type": "null"}]
+    """`optillm_approach` as `ponder.protocol` states it, less strategies side by side (a
+    message holds one answer), or null."""
+    pattern = approach_pattern(side_by_side=False)
+    schema["anyOf"] = [{"type": "string", "pattern": pattern}, {"type": "null"}]
 
 
 _TOOLS_FOR_CHOICE: dict[str, Any] = {
