@@ -134,6 +134,26 @@ async def test_an_unknown_model_counts_a_404_without_a_strategy() -> None:
     assert backend.calls == []
 
 
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/v1/messages", {"max_tokens": 10, "messages": [user("hi")]}),
+        ("/v1/responses", {"input": "hi"}),
+    ],
+)
+async def test_every_front_ends_errors_are_counted_by_ponders_code(
+    path: str, payload: dict[str, object]
+) -> None:
+    """The Messages API's error body has no code: the x-ponder-error-code header gives it."""
+    async with asgi_client(create_app(Settings(), backend=scripted())) as c:
+        response = await c.post(path, json={"model": "no-such-model", **payload})
+        samples = await scrape(c)
+    assert response.status_code == 404
+    assert response.headers["x-ponder-error-code"] == "model_not_found"
+    errors = named(samples, "ponder_errors_total")
+    assert errors == {(("strategy", "-"), ("type", "model_not_found")): 1.0}
+
+
 async def test_other_routes_are_labelled_by_name() -> None:
     async with asgi_client(create_app(Settings(), backend=scripted())) as c:
         assert (await c.get("/v1/models")).status_code == 200

@@ -33,6 +33,7 @@ from prometheus_client import (
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ponder.proxy.errors import ERROR_CODE_HEADER
 from ponder.strategies.context import Meter
 from ponder.strategies.resolve import Route
 
@@ -58,6 +59,8 @@ ROUTE_NAMES = {
 }
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _MAX_ERROR_BODY = 65536
+_ERROR_CODE_HEADER = ERROR_CODE_HEADER.encode()
+
 _IN_BAND_ERRORS = (b'data: {"error"', b'data: {"type":"error"')
 """How an in-band error event's data starts: OpenAI's shape, and the Messages API's."""
 
@@ -248,11 +251,15 @@ class MetricsMiddleware:
         status: int | None = None
         complete = False
         error_body = bytearray()
+        header_code: list[str] = []
 
         async def measured_send(message: Message) -> None:
             nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                for name, value in message.get("headers", ()):
+                    if name == _ERROR_CODE_HEADER:  # Ponder's code, whatever the body's shape
+                        header_code.append(value.decode("latin-1"))
             elif message["type"] == "http.response.body":
                 body: bytes = message.get("body", b"")
                 if status is not None and status >= 400:
@@ -277,7 +284,9 @@ class MetricsMiddleware:
             elif not complete:
                 status = 499  # the client went away before the last byte
                 record.errors.append("client_closed_request")
-            if error_body:
+            if header_code:
+                record.errors.append(header_code[0] if _CODE.match(header_code[0]) else NONE)
+            elif error_body:
                 code = _error_code(bytes(error_body))
                 if code is not None:
                     record.errors.append(code)
