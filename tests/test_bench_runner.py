@@ -542,3 +542,28 @@ async def test_the_in_process_server_ends_a_request_before_the_client_gives_up(
     assert result["error"].startswith("504: ")
     assert "deadline of 0.9 s" in result["error"]
     assert result["correct"] is False
+
+
+async def test_the_runs_ponder_options_go_with_every_request_and_bind_a_resume(
+    tmp_path: Path,
+) -> None:
+    upstream = FakeUpstream(solve_body, model_ids=("fake-model", "sc-fake-model"))
+    out = tmp_path / "run"
+    options = {"sc": {"samples": 8, "adaptive": True}}
+    with running_server(upstream.app) as url:
+        await run(bench(out, url, limit=2, approaches=["sc"], ponder=options), progress=False)
+        assert [b.get("ponder") for b in upstream.requests] == [options, options]
+        assert json.loads((out / "meta.json").read_text())["ponder"] == options
+        with pytest.raises(InvalidRequest, match=r"ponder: .* there, None now"):
+            await run(bench(out, url, limit=2, approaches=["sc"]), progress=False)
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("{bad", "not valid JSON"), ("[1]", "must be a JSON object")]
+)
+def test_cli_refuses_ponder_options_that_are_no_json_object(
+    text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--ponder", text, "--no-progress"]) == 1
+    assert message in capsys.readouterr().err

@@ -71,6 +71,8 @@ class Asker:
             # a stable id: SPL's control arm is drawn from it, so a rerun draws the same arms
             "extra_headers": {"x-request-id": f"bench-{phase}-{approach}-{item.id}"},
         }
+        if self.config.ponder:  # the run's own options; the phase's (spl's learning) on top
+            ponder = {**self.config.ponder, **(ponder or {})}
         if self.traces is not None:
             ponder = {**(ponder or {}), "trace": True}
         if ponder is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -74,6 +75,13 @@ def add_parser(sub: Any) -> None:
         help="seconds per request (Ponder served in-process ends one at 90%% of it)",
     )
     p.add_argument(
+        "--ponder",
+        dest="bench_ponder",
+        metavar="JSON",
+        help='the `ponder` options every request sends, e.g. \'{"sc": {"samples": 8}}\' '
+        "(kept in meta.json: a resumed run must give the same)",
+    )
+    p.add_argument(
         "--trace",
         action="store_true",
         help="keep each request's strategy trace in traces.jsonl (a Ponder endpoint only)",
@@ -107,7 +115,21 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         spl_train=args.spl_train,
         timeout=args.timeout,
         trace=args.trace,
+        ponder=ponder_options(args.bench_ponder),
     )
+
+
+def ponder_options(text: str | None) -> dict[str, Any] | None:
+    """`--ponder`: a JSON object, or a 400-style error naming the flag."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"--ponder is not valid JSON: {exc.msg}", param="--ponder") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("--ponder must be a JSON object", param="--ponder")
+    return value
 
 
 def require_extra() -> None:

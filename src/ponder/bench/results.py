@@ -18,7 +18,7 @@ from ponder.errors import InvalidRequest
 ITEMS_FILE = "items.jsonl"
 TRACES_FILE = "traces.jsonl"
 META_FILE = "meta.json"
-MATCHED = ("suite", "path", "seed", "model", "max_tokens", "temperature", "spl_train")
+MATCHED = ("suite", "path", "seed", "model", "max_tokens", "temperature", "spl_train", "ponder")
 """meta.json fields a resumed run must share with the first one. Approaches may grow, and
 `limit` may change: a suite's items come in a fixed order, so another limit asks a prefix or an
 extension of the same items (an approach measured on fewer items is compared on those)."""

@@ -83,6 +83,9 @@ class BenchConfig:
     """Seconds one request may take (Ponder's own default deadline)."""
     retries: int = 2
     """How often the client retries a connection error, a 429 or a 5xx."""
+    ponder: dict[str, Any] | None = None
+    """The `ponder` options every request of the run sends (strategy options such as
+    `{"sc": {"samples": 8}}`); a resumed run must send the same."""
     trace: bool = False
     """Ask Ponder for each request's trace and keep it in `traces.jsonl` (a Ponder endpoint
     only: another upstream may refuse the `ponder` field)."""
@@ -144,6 +147,7 @@ def _meta(config: BenchConfig, model: str | None) -> dict[str, Any]:
         "max_tokens": config.max_tokens,
         "temperature": config.temperature,
         "spl_train": config.spl_train,
+        "ponder": config.ponder,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
