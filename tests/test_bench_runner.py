@@ -169,6 +169,7 @@ async def test_each_item_is_one_line_with_its_answer_tokens_and_backend_calls(
         "max_tokens": 256,
         "temperature": 0.0,
         "spl_train": 0,
+        "ponder": None,
     }
 
 
