@@ -16,6 +16,7 @@ from tests.conftest import MODEL, asgi_client, chat, scripted
 APPROACHES = (
     *("mcts", "rstar", "pvg", "plansearch", "leap", "rto", "cepo", "mars", "genselect"),
     *("deepthink", "coc", "z3", "majority_voting", "bon", "moa", "cot_reflection", "re2"),
+    "autothink",
     "self_consistency",
 )
 CODE_ON = Settings(enable_code_execution=True, code_timeout_s=10, code_memory_mb=256)

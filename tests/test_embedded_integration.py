@@ -180,3 +180,21 @@ def test_json_schema_response_format_constrains_the_output(oai: openai.OpenAI) -
     content = completion.choices[0].message.content
     assert content is not None
     assert json.loads(content)["color"] in {"red", "green", "blue"}
+
+
+def test_the_openai_client_reads_the_logprobs(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=[SYSTEM, QUESTION],
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for t in tokens:
+        assert len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+        assert (t.top_logprobs[0].token, t.top_logprobs[0].logprob) == (t.token, t.logprob)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from ponder.backends.base import Capabilities
 from ponder.config import Settings
 from ponder.plugins.search_provider import SearxngProvider, WebSearch
 from ponder.proxy import create_app
@@ -39,6 +40,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
 # The plugins that need a service of the operator's; mcp starts a process per server, so its
 # own tests cover it (it is refused the same way through every front end here).
 UNSERVED = {"mcp"}
+# The strategies that read the model's confidence, served by a backend that says it has it.
+CAPABLE = Capabilities(logprobs=True, continuation=True)
+NEEDS_CAPABILITIES = {"deepconf", "cot_decoding", "thinkdeeper"}
 
 registry = default_registry(entry_points=False)
 SLUGS = sorted(registry.slugs)
@@ -192,6 +196,8 @@ async def test_every_route_answers_alike_through_every_front_end(
     seen: dict[str, tuple[Reading, list[tuple[tuple[str, str], ...]]]] = {}
     for name, (path, body, read) in FRONT_ENDS.items():
         backend = scripted(reply)
+        if slug in NEEDS_CAPABILITIES:
+            backend = scripted(reply, capabilities=CAPABLE)
         (tmp_path / name).mkdir()
         app = serving_app(backend, tmp_path / name)
         async with asgi_client(app) as client:

@@ -44,7 +44,11 @@ def test_messages_stream_through_the_anthropic_sdk(root: str) -> None:
     assert message.content[0].type == "text" and message.content[0].text == text
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert 0 < message.usage.output_tokens <= 24
-    assert message.usage.input_tokens > 10  # the chat template, the system prompt, the question
+    # the chat template, the system prompt, the question: read from the prefix cache when an
+    # earlier request had the same start (Anthropic counts cache reads apart)
+    usage = message.usage
+    assert usage.input_tokens >= 1  # at least the last token is evaluated
+    assert usage.input_tokens + (usage.cache_read_input_tokens or 0) > 10
 
 
 def test_a_stop_sequence_is_named_in_the_answer(root: str) -> None:

@@ -88,6 +88,14 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "mem": ({}, 1, 1),
     # the program and the answer; a simulation of its run when it fails
     "coc": ({"fix_attempts": 0, "code_tokens": 64, "simulate_tokens": 48}, 2, 3),
+    # the probe of the first tokens, then the 3 paths (one batch)
+    "cot_decoding": ({"k": 3}, 4, 4),
+    # thinking (once more after a Wait when it ends early), then the answer
+    "thinkdeeper": ({"min_thinking_tokens": 16, "max_thinking_tokens": 48, "max_waits": 1}, 2, 3),
+    # the rating, then one answer or the vote's samples (one call)
+    "autothink": ({"samples": [1, 2, 2], "thinking_tokens": [32, 48, 48]}, 2, 2),
+    # the warmup traces in one call, then a streamed trace at a time until the vote settles
+    "deepconf": ({"samples": 4, "warmup": 2}, 1, 3),
 }
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections import Counter
 
+import pytest
+
 from ponder.answers import extract_answer
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
+from ponder.strategies.confidence import majority_posterior, more_to_settle
 from ponder.strategies.context import RequestContext
 from ponder.strategies.sc import SelfConsistency, SelfConsistencyConfig
 from ponder.testing import Call, Reply, ScriptedBackend
@@ -377,6 +381,185 @@ async def test_request_n_runs_independent_votes() -> None:
 
 async def test_bad_options_are_400s_naming_the_field() -> None:
     for field, value in (("samples", 0), ("samples", 65), ("temperature", 0), ("temperature", 3)):
+        backend = scripted()
+        response = await chat(backend, SC, ponder={"sc": {field: value}})
+        assert_error(response, 400, param=f"ponder.sc.{field}")
+        assert backend.calls == []
+
+
+# ---- adaptive: waves until the vote is settled ---------------------------------------------
+
+
+def beta_posterior(leader: int, runner_up: int, steps: int = 20000) -> float:
+    """P(x > 1/2) for x ~ Beta(leader + 1, runner_up + 1), by the midpoint rule over the
+    density: the stopping rule computed independently of the strategy's exact sum."""
+    a, b = leader + 1, runner_up + 1
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    width = 0.5 / steps
+    xs = (0.5 + (i + 0.5) * width for i in range(steps))
+    return (
+        sum(math.exp(log_norm + (a - 1) * math.log(x) + (b - 1) * math.log1p(-x)) for x in xs)
+        * width
+    )
+
+
+def settles_after(leader: int, runner_up: int, confidence: float = 0.95) -> int:
+    """How many more votes for the leader the rule needs before it stops (the smallest wave
+    that can settle the vote)."""
+    more = 0
+    while beta_posterior(leader + more, runner_up) < confidence:
+        more += 1
+    return more
+
+
+ADAPTIVE = {"sc": {"adaptive": True, "samples": 8}}
+
+
+def test_the_exact_posterior_is_the_beta_integral() -> None:
+    for leader in range(9):
+        for runner_up in range(leader + 1):
+            assert majority_posterior(leader, runner_up) == pytest.approx(
+                beta_posterior(leader, runner_up), abs=1e-7
+            )
+    # unanimous votes: 1 - 2^-(a+1), so at 0.95 four are needed (0.969; three give 0.9375)
+    assert [majority_posterior(a, 0) for a in (3, 4)] == [0.9375, 0.96875]
+    assert more_to_settle(0, 0, 0.95) == settles_after(0, 0) == 4
+    assert more_to_settle(2, 2, 0.95) == settles_after(2, 2)
+
+
+async def test_adaptive_unanimous_answers_stop_after_the_first_wave_the_rule_allows() -> None:
+    first = settles_after(0, 0)  # the smallest unanimous vote whose posterior reaches 0.95
+    replies = [f"Sample {i}: the answer is 42." for i in range(8)]
+    backend = scripted(list(replies), capabilities=Capabilities(native_n=True))
+    response = await chat(backend, SC, ponder={**ADAPTIVE, "trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == replies[0]
+    assert [c.n for c in backend.calls] == [first] == [4]
+    assert response.headers["x-ponder-backend-calls"] == "1"
+    assert body["usage"] == usage_for(backend, replies[:first], answer=replies[0])
+    (wave,) = trace_steps(body, "wave")
+    assert (wave["drawn"], wave["tally"], wave["settled"]) == (first, {"42": first}, True)
+    assert wave["posterior"] == pytest.approx(beta_posterior(first, 0), abs=1e-6)
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["drawn"], vote["samples"], vote["waves"], vote["winner"]) == (first, 8, 1, "42")
+
+
+async def test_adaptive_waves_are_drawn_at_once_without_native_n() -> None:
+    backend = scripted(lambda call, i: "The answer is 42.", latency_s=0.05)
+    response = await chat(backend, SC, ponder=ADAPTIVE)
+    assert response.status_code == 200
+    first = settles_after(0, 0)
+    assert [c.n for c in backend.calls] == [1] * first
+    assert backend.max_in_flight == first
+    assert response.headers["x-ponder-backend-calls"] == str(first)
+
+
+async def test_adaptive_split_answers_go_on_to_the_most_samples() -> None:
+    replies = [f"Sample {i}: the answer is {41 + i % 2}." for i in range(8)]
+    backend = scripted(list(replies), capabilities=Capabilities(native_n=True))
+    response = await chat(backend, SC, ponder={**ADAPTIVE, "trace": True})
+    body = response.json()
+    # 2 to 2 after the first wave; settling needs more than the 4 samples left, so all are drawn
+    assert settles_after(2, 2) > 8 - settles_after(0, 0)
+    assert [c.n for c in backend.calls] == [4, 4]
+    assert body["choices"][0]["message"]["content"] == replies[0]  # 4 to 4: the first answer
+    assert body["usage"] == usage_for(backend, replies, answer=replies[0])
+    waves = trace_steps(body, "wave")
+    assert [(w["drawn"], w["tally"], w["settled"]) for w in waves] == [
+        (4, {"41": 2, "42": 2}, False),
+        (4, {"41": 4, "42": 4}, False),
+    ]
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["drawn"], vote["survivors"], vote["waves"]) == (8, 8, 2)
+
+
+async def test_adaptive_a_later_wave_is_as_large_as_can_settle_the_vote() -> None:
+    answers = ["42", "42", "41", "42", "42", "42", "42", "7"]
+    replies = [f"Sample {i}: the answer is {a}." for i, a in enumerate(answers)]
+    backend = scripted(list(replies), capabilities=Capabilities(native_n=True))
+    response = await chat(
+        backend, SC, stream=True, stream_options={"include_usage": True}, ponder=ADAPTIVE
+    )
+    second = settles_after(3, 1)  # 3 to 1 after the first wave
+    assert second == 3
+    assert beta_posterior(3 + second, 1) >= 0.95
+    assert [c.n for c in backend.calls] == [4, second]
+    assert streamed_text(response.text) == replies[0]
+    assert streamed_text(response.text, "reasoning_content") == (
+        "Sample 1: 42\nSample 2: 42\nSample 3: 41\nSample 4: 42\n"
+        "Wave 1: 42 leads 3 to 1; P(it wins) = 0.812\n"
+        "Sample 5: 42\nSample 6: 42\nSample 7: 42\n"
+        "Wave 2: 42 leads 6 to 1; P(it wins) = 0.965 >= 0.95: stop\n"
+        "Vote: 42 (6 of 7)\n"
+    )
+    usage = sse_events(response.text)[-1]["usage"]
+    assert usage == usage_for(backend, replies[:7], answer=replies[0])
+
+
+async def test_adaptive_samples_cut_off_at_max_tokens_do_not_vote() -> None:
+    replies: list[Reply] = [
+        "The answer is 42.",
+        Completion("First, 6 * 7 = 4", finish_reason="length"),
+        "The answer is 42.",
+        "The answer is 42.",
+        "So 42.",
+    ]
+    backend = scripted(replies, capabilities=Capabilities(native_n=True))
+    response = await chat(backend, SC, max_tokens=8, ponder={**ADAPTIVE, "trace": True})
+    body = response.json()
+    # 3 votes after the first wave (the cut-off sample has none): one more settles it
+    assert settles_after(3, 0) == 1
+    assert [c.n for c in backend.calls] == [4, 1]
+    waves = trace_steps(body, "wave")
+    assert [w["tally"] for w in waves] == [{"42": 3}, {"42": 4}]
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["cut_off"], vote["drawn"]) == (1, 5)
+    texts = [r if isinstance(r, str) else r.content or "" for r in replies]
+    assert body["usage"] == usage_for(backend, texts, answer=texts[0])
+
+
+async def test_adaptive_a_wave_the_budget_refuses_ends_the_sampling() -> None:
+    answers = itertools.cycle(["41", "42"])
+    backend = scripted(lambda call, i: f"The answer is {next(answers)}.")
+    adaptive = {"sc": {"adaptive": True, "samples": 16}}
+    response = await chat(backend, SC, ponder={**adaptive, "max_backend_calls": 5, "trace": True})
+    assert response.status_code == 200
+    body = response.json()
+    # a wave of 4 (2 to 2), one of 6 of which the budget lets 1 through (3 to 2), then one of
+    # 5 that it refuses whole: the vote runs over the 5 samples that came
+    assert (settles_after(2, 2), settles_after(3, 2)) == (6, 5)
+    assert len(backend.calls) == 5
+    assert body["choices"][0]["message"]["content"] == "The answer is 41."
+    assert [w["drawn"] for w in trace_steps(body, "wave")] == [4, 6]
+    (failed,) = trace_steps(body, "wave_failed")
+    assert (failed["wave"], failed["drawn"]) == (3, 5)
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["tally"], vote["survivors"], vote["drawn"]) == ({"41": 3, "42": 2}, 5, 10)
+
+
+async def test_adaptive_every_call_failing_is_the_error() -> None:
+    backend = scripted(lambda call, i: BackendUnavailable("down"))
+    response = await chat(backend, SC, ponder=ADAPTIVE)
+    assert_error(response, 503, code="backend_unavailable")
+    assert len(backend.calls) == 4
+
+
+async def test_a_larger_wave_and_a_lower_confidence_are_honoured() -> None:
+    backend = scripted(lambda call, i: "42", capabilities=Capabilities(native_n=True))
+    await chat(backend, SC, ponder={"sc": {"adaptive": True, "samples": 8, "wave": 6}})
+    assert [c.n for c in backend.calls] == [6]
+    backend = scripted(lambda call, i: "42", capabilities=Capabilities(native_n=True))
+    await chat(backend, SC, ponder={"sc": {"adaptive": True, "confidence": 0.8}})
+    assert settles_after(0, 0, 0.8) == 2
+    assert [c.n for c in backend.calls] == [2]
+    # adaptive off (the default): every sample at once, as before
+    backend = scripted(lambda call, i: "42", capabilities=Capabilities(native_n=True))
+    await chat(backend, SC, ponder={"sc": {"adaptive": False, "samples": 8}})
+    assert [c.n for c in backend.calls] == [8]
+
+
+async def test_bad_adaptive_options_are_400s() -> None:
+    for field, value in (("confidence", 0.4), ("confidence", 1.0), ("wave", 0), ("adaptive", "y")):
         backend = scripted()
         response = await chat(backend, SC, ponder={"sc": {field: value}})
         assert_error(response, 400, param=f"ponder.sc.{field}")

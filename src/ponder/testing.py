@@ -7,6 +7,10 @@ can hold calls at a gate so a test can observe how many run at the same time::
     app = create_app(Settings(), backend=backend)
     ...
     assert len(backend.calls) == 1
+
+Continuations and log-probabilities are scripted the same way: give the backend
+`Capabilities(continuation=True, logprobs=True)`, read what a call continues from `Call.prefix`,
+and answer with `logprob_reply(...)`, whose tokens carry their alternatives.
 """
 
 from __future__ import annotations
@@ -19,13 +23,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ponder.backends.base import Capabilities
+from ponder.backends.base import Capabilities, continued_prefix
 from ponder.errors import PonderError
 from ponder.serving import running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
-from ponder.types import Completion, Delta, Message, Sampling, Usage, tool_call_deltas
+from ponder.types import (
+    Completion,
+    Delta,
+    FinishReason,
+    Message,
+    Sampling,
+    Usage,
+    tool_call_deltas,
+)
 
-__all__ = ["Call", "FakeUpstream", "Reply", "ScriptedBackend", "running_server"]
+__all__ = [
+    "Call",
+    "FakeUpstream",
+    "Reply",
+    "ScriptedBackend",
+    "logprob_reply",
+    "running_server",
+]
 
 
 def words(text: str) -> list[str]:
@@ -48,6 +67,38 @@ class Call:
         """The last user message's text: what most assertions look at."""
         users = [m for m in self.messages if m.role == "user"]
         return users[-1].text if users else ""
+
+    @property
+    def prefix(self) -> str | None:
+        """The start of the assistant's answer this call continues (`ctx.continue_from`), or
+        None for a call that starts a new answer."""
+        return continued_prefix(self.messages, self.sampling)
+
+    @property
+    def conversation(self) -> tuple[Message, ...]:
+        """The messages before the continued assistant turn (all of them for other calls)."""
+        return self.messages if self.prefix is None else self.messages[:-1]
+
+
+Alternatives = Sequence[tuple[str, float]]
+"""A token's candidates as (text, log-probability), the drawn one first."""
+
+
+def logprob_reply(
+    tokens: Sequence[Alternatives], finish_reason: FinishReason = "stop"
+) -> Completion:
+    """A reply written token by token, greedily: each token is the first of its candidates,
+    and carries them as its `top_logprobs` (OpenAI's `logprobs.content` shape). The content
+    is the tokens' text."""
+    entries = []
+    for candidates in tokens:
+        token, logprob = candidates[0]
+        top = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in candidates]
+        entries.append(
+            {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top}
+        )
+    text = "".join(str(e["token"]) for e in entries)
+    return Completion(text, finish_reason=finish_reason, logprobs={"content": entries})
 
 
 Reply = str | Completion | PonderError
@@ -131,6 +182,8 @@ class ScriptedBackend:
                     index=i,
                     finish_reason=choice.finish_reason,
                     completion_tokens=choice.usage.completion_tokens,
+                    # a reply's log-probabilities, where the call asked for them
+                    logprobs=choice.logprobs if call.sampling.logprobs else None,
                 )
                 usage = usage + choice.usage
             yield Delta(usage=usage)

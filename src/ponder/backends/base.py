@@ -1,4 +1,9 @@
-"""The Backend protocol: what every model engine offers Ponder."""
+"""The Backend protocol: what every model engine offers Ponder.
+
+A call may ask to continue the assistant's answer from a given start rather than begin a new
+one: `continuation_call` says so in the call's messages and `Sampling.extra`, and backends that
+can (`Capabilities.continuation`) read it back with `continued_prefix`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,38 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ponder.errors import InvalidRequest
 from ponder.types import Completion, Delta, Message, Sampling
+
+CONTINUE_FINAL_MESSAGE = "continue_final_message"
+"""The `Sampling.extra` field that asks a backend to continue the last message, an assistant
+turn, rather than start a new one (vLLM's OpenAI server takes the same field)."""
+ADD_GENERATION_PROMPT = "add_generation_prompt"
+"""Sent false with a continuation, as vLLM's OpenAI server wants it."""
+
+
+def continuation_call(
+    messages: Sequence[Message], prefix: str, sampling: Sampling
+) -> tuple[list[Message], Sampling]:
+    """The messages and sampling of a call that continues an assistant turn beginning with
+    `prefix`: the conversation with `prefix` as its last, open assistant message, and the
+    continuation fields in `extra`. The backend answers with what follows `prefix` only."""
+    extra = {**sampling.extra, CONTINUE_FINAL_MESSAGE: True, ADD_GENERATION_PROMPT: False}
+    return [*messages, Message("assistant", prefix)], sampling.with_(extra=extra)
+
+
+def continued_prefix(messages: Sequence[Message], sampling: Sampling) -> str | None:
+    """The assistant text a call asks the backend to continue (see `continuation_call`), or
+    None for an ordinary call. Raises InvalidRequest when the last message is not an
+    assistant one."""
+    if not sampling.extra.get(CONTINUE_FINAL_MESSAGE):
+        return None
+    if not messages or messages[-1].role != "assistant":
+        raise InvalidRequest(
+            f"{CONTINUE_FINAL_MESSAGE} needs the last message to be an assistant one",
+            param="messages",
+        )
+    return messages[-1].text
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +60,12 @@ class Capabilities:
     context_window: int | None = None
     """Tokens one call may hold, prompt and answer together; None when the backend does not
     know (plugins that fit long inputs into it then take it as an option)."""
+    continuation: bool = False
+    """The backend continues an assistant turn from a given prefix (`continuation_call`),
+    generating only what follows it."""
+    thinking: bool = False
+    """The model thinks between `<think>` and `</think>` of its own accord (its chat template
+    has that format)."""
 
 
 @runtime_checkable

@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 
 
 class OpenAICompatBackend:
+    """An OpenAI-compatible server.
+
+    `continuation`: the server continues a prefilled assistant turn when asked with vLLM's
+    request fields (the last message an assistant one, `continue_final_message: true`,
+    `add_generation_prompt: false`), as vLLM's and SGLang's OpenAI servers do. Off by default:
+    other servers ignore the fields and start a new turn, so strategies that need
+    continuation (`Capabilities.continuation`) refuse to run on them."""
+
     name = "openai"
-    capabilities = Capabilities(native_n=True, logprobs=True, tools=True, max_concurrency=64)
 
     def __init__(
         self,
@@ -41,7 +48,15 @@ class OpenAICompatBackend:
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        continuation: bool = False,
     ) -> None:
+        self.capabilities = Capabilities(
+            native_n=True,
+            logprobs=True,
+            tools=True,
+            max_concurrency=64,
+            continuation=continuation,
+        )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._secret = api_key
         # One TLS context for every client of the pool: building one loads the CA bundle,

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Se
 from contextlib import aclosing
 from typing import Any
 
-from ponder.backends.base import Capabilities
+from ponder.backends.base import Capabilities, continued_prefix
 from ponder.backends.wire import text_chat
 from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
 from ponder.types import Completion, Delta, FinishReason, Message, Sampling, Usage
@@ -114,7 +114,9 @@ class CumulativeDeltas:
 
 class VLLMBackend:
     name = "vllm"
-    capabilities = Capabilities(native_n=True, logprobs=True, tools=False, max_concurrency=256)
+    capabilities = Capabilities(
+        native_n=True, logprobs=True, tools=False, max_concurrency=256, continuation=True
+    )
 
     def __init__(
         self, model: str, *, model_id: str | None = None, gpu_memory_utilization: float = 0.85
@@ -208,8 +210,11 @@ class VLLMBackend:
     async def _prepare(
         self, messages: Sequence[Message], sampling: Sampling, n: int, *, final_only: bool
     ) -> tuple[dict[str, list[int]], Any]:
-        """The token prompt and `SamplingParams` of one call."""
-        chat = text_chat(messages, "vllm")
+        """The token prompt and `SamplingParams` of one call. A continuation
+        (`continued_prefix`) is the chat before its last message with the generation prompt,
+        then the tokens of that assistant message's text, with no end of turn."""
+        prefix = continued_prefix(messages, sampling)
+        chat = text_chat(messages if prefix is None else messages[:-1], "vllm")
         sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
         if self._engine is None:
             raise BackendUnavailable("the vllm backend is closed")
@@ -225,6 +230,8 @@ class VLLMBackend:
             raise InvalidRequest(message, param="messages") from exc
         # the template already wrote the special tokens (BOS...): do not add them twice
         ids = list(self._tokenizer.encode(text, add_special_tokens=False))
+        if prefix:
+            ids += self._tokenizer.encode(prefix, add_special_tokens=False)
         room = None if self._max_model_len is None else self._max_model_len - len(ids)
         if room is not None and room <= 0:
             message = f"the prompt has {len(ids)} tokens, the context {self._max_model_len}"

@@ -26,7 +26,9 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
     from ponder.strategies.bon import BestOfN
     from ponder.strategies.cepo import PlanningOptimization
     from ponder.strategies.coc import ChainOfCode
+    from ponder.strategies.cot_decoding import CoTDecoding
     from ponder.strategies.cot_reflection import CoTReflection
+    from ponder.strategies.deepconf import DeepConf
     from ponder.strategies.deepthink import DeepThink
     from ponder.strategies.genselect import GenSelect
     from ponder.strategies.leap import Leap
@@ -42,6 +44,7 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
     from ponder.strategies.rstar import RStar
     from ponder.strategies.rto import RoundTrip
     from ponder.strategies.sc import MajorityVoting, SelfConsistency
+    from ponder.strategies.thinkdeeper import ThinkDeeper
     from ponder.strategies.tot import TreeOfThoughts
     from ponder.strategies.z3 import SolverAided
 
@@ -50,6 +53,7 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
         ReRead,
         SelfConsistency,
         MajorityVoting,
+        DeepConf,
         AutoThink,
         BestOfN,
         TreeOfThoughts,
@@ -65,6 +69,8 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
         Leap,
         SelfRefine,
         CoTReflection,
+        CoTDecoding,
+        ThinkDeeper,
         DeepThink,
         SolverAided,
         ReAct,

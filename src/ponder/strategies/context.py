@@ -5,6 +5,9 @@ Everything a strategy does with the model goes through a `RequestContext`:
 - `complete()` is one intermediate sub-call; `sample()` draws k independent samples at once
   (native `n` where the backend has it, else concurrent calls); `final()` produces the answer
   the client sees and streams it token by token when the client asked for a stream.
+- `continue_from()`, `stream_from()` and `final_from()` do the same from a given start of the
+  assistant's answer (where the backend can: `Capabilities.continuation`); `next_tokens()`
+  gives the model's most likely next tokens after such a start, with their log-probabilities.
 - `reason()` streams a line of the strategy's working as `delta.reasoning_content`.
 - `step()` adds an entry to the trace (`ponder: {"trace": true}`).
 
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ponder.backends.assemble import Assembler
-from ponder.backends.base import Backend
+from ponder.backends.base import Backend, continuation_call
 from ponder.errors import BudgetExceeded, PonderError, Unsupported
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 from ponder.types import Completion, Delta, Message, Sampling, Usage
@@ -134,6 +137,18 @@ class RequestContext:
     def for_choice(self, index: int, n: int = 1) -> RequestContext:
         """A context for one of several concurrent runs: shares the meter and the trace."""
         return replace(self, choice_index=index, n=n)
+
+    def require(self, *capabilities: str) -> None:
+        """Raise Unsupported (400) naming the `Capabilities` flags this strategy needs that the
+        backend lacks (e.g. "continuation", "logprobs")."""
+        caps = self.backend.capabilities
+        missing = [c for c in capabilities if not getattr(caps, c)]
+        if missing:
+            raise Unsupported(
+                f"this strategy needs a backend with {' and '.join(missing)}, which the "
+                f"{self.backend.name} backend does not declare",
+                param="model",
+            )
 
     def require_store(self) -> Store:
         if self.store is None:
@@ -249,6 +264,83 @@ class RequestContext:
             if delta.usage is None:
                 self.emit(delta)
         return assembler.completions()
+
+    # ---- continuing the assistant's answer from a prefix ----------------------------------
+
+    def _continuation(
+        self, messages: Sequence[Message], prefix: str, sampling: Sampling | None
+    ) -> tuple[list[Message], Sampling]:
+        self.require("continuation")
+        return continuation_call(messages, prefix, sampling or self.sampling)
+
+    async def continue_from(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        sampling: Sampling | None = None,
+        n: int = 1,
+    ) -> list[Completion]:
+        """One backend call that continues the assistant's answer to `messages` from `prefix`
+        (the answer's first words, no end of turn): the choices hold only what follows it.
+        Raises Unsupported where the backend cannot continue."""
+        chat, continued = self._continuation(messages, prefix, sampling)
+        return await self.complete(chat, continued, n)
+
+    async def stream_from(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        sampling: Sampling | None = None,
+        n: int = 1,
+    ) -> AsyncIterator[Delta]:
+        """`continue_from`, streamed (as `stream()`)."""
+        chat, continued = self._continuation(messages, prefix, sampling)
+        async for delta in self.stream(chat, continued, n):
+            yield delta
+
+    async def final_from(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        sampling: Sampling | None = None,
+        n: int = 1,
+    ) -> list[Completion]:
+        """`continue_from` as the answer-producing call: the continuation streams to the
+        client when it asked for a stream (as `final()`)."""
+        chat, continued = self._continuation(messages, prefix, sampling)
+        return await self.final(chat, continued, n)
+
+    async def next_tokens(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        k: int,
+        sampling: Sampling | None = None,
+    ) -> list[tuple[str, float]]:
+        """The `k` most likely tokens to follow `prefix` in the assistant's answer, as (text,
+        log-probability), most likely first: one call for one token with `k` alternatives.
+        Empty when the backend reported none (the embedded engine reports none when the most
+        likely next token ends the turn). Raises Unsupported without continuation or
+        log-probabilities."""
+        self.require("continuation", "logprobs")
+        probe = (sampling or self.sampling).with_(
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=True,
+            top_logprobs=k,
+            stop=(),
+            tools=(),
+            tool_choice=None,
+            response_format=None,
+        )
+        (choice,) = await self.continue_from(messages, prefix, probe)
+        entries = (choice.logprobs or {}).get("content") or []
+        if not entries:
+            return []
+        ranked = [
+            (str(t["token"]), float(t["logprob"])) for t in entries[0].get("top_logprobs") or []
+        ]
+        return sorted(ranked, key=lambda t: -t[1])[:k]
 
 
 async def gather(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:

@@ -7,6 +7,16 @@ vote; when no sample has an answer, the first sample is returned as it is.
 `samples` backend calls drawn concurrently (one call with a native-`n` backend). A failed call
 does not fail the request: the vote runs over the samples that came back, and only when every
 call fails is the error returned. For the request's `n`, the engine runs `n` independent votes.
+
+With `adaptive`, the samples come in waves and sampling stops once the vote is settled
+(Adaptive-Consistency: Aggarwal et al. 2023, "Let's Sample Step by Step: Adaptive-Consistency
+for Efficient Reasoning and Coding with LLMs"): after each wave, the probability that the
+leading answer beats the runner-up, P(x > 1/2) for x ~ Beta(leader + 1, runner-up + 1)
+(`confidence.majority_posterior`), is compared with `confidence`; `samples` is the most drawn.
+Each wave is as large as the fewest samples that could settle the vote if all agreed with the
+leader (at least `wave`), since no smaller wave can: so the waves draw the samples one-at-a-time
+sampling would, in fewer rounds. At 0.95, unanimous answers stop after 4 samples. One call per
+wave with a native-`n` backend, else one call per sample.
 """
 
 from __future__ import annotations
@@ -17,18 +27,44 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.answers import majority_vote
+from ponder.errors import PonderError
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import SampleTemperature, cut_off, varied, voice
+from ponder.strategies.confidence import majority_posterior, more_to_settle, top_two
 from ponder.strategies.context import RequestContext
-from ponder.types import Completion, Message
+from ponder.types import Completion, Message, Sampling
 
 NO_ANSWER = "(no answer)"
 CUT_OFF = "(cut off at max_tokens: no vote)"
 
 
 class SelfConsistencyConfig(StrategyConfig):
-    samples: int = Field(5, ge=1, le=64, description="How many answers are sampled and voted on")
+    samples: int = Field(
+        5,
+        ge=1,
+        le=64,
+        description="How many answers are sampled and voted on (with `adaptive`, the most)",
+    )
     temperature: SampleTemperature = 0.7
+    adaptive: bool = Field(
+        False,
+        description="Sample in waves and stop once the leading answer wins with probability "
+        "`confidence` (Adaptive-Consistency)",
+    )
+    confidence: float = Field(
+        0.95,
+        ge=0.5,
+        le=0.999,
+        description="With `adaptive`: how sure the vote must be that the leading answer beats "
+        "the runner-up before sampling stops",
+    )
+    wave: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="With `adaptive`: the fewest samples drawn at once (each wave draws at "
+        "least the samples that could settle the vote)",
+    )
 
 
 class SelfConsistency:
@@ -43,11 +79,12 @@ class SelfConsistency:
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         sampling = varied(ctx.sampling, self.config.temperature)
+        if self.config.adaptive:
+            return await self._adaptive(ctx, messages, sampling)
         samples = await ctx.sample(messages, self.config.samples, sampling, tolerate_failures=True)
         answers = [voice(s) for s in samples]
         for i, (sample, answer) in enumerate(zip(samples, answers, strict=True), start=1):
-            shown = answer if answer is not None else NO_ANSWER
-            ctx.reason(f"Sample {i}: {CUT_OFF if cut_off(sample) else shown}\n")
+            _show(ctx, i, sample, answer)
         vote = majority_vote(answers)
         ctx.reason(
             f"Vote: {vote.winner if vote.winner is not None else NO_ANSWER} "
@@ -62,6 +99,74 @@ class SelfConsistency:
             cut_off=sum(cut_off(s) for s in samples),
         )
         return [samples[vote.first]]
+
+    async def _adaptive(
+        self, ctx: RequestContext, messages: Sequence[Message], sampling: Sampling
+    ) -> list[Completion]:
+        config = self.config
+        samples: list[Completion] = []
+        answers: list[str | None] = []
+        drawn, posterior, waves = 0, 0.0, 0
+        while drawn < config.samples:
+            vote = majority_vote(answers)
+            need = more_to_settle(*top_two(vote.tally, vote.winner), config.confidence)
+            size = min(config.samples - drawn, max(config.wave, need))
+            try:
+                got = await ctx.sample(messages, size, sampling, tolerate_failures=True)
+            except PonderError as exc:
+                if not samples:
+                    raise
+                # the backend (or the call budget) gave out: vote over what came back
+                ctx.step("wave_failed", wave=waves + 1, drawn=size, error=str(exc))
+                break
+            drawn += size
+            waves += 1
+            for sample in got:
+                samples.append(sample)
+                answers.append(voice(sample))
+                _show(ctx, len(samples), sample, answers[-1])
+            vote = majority_vote(answers)
+            leader, runner_up = top_two(vote.tally, vote.winner)
+            posterior = majority_posterior(leader, runner_up)
+            settled = vote.winner is not None and posterior >= config.confidence
+            ctx.reason(
+                f"Wave {waves}: {vote.winner if vote.winner is not None else NO_ANSWER} leads "
+                f"{leader} to {runner_up}; P(it wins) = {posterior:.3f}"
+                + (f" >= {config.confidence:g}: stop\n" if settled else "\n")
+            )
+            ctx.step(
+                "wave",
+                wave=waves,
+                drawn=size,
+                tally=vote.tally,
+                leader=vote.winner,
+                posterior=round(posterior, 6),
+                settled=settled,
+            )
+            if settled:
+                break
+        vote = majority_vote(answers)
+        ctx.reason(
+            f"Vote: {vote.winner if vote.winner is not None else NO_ANSWER} "
+            f"({vote.count} of {len(samples)})\n"
+        )
+        ctx.step(
+            "vote",
+            tally=vote.tally,
+            winner=vote.winner,
+            samples=config.samples,
+            drawn=drawn,
+            survivors=len(samples),
+            cut_off=sum(cut_off(s) for s in samples),
+            waves=waves,
+            posterior=round(posterior, 6),
+        )
+        return [samples[vote.first]]
+
+
+def _show(ctx: RequestContext, i: int, sample: Completion, answer: str | None) -> None:
+    shown = answer if answer is not None else NO_ANSWER
+    ctx.reason(f"Sample {i}: {CUT_OFF if cut_off(sample) else shown}\n")
 
 
 class MajorityVotingConfig(SelfConsistencyConfig):

@@ -20,7 +20,7 @@ from typing import Any
 
 from ponder import catalog
 from ponder.backends.assemble import Assembler
-from ponder.backends.base import Capabilities
+from ponder.backends.base import Capabilities, continued_prefix
 from ponder.backends.chat_template import ChatTemplate, offered_tools
 from ponder.backends.llamacpp.engine import Engine
 from ponder.backends.llamacpp.jobs import (
@@ -154,6 +154,8 @@ class EmbeddedBackend:
             max_concurrency=sequences,
             json_schema=True,
             context_window=n_ctx,
+            continuation=True,
+            thinking="<think>" in (self._template.template or ""),
         )
 
     # ---- Backend protocol ------------------------------------------------------------------
@@ -264,11 +266,21 @@ class EmbeddedBackend:
         self, messages: Sequence[Message], sampling: Sampling, n: int
     ) -> tuple[list[int], list[SequenceParams], list[str]]:
         """The prompt's tokens, each sample's settings, and the names of the tools offered in
-        the prompt (the answer may call them). Refuses what cannot be honoured."""
-        rendered = self._template.render(messages, sampling.tools, sampling.tool_choice)
+        the prompt (the answer may call them). Refuses what cannot be honoured.
+
+        A continuation (`continued_prefix`) is the conversation before its last message,
+        rendered with the generation prompt, then the tokens of that assistant message's text,
+        with no end of turn: the model goes on from there."""
+        prefix = continued_prefix(messages, sampling)
+        chat = messages if prefix is None else messages[:-1]
+        rendered = self._template.render(chat, sampling.tools, sampling.tool_choice)
         # as llama.cpp's own chat completion does: specials are added unless the template
         # wrote them itself
         prompt = self._model.tokenize(rendered.text, add_special=not rendered.added_special)
+        if prefix:
+            # tokenized apart, so that the rendered chat's tokens (and cache) are the same
+            # whatever the prefix
+            prompt += self._model.tokenize(prefix, add_special=False)
         room = self.ctx_per_sequence - len(prompt)
         if room <= 0:
             raise InvalidRequest(

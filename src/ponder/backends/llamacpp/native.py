@@ -35,8 +35,9 @@ def _route_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 llama_cpp.llama_log_set(_route_log, ctypes.c_void_p(0))
 
 
-SHOWN_SPECIAL_TOKENS = ("<tool_call>", "</tool_call>")
-"""Special tokens written out in generated text (others, like end-of-turn, are not)."""
+SHOWN_SPECIAL_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+"""Special tokens written out in generated text (others, like end-of-turn, are not): a
+model's tool-call and thinking markers, which Ponder reads back."""
 
 
 class NativeError(RuntimeError):
