@@ -62,6 +62,15 @@ class Settings(BaseSettings):
         description="Seconds a request may run before it fails with 504; keep it below the "
         "clients' read timeout (the openai client's is 600 s) so they get the error",
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body, checked before it is read whole (413 beyond it)",
+    )
+    max_messages: int = Field(
+        1024, ge=1, description="Most messages (or input items) one request may carry (400)"
+    )
+    max_tools: int = Field(128, ge=1, description="Most tools one request may offer (400)")
     stream_keepalive_s: float = Field(
         15.0, gt=0, description="Seconds of silence after which a stream sends ': keep-alive'"
     )

@@ -107,6 +107,14 @@ class Overloaded(PonderError):
     code = "server_overloaded"
 
 
+class PayloadTooLarge(PonderError):
+    """The request body is larger than the server takes (`PONDER_MAX_BODY_BYTES`)."""
+
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class BudgetExceeded(InvalidRequest):
     """The strategy needs more backend calls than the request's budget allows. Not a 429:
     retrying the same request cannot succeed."""

@@ -16,6 +16,7 @@ from ponder.config import Settings
 from ponder.keys import Keyring
 from ponder.plugins.resources import close_resources
 from ponder.proxy import errors
+from ponder.proxy.body_limit import BodyLimitMiddleware
 from ponder.proxy.knowledge import knowledge
 from ponder.proxy.messages_api import messages
 from ponder.proxy.metrics import METRICS_PATH, MetricsMiddleware, PonderMetrics, metrics_endpoint
@@ -89,6 +90,7 @@ def create_app(
         dependencies=[Depends(authenticate)],
         include_in_schema=False,
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees the last-resort 500
     _describe_api(app, keyed=not keyring.open)

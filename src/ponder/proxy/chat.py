@@ -92,6 +92,10 @@ class ChatService:
     """The cap on concurrent requests (None: no cap)."""
     resources: Mapping[str, object] = field(default_factory=dict)
     """What the server lends its plugins (`ponder.plugins.resources`)."""
+    max_messages: int = 1024
+    """Most messages one request may carry."""
+    max_tools: int = 128
+    """Most tools one request may offer."""
 
     @classmethod
     def for_settings(
@@ -116,6 +120,8 @@ class ChatService:
                 settings.queue_timeout_s,
             ),
             resources if resources is not None else {},
+            settings.max_messages,
+            settings.max_tools,
         )
 
     def route(self, request: ChatRequest) -> Route:
@@ -167,6 +173,18 @@ class ChatService:
         self, request: ChatRequest, request_id: str, principal: Principal = ANONYMOUS
     ) -> Job:
         """Validate and resolve everything before the first backend call."""
+        if len(request.messages) > self.max_messages:
+            raise InvalidRequest(
+                f"the request has {len(request.messages)} messages; this server takes at most "
+                f"{self.max_messages} (PONDER_MAX_MESSAGES)",
+                param="messages",
+            )
+        if len(request.sampling.tools) > self.max_tools:
+            raise InvalidRequest(
+                f"the request offers {len(request.sampling.tools)} tools; this server takes at "
+                f"most {self.max_tools} (PONDER_MAX_TOOLS)",
+                param="tools",
+            )
         route = self.route(request)
         refused = [s for s in (*route.plugins, *route.slugs) if not principal.may_run(s)]
         if refused:
