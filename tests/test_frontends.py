@@ -41,8 +41,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
 # own tests cover it (it is refused the same way through every front end here).
 UNSERVED = {"mcp"}
 # The strategies that read the model's confidence, served by a backend that says it has it.
-CAPABLE = Capabilities(logprobs=True, continuation=True)
-NEEDS_CAPABILITIES = {"deepconf", "cot_decoding", "thinkdeeper"}
+CAPABLE = Capabilities(logprobs=True, continuation=True, adaptive_sampling=True)
+NEEDS_CAPABILITIES = {"deepconf", "cot_decoding", "thinkdeeper", "entropy_decoding"}
 
 registry = default_registry(entry_points=False)
 SLUGS = sorted(registry.slugs)

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="Seconds a request may run before it fails with 504; keep it below the "
         "clients' read timeout (the openai client's is 600 s) so they get the error",
     )
+    conversation_log: Path | None = Field(
+        None,
+        description="A directory for the conversation log: one JSON line per request with "
+        "every backend call (keys masked; off when unset)",
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024,
         ge=1024,

@@ -114,6 +114,8 @@ class Completion:
     reasoning: str | None = None
     stop_sequence: str | None = None
     """The client's stop string that ended this choice, where the backend says which."""
+    sampling_actions: Mapping[str, int] | None = None
+    """Where the backend chose tokens by adaptive sampling: how many each action chose."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,3 +153,5 @@ class Delta:
     """With `finish_reason`: the stop string that ended the choice, where known."""
     completion_tokens: int | None = None
     """With `finish_reason`: the choice's own output tokens, where the backend counts them."""
+    sampling_actions: Mapping[str, int] | None = None
+    """With `finish_reason`: adaptive sampling's count of tokens by action, where used."""

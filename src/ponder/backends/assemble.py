@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -69,6 +69,7 @@ class _ChoiceParts:
     has_logprobs: bool = False
     stop_sequence: str | None = None
     completion_tokens: int | None = None
+    sampling_actions: Mapping[str, int] | None = None
 
 
 class Assembler:
@@ -118,6 +119,7 @@ class Assembler:
             choice.finish_reason = delta.finish_reason
             choice.stop_sequence = delta.stop_sequence
             choice.completion_tokens = delta.completion_tokens
+            choice.sampling_actions = delta.sampling_actions
 
     def completions(self) -> list[Completion]:
         out = []
@@ -134,6 +136,7 @@ class Assembler:
                     reasoning="".join(c.reasoning) or None,
                     logprobs={"content": c.logprobs} if c.has_logprobs else None,
                     stop_sequence=c.stop_sequence,
+                    sampling_actions=c.sampling_actions,
                 )
             )
         usages = split_usage(

@@ -19,6 +19,10 @@ CONTINUE_FINAL_MESSAGE = "continue_final_message"
 turn, rather than start a new one (vLLM's OpenAI server takes the same field)."""
 ADD_GENERATION_PROMPT = "add_generation_prompt"
 """Sent false with a continuation, as vLLM's OpenAI server wants it."""
+ADAPTIVE_SAMPLING = "ponder_adaptive_sampling"
+"""The `Sampling.extra` field that asks a backend with `Capabilities.adaptive_sampling` to
+choose each token by the entropix-style adaptive rule: an object of the rule's settings
+(`ponder.backends.llamacpp.adaptive.AdaptiveSettings`; {} takes the defaults)."""
 
 
 def continuation_call(
@@ -66,6 +70,9 @@ class Capabilities:
     thinking: bool = False
     """The model thinks between `<think>` and `</think>` of its own accord (its chat template
     has that format)."""
+    adaptive_sampling: bool = False
+    """The engine reads each step's logits and can choose every token by the entropix-style
+    adaptive rule (`Sampling.extra[ADAPTIVE_SAMPLING]`)."""
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ its own shape (JSON, or SSE through `StreamFormat`). Strategies never learn whic
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -27,8 +28,10 @@ from ponder.errors import (
     UnknownModel,
 )
 from ponder.keys import ANONYMOUS, Principal
+from ponder.logs import secrets_of
 from ponder.plugins.base import Plugin
 from ponder.proxy import metrics
+from ponder.proxy.conversation_log import ConversationLog, entry
 from ponder.proxy.limits import Admission
 from ponder.proxy.streaming import KEEPALIVE_S, StreamFormat, events, sse_stream
 from ponder.spl_store import Store
@@ -96,6 +99,8 @@ class ChatService:
     """Most messages one request may carry."""
     max_tools: int = 128
     """Most tools one request may offer."""
+    conversation_log: ConversationLog | None = None
+    """Where each request's calls and answer are written (None: nowhere)."""
 
     @classmethod
     def for_settings(
@@ -122,6 +127,9 @@ class ChatService:
             resources if resources is not None else {},
             settings.max_messages,
             settings.max_tools,
+            None
+            if settings.conversation_log is None
+            else ConversationLog(settings.conversation_log, secrets_of(settings)),
         )
 
     def route(self, request: ChatRequest) -> Route:
@@ -214,7 +222,9 @@ class ChatService:
                 tools=self.tools,
                 resources=self.resources,
                 working=[] if request.keep_working and not request.stream else None,
+                calls=[] if self.conversation_log is not None else None,
             ),
+            log=self.conversation_log,
         )
 
     async def handle(
@@ -305,6 +315,7 @@ class Job:
     engine: Engine
     request: ChatRequest
     ctx: RequestContext
+    log: ConversationLog | None = None
 
     @property
     def messages(self) -> list[Message]:
@@ -316,7 +327,32 @@ class Job:
         return self.ctx.n * branches
 
     async def run(self, sink: Sink | None) -> list[Completion]:
-        """Run the strategies; past the budget's deadline every call in flight is cancelled."""
+        """Run the strategies; past the budget's deadline every call in flight is cancelled.
+        With a conversation log, the request is written to it however the run ends."""
+        if self.log is None:
+            return await self._run(sink)
+        answer: list[Completion] | None = None
+        error: BaseException | None = None
+        try:
+            answer = await self._run(sink)
+            return answer
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            seconds = time.monotonic() - self.ctx.started
+            self.log.write(
+                entry(
+                    model=self.request.model,
+                    route=self.route,
+                    ctx=self.ctx,
+                    seconds=seconds,
+                    answer=answer,
+                    error=error,
+                )
+            )
+
+    async def _run(self, sink: Sink | None) -> list[Completion]:
         self.ctx.sink = sink
         deadline = self.ctx.budget.deadline_s
         timer = asyncio.timeout(deadline)

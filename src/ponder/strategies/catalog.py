@@ -30,6 +30,7 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
     from ponder.strategies.cot_reflection import CoTReflection
     from ponder.strategies.deepconf import DeepConf
     from ponder.strategies.deepthink import DeepThink
+    from ponder.strategies.entropy_decoding import EntropyDecoding
     from ponder.strategies.genselect import GenSelect
     from ponder.strategies.leap import Leap
     from ponder.strategies.mars import MultiAgentReasoning
@@ -70,6 +71,7 @@ def builtin() -> list[StrategyFactory | PluginFactory]:
         SelfRefine,
         CoTReflection,
         CoTDecoding,
+        EntropyDecoding,
         ThinkDeeper,
         DeepThink,
         SolverAided,

@@ -81,6 +81,21 @@ class Meter:
 
 
 @dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One backend call as the conversation log keeps it: what the backend was sent and what
+    it answered, what it cost, and how long it took."""
+
+    messages: tuple[Message, ...]
+    choices: tuple[Completion, ...]
+    usage: Usage
+    started_s: float
+    """Seconds from the request's start."""
+    seconds: float
+    streamed: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """One entry of a request's trace."""
 
@@ -120,6 +135,9 @@ class RequestContext:
     """The tools this server offers strategies (the optional ones only where turned on)."""
     resources: Mapping[str, object] = field(default_factory=dict)
     """What the server lends its plugins, by name (`ponder.plugins.resources`)."""
+    calls: list[CallRecord] | None = None
+    """Where every backend call is kept when the server keeps a conversation log; None: not
+    kept."""
     working: list[tuple[int, str]] | None = None
     """Where a request that is not streamed keeps the strategy's working, as (choice, text),
     for the front ends that return it whole; None: not kept."""
@@ -192,13 +210,44 @@ class RequestContext:
         """One backend call returning `n` choices (ask `sample()` for independent samples)."""
         self._charge()
         assert self.limiter is not None
+        started = time.monotonic()
         async with self.limiter:
-            choices = await self.backend.complete(
-                self.model, messages, sampling or self.sampling, n
-            )
+            try:
+                choices = await self.backend.complete(
+                    self.model, messages, sampling or self.sampling, n
+                )
+            except PonderError as exc:
+                self._keep(messages, [], Usage(), started, streamed=False, error=exc)
+                raise
         for c in choices:
             self.meter.record(c.usage)
+        self._keep(messages, choices, sum((c.usage for c in choices), Usage()), started, False)
         return choices
+
+    def _keep(
+        self,
+        messages: Sequence[Message],
+        choices: Sequence[Completion],
+        usage: Usage,
+        started: float,
+        streamed: bool,
+        error: PonderError | None = None,
+    ) -> None:
+        """Add a call to `calls`, when the conversation log keeps them."""
+        if self.calls is None:
+            return
+        now = time.monotonic()
+        self.calls.append(
+            CallRecord(
+                tuple(messages),
+                tuple(choices),
+                usage,
+                round(started - self.started, 6),
+                round(now - started, 6),
+                streamed,
+                None if error is None else f"{error.code or error.type}: {error.message}",
+            )
+        )
 
     async def sample(
         self,
@@ -244,13 +293,26 @@ class RequestContext:
         """One streamed backend call, metered: its deltas, the last one carrying the usage."""
         self._charge()
         assert self.limiter is not None
-        async with self.limiter:
-            async for delta in self.backend.stream(
-                self.model, messages, sampling or self.sampling, n
-            ):
-                if delta.usage is not None:
-                    self.meter.record(delta.usage)
-                yield delta
+        started = time.monotonic()
+        kept = Assembler(n) if self.calls is not None else None
+        error: PonderError | None = None
+        try:
+            async with self.limiter:
+                async for delta in self.backend.stream(
+                    self.model, messages, sampling or self.sampling, n
+                ):
+                    if delta.usage is not None:
+                        self.meter.record(delta.usage)
+                    if kept is not None:
+                        kept.add(delta)
+                    yield delta
+        except PonderError as exc:
+            error = exc
+            raise
+        finally:
+            if kept is not None:  # also a stream cut short: what it said until then
+                usage = kept.usage or Usage()
+                self._keep(messages, kept.completions(), usage, started, True, error)
 
     async def final(
         self, messages: Sequence[Message], sampling: Sampling | None = None, n: int = 1

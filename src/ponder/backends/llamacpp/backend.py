@@ -15,13 +15,15 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ponder import catalog
 from ponder.backends.assemble import Assembler
-from ponder.backends.base import Capabilities, continued_prefix
+from ponder.backends.base import ADAPTIVE_SAMPLING, Capabilities, continued_prefix
 from ponder.backends.chat_template import ChatTemplate, offered_tools
+from ponder.backends.llamacpp.adaptive import AdaptiveSettings
 from ponder.backends.llamacpp.engine import Engine
 from ponder.backends.llamacpp.jobs import (
     EngineStats,
@@ -84,6 +86,38 @@ def logit_bias(sampling: Sampling, n_vocab: int) -> tuple[tuple[int, float], ...
             )
         out.append((token, float(value)))
     return tuple(out)
+
+
+def adaptive_settings(sampling: Sampling) -> AdaptiveSettings | None:
+    """The adaptive sampling the request asks for (`ADAPTIVE_SAMPLING`), if any."""
+    raw = sampling.extra.get(ADAPTIVE_SAMPLING)
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest(f"{ADAPTIVE_SAMPLING} must be an object", param=ADAPTIVE_SAMPLING)
+    fields = AdaptiveSettings.__dataclass_fields__
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise InvalidRequest(
+                f"{ADAPTIVE_SAMPLING}: unknown setting {key!r} (known: {', '.join(fields)})",
+                param=ADAPTIVE_SAMPLING,
+            )
+        wants_int = key == "branch_top_k"
+        ok = isinstance(value, int) if wants_int else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or value < 0:
+            kind = "integer" if wants_int else "number"
+            raise InvalidRequest(
+                f"{ADAPTIVE_SAMPLING}: {key} must be a non-negative {kind}",
+                param=ADAPTIVE_SAMPLING,
+            )
+        values[key] = value
+    settings = replace(AdaptiveSettings(), **values)
+    if not 0 < settings.resample_top_p <= 1:
+        raise InvalidRequest(
+            f"{ADAPTIVE_SAMPLING}: resample_top_p must be in (0, 1]", param=ADAPTIVE_SAMPLING
+        )
+    return settings
 
 
 def output_grammar(sampling: Sampling) -> str | None:
@@ -156,6 +190,7 @@ class EmbeddedBackend:
             context_window=n_ctx,
             continuation=True,
             thinking="<think>" in (self._template.template or ""),
+            adaptive_sampling=True,
         )
 
     # ---- Backend protocol ------------------------------------------------------------------
@@ -252,6 +287,7 @@ class EmbeddedBackend:
                     logprobs=logprobs(event.index),
                     stop_sequence=event.stop_sequence if reason == "stop" else None,
                     completion_tokens=event.tokens,
+                    sampling_actions=event.actions,
                 )
                 completion_tokens += event.tokens
                 remaining -= 1
@@ -292,12 +328,14 @@ class EmbeddedBackend:
         max_tokens = min(sampling.max_tokens or DEFAULT_MAX_TOKENS, room)
         grammar = output_grammar(sampling)
         biases = logit_bias(sampling, self._model.n_vocab)
+        adaptive = adaptive_settings(sampling)
         temperature = DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
         params = [
             SequenceParams(
                 max_tokens=max_tokens,
                 stop=sampling.stop,
                 top_logprobs=(sampling.top_logprobs or 0) if sampling.logprobs else None,
+                adaptive=adaptive,
                 sampler=SamplerSettings(
                     temperature=temperature,
                     top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ponder.backends.llamacpp.adaptive import AdaptiveSampler
 from ponder.backends.llamacpp.jobs import (
     EngineStats,
     Failed,
@@ -55,6 +56,9 @@ class _Seq:
     output: int = -1
     """Where this sequence's logits are in the batch being decoded (-1: none)."""
     sampler: Sampler | None = None
+    adaptive: AdaptiveSampler | None = None
+    """Set when this sequence picks its tokens by the adaptive rule (the sampler only shapes
+    the logits then)."""
     followers: list[_Seq] = field(default_factory=list)
 
 
@@ -295,10 +299,14 @@ class Engine:
         if state == "prefill":
             seq.job.note_cached(len(slot.tokens))
         slot.seq, slot.used = seq, self._steps
+        adaptive = seq.params.adaptive
         try:
-            seq.sampler = Sampler(self.model, seq.params.sampler)
+            seq.sampler = Sampler(self.model, seq.params.sampler, select=adaptive is None)
         except NativeError as exc:
             self._fail(seq.job, exc)
+            return
+        if adaptive is not None:
+            seq.adaptive = AdaptiveSampler(adaptive, seq.params.sampler.seed)
 
     def _fill_batch(self) -> list[tuple[_Seq, list[int]]]:
         """The next batch: one token per generating sequence, then prompt chunks. Returns each
@@ -348,7 +356,11 @@ class Engine:
         assert seq.sampler is not None
         top = seq.params.top_logprobs
         logprobs = None if top is None else log_softmax(self._ctx.logits_array(output))
-        token = seq.sampler.sample(self._ctx, output)
+        if seq.adaptive is None:
+            token = seq.sampler.sample(self._ctx, output)
+        else:
+            token, _ = seq.adaptive.choose(seq.sampler.shaped(self._ctx, output))
+            seq.sampler.accept(token)
         seq.generated += 1
         self._decoded += 1
         if self.model.is_eog(token):
@@ -371,7 +383,8 @@ class Engine:
         rest = seq.text.flush()
         if rest:
             seq.job.emit(Text(seq.index, rest))
-        seq.job.emit(Finished(seq.index, reason, seq.generated, seq.text.matched))
+        actions = None if seq.adaptive is None else dict(seq.adaptive.counts)
+        seq.job.emit(Finished(seq.index, reason, seq.generated, seq.text.matched, actions))
         self._release(seq)
 
     def _release(self, seq: _Seq) -> None:

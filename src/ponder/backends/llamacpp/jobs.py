@@ -4,10 +4,11 @@ events it reports from its thread through the job's sink, and its counters."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ponder.backends.llamacpp.adaptive import AdaptiveSettings
 from ponder.backends.llamacpp.native import SamplerSettings
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,10 @@ class SequenceParams:
     top_logprobs: int | None = None
     """Report each generated token's log-probability with this many alternatives (None: no
     log-probabilities at all)."""
+    adaptive: AdaptiveSettings | None = None
+    """Choose each token by the entropix-style adaptive rule (`adaptive`) instead of the
+    sampler chain's temperature, top-k and top-p; its bias, penalties and grammar still
+    apply."""
 
 
 # ---- what the engine reports, from its thread, through a job's sink ----------------------
@@ -49,6 +54,8 @@ class Finished:
     """Tokens this sequence generated (its end-of-generation token included)."""
     stop_sequence: str | None = None
     """The stop string that ended it, if one did."""
+    actions: Mapping[str, int] | None = None
+    """With adaptive sampling: how many tokens each action chose."""
 
 
 @dataclass(frozen=True, slots=True)

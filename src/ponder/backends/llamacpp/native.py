@@ -242,17 +242,25 @@ class SamplerSettings:
     """Added to the logits of these tokens before sampling (-100 bans a token)."""
 
 
+_TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+"""The layout of llama.cpp's `llama_token_data`."""
+
+
 class Sampler:
     """A llama.cpp sampler chain for one sequence: its own seed, penalties and grammar.
 
     Temperature 0 is greedy (the most likely token); otherwise the chain filters by top-k,
-    top-p and min-p, then draws at the temperature.
+    top-p and min-p, then draws at the temperature. With `select=False` the chain only shapes
+    the logits (bias, penalties, grammar) and the caller picks the token (`shaped`, `accept`).
     """
 
-    def __init__(self, model: Model, s: SamplerSettings) -> None:
+    def __init__(self, model: Model, s: SamplerSettings, *, select: bool = True) -> None:
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self.ptr: Any = llama_cpp.llama_sampler_chain_init(params)
+        self.shapes = bool(s.logit_bias or s.presence_penalty or s.frequency_penalty or s.grammar)
+        self._n_vocab = model.n_vocab
+        self._candidates: Any = None
         add = llama_cpp.llama_sampler_chain_add
         if s.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(s.logit_bias))(
@@ -275,6 +283,8 @@ class Sampler:
                 llama_cpp.llama_sampler_free(self.ptr)
                 raise NativeError("llama.cpp could not compile the output grammar")
             add(self.ptr, grammar)
+        if not select:
+            return
         if s.temperature <= 0:
             add(self.ptr, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -287,6 +297,34 @@ class Sampler:
     def sample(self, ctx: Context, output: int) -> int:
         """Draws the next token from output `output` of the last batch (and accepts it)."""
         return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, output))
+
+    def shaped(self, ctx: Context, output: int) -> npt.NDArray[np.float32]:
+        """The logits of output `output` after this chain's bias, penalties and grammar (a
+        token the grammar forbids is -inf); for a chain built with `select=False`."""
+        logits = ctx.logits_array(output)
+        if not self.shapes:
+            return logits
+        if self._candidates is None:
+            self._candidates = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
+        data = self._candidates
+        data["id"] = np.arange(self._n_vocab, dtype=np.intc)
+        data["logit"] = logits
+        data["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self._n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(array))
+        kept = data[: array.size]
+        out = np.full(self._n_vocab, -np.inf, dtype=np.float32)
+        out[kept["id"]] = kept["logit"]
+        return out
+
+    def accept(self, token: int) -> None:
+        """Tells the chain `token` was chosen (penalties and grammar follow it)."""
+        llama_cpp.llama_sampler_accept(self.ptr, token)
 
     def close(self) -> None:
         if self.ptr:

@@ -1,0 +1,111 @@
+"""The conversation log (PONDER_CONVERSATION_LOG): one JSON line per request, with every
+backend call, the usage and the answer; keys masked, and the privacy plugin's originals never
+written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from ponder.config import Settings
+from ponder.errors import BackendUnavailable
+from ponder.testing import Call
+from tests.conftest import MODEL, chat, scripted, sse_events, user
+
+KEY = "tenant-a:sk-live-0123456789abcdef"
+
+
+def written(directory: Path) -> str:
+    """The log's one file (one day), as text."""
+    (day,) = directory.glob("*.jsonl")
+    return day.read_text(encoding="utf-8")
+
+
+def lines(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in written(directory).splitlines()]
+
+
+async def test_each_request_is_one_line_with_every_call_and_the_answer(tmp_path: Path) -> None:
+    replies = ["It is 4.", "Four: 4.", "I say 5."]
+    backend = scripted(list(replies))
+    settings = Settings(conversation_log=tmp_path)
+    response = await chat(
+        backend,
+        f"sc-{MODEL}",
+        settings=settings,
+        messages=[user("2+2?")],
+        ponder={"sc": {"samples": 3}},
+    )
+    assert response.status_code == 200
+    (line,) = lines(tmp_path)
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert (line["model"], line["route"]) == (
+        f"sc-{MODEL}",
+        {"plugins": [], "strategies": ["sc"]},
+    )
+    assert len(line["calls"]) == len(backend.calls) == 3
+    assert [c["messages"] for c in line["calls"]] == [[{"role": "user", "content": "2+2?"}]] * 3
+    assert sorted(c["choices"][0]["content"] for c in line["calls"]) == sorted(replies)
+    body = response.json()
+    assert line["answer"] == [{"content": "It is 4.", "finish_reason": "stop"}]
+    usage = body["usage"]
+    assert line["usage"]["prompt_tokens"] == usage["prompt_tokens"]
+    assert line["usage"]["completion_tokens"] == usage["completion_tokens"]
+    assert sum(c["usage"]["completion_tokens"] for c in line["calls"]) == usage["completion_tokens"]
+    assert all(c["seconds"] >= 0 and not c["streamed"] for c in line["calls"])
+
+
+async def test_a_streamed_request_and_a_failed_one_are_logged_too(tmp_path: Path) -> None:
+    settings = Settings(conversation_log=tmp_path)
+    response = await chat(scripted(["Hello there."]), MODEL, settings=settings, stream=True)
+    assert sse_events(response.text)
+    failing = scripted([BackendUnavailable("the upstream is down")])
+    failed = await chat(failing, MODEL, settings=settings)
+    assert failed.status_code == 503
+    streamed, broken = lines(tmp_path)
+    assert streamed["calls"][0]["streamed"] is True
+    assert streamed["calls"][0]["choices"][0]["content"] == "Hello there."
+    assert streamed["answer"][0]["content"] == "Hello there."
+    assert "answer" not in broken
+    assert broken["error"].endswith("the upstream is down")
+    assert broken["calls"][0]["error"].endswith("the upstream is down")
+
+
+async def test_keys_are_masked(tmp_path: Path) -> None:
+    settings = Settings(conversation_log=tmp_path, api_keys=[SecretStr(KEY)])
+    secret = KEY.split(":", 1)[1]
+    text = f"my key is {secret} and another is sk-proj-ABCDEFGHIJKLMNOPQRST"
+    response = await chat(
+        scripted(lambda call, i: call.prompt),
+        MODEL,
+        settings=settings,
+        messages=[user(text)],
+        headers={"authorization": f"Bearer {secret}"},
+    )
+    assert response.status_code == 200
+    text = written(tmp_path)
+    assert secret not in text and "sk-proj-ABCDEFGHIJKLMNOPQRST" not in text
+    assert "my key is ***" in text
+
+
+async def test_the_privacy_plugins_originals_are_never_written(tmp_path: Path) -> None:
+    email = "jane.doe@example.com"
+
+    def echo(call: Call, index: int) -> str:
+        return f"Write to {call.prompt.split()[-1]}"
+
+    response = await chat(
+        scripted(echo),
+        f"privacy-{MODEL}",
+        settings=Settings(conversation_log=tmp_path),
+        messages=[user(f"Please write to {email}")],
+    )
+    assert response.status_code == 200
+    assert email in response.json()["choices"][0]["message"]["content"]  # restored for the client
+    assert email not in written(tmp_path)
+    (line,) = lines(tmp_path)
+    assert line["answer"].startswith("(withheld")
+    assert line["calls"][0]["messages"][-1]["content"].startswith("Please write to ")
