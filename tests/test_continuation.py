@@ -264,3 +264,27 @@ async def test_vllm_continues_after_the_generation_prompt_with_the_prefix_tokens
     # the fake tokenizer: one token a word, numbered from 0 in each text it encodes
     assert continued == [*plain, 0, 1, 2]
     assert ctx.meter.usage.prompt_tokens == len(plain) + len(continued)
+
+
+async def test_the_operator_says_which_upstreams_continue_a_prefilled_turn() -> None:
+    from ponder.backends import build_backend
+    from ponder.backends.pool import Upstream, UpstreamPool
+    from ponder.config import Settings
+
+    plain = build_backend(Settings(backend="openai", base_url="http://up/v1"))
+    able = build_backend(
+        Settings(backend="openai", base_url="http://up/v1", upstream_continuation=True)
+    )
+    try:
+        assert (plain.capabilities.continuation, able.capabilities.continuation) == (False, True)
+    finally:
+        await plain.aclose()
+        await able.aclose()
+    # a pool continues only where every upstream does
+    yes = ScriptedBackend(capabilities=Capabilities(continuation=True, logprobs=True))
+    no = ScriptedBackend(capabilities=Capabilities(logprobs=True))
+    both = UpstreamPool([Upstream("a", yes), Upstream("b", no)])
+    alone = UpstreamPool([Upstream("a", yes)])
+    assert both.capabilities.continuation is False
+    assert alone.capabilities.continuation is True
+    assert alone.client().capabilities.continuation is True

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "(default: the user's cache directory)",
     )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vllm")
+    upstream_continuation: bool = Field(
+        False,
+        description="openai backend: the upstream continues a prefilled assistant turn "
+        "(vLLM's continue_final_message), for cot_decoding and thinkdeeper",
+    )
     max_backend_calls: int = Field(
         128, ge=1, description="Most backend calls one request may make (clients may ask for fewer)"
     )

@@ -47,6 +47,7 @@ def _remote(settings: Settings) -> Backend:
             api_key=key.get_secret_value() if key else None,
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
+            continuation=settings.upstream_continuation,
         )
         for url in (settings.base_url, *settings.fallback_base_urls)
     ]

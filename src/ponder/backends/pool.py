@@ -139,6 +139,8 @@ class UpstreamPool:
             logprobs=all(c.logprobs for c in caps),
             tools=all(c.tools for c in caps),
             max_concurrency=sum(u.max_concurrency for u in self.upstreams),
+            continuation=all(c.continuation for c in caps),
+            thinking=all(c.thinking for c in caps),
         )
 
     # ---- what the pool shows ---------------------------------------------------------------
@@ -399,6 +401,8 @@ class PoolClient:
             logprobs=caps.logprobs,
             tools=caps.tools,
             max_concurrency=caps.max_concurrency,
+            continuation=caps.continuation,
+            thinking=caps.thinking,
         )
 
     async def models(self) -> list[str]:

@@ -56,6 +56,9 @@ class UpstreamEntry(BaseModel):
     )
     weight: int = Field(1, ge=1, le=1000, description="Share of calls under `weighted`")
     max_concurrency: int = Field(16, ge=1, le=4096, description="Most calls in flight on it")
+    continuation: bool = Field(
+        False, description="It continues a prefilled assistant turn (continue_final_message)"
+    )
     models: dict[str, str] = Field(
         default_factory=dict, description="Model names clients use -> the upstream's own"
     )
@@ -134,6 +137,7 @@ def build_pool(
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
             transport=(transports or {}).get(name),
+            continuation=entry.continuation,
         )
         upstreams.append(
             Upstream(name, backend, entry.weight, entry.max_concurrency, dict(entry.models))
