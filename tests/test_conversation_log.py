@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import SecretStr
 
+from ponder.cli import main
 from ponder.config import Settings
 from ponder.errors import BackendUnavailable
+from ponder.proxy.conversation_log import ConversationLog
 from ponder.testing import Call
 from tests.conftest import MODEL, chat, scripted, sse_events, user
 
@@ -109,3 +112,52 @@ async def test_the_privacy_plugins_originals_are_never_written(tmp_path: Path) -
     (line,) = lines(tmp_path)
     assert line["answer"].startswith("(withheld")
     assert line["calls"][0]["messages"][-1]["content"].startswith("Please write to ")
+
+
+def test_a_full_days_file_is_rotated_and_old_days_are_removed(tmp_path: Path) -> None:
+    old = tmp_path / "2000-01-01.jsonl"
+    old.write_text("{}\n")
+    old_rotated = tmp_path / "2000-01-01.1.jsonl"
+    old_rotated.write_text("{}\n")
+    keep = tmp_path / "notes.txt"  # not a log file: never touched
+    keep.write_text("mine")
+    log = ConversationLog(tmp_path, max_bytes=1024, keep_days=30)
+    for i in range(12):  # about 100 bytes a line: rotated after every ~10
+        log.write({"request_id": f"r{i}", "text": "x" * 80})
+    assert not old.exists() and not old_rotated.exists() and keep.exists()
+    files = sorted(p.name for p in tmp_path.glob("*.jsonl"))
+    day = files[0][:10]
+    assert files == [f"{day}.1.jsonl", f"{day}.jsonl"]
+    assert all(p.stat().st_size <= 1024 for p in tmp_path.glob("*.jsonl"))
+    ids = [
+        json.loads(line)["request_id"]
+        for name in (f"{day}.1.jsonl", f"{day}.jsonl")
+        for line in (tmp_path / name).read_text().splitlines()
+    ]
+    assert ids == [f"r{i}" for i in range(12)]  # nothing lost, in order
+
+
+async def test_ponder_log_show_prints_one_request_as_a_tree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend = scripted(["It is 4.", "Four: 4.", "I say 5."])
+    response = await chat(
+        backend,
+        f"sc-{MODEL}",
+        settings=Settings(conversation_log=tmp_path),
+        messages=[user("2+2?")],
+        ponder={"sc": {"samples": 3}},
+    )
+    request_id = response.headers["x-request-id"]
+    assert main(["log", "show", request_id, "--dir", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"request {request_id}  sc-{MODEL}  (route sc,")
+    assert "3 backend calls" in shown
+    assert shown.count("user: 2+2?") == 3
+    for reply in ("It is 4.", "Four: 4.", "I say 5."):
+        assert f"→ {reply}" in shown
+    assert shown.rstrip().endswith("└─ answer: It is 4.")
+    assert main(["log", "show", request_id, "--dir", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["request_id"] == request_id
+    assert main(["log", "show", "no-such-id", "--dir", str(tmp_path)]) == 1
+    assert "no request 'no-such-id'" in capsys.readouterr().err

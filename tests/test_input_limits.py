@@ -5,6 +5,8 @@ than the server takes are a 400 naming the field."""
 from __future__ import annotations
 
 import json
+import select
+import socket
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from starlette.types import Message
 
 from ponder.config import Settings
 from ponder.proxy import create_app
+from ponder.testing import running_server
 from tests.conftest import MODEL, asgi_client, assert_error, chat, chat_scope, scripted, user
 
 LIMIT = 4096
@@ -113,3 +116,45 @@ async def test_the_message_cap_holds_in_the_anthropic_shape_too() -> None:
     error = response.json()
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert "PONDER_MAX_MESSAGES" in error["error"]["message"]
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_a_100_mb_body_is_refused_without_the_server_holding_it(chunked: bool) -> None:
+    """Through a real uvicorn server: 100 MB sent (or announced) against the default 8 MiB
+    limit. The answer is a 413 and the process grows by less than 10 MB."""
+    app = create_app(Settings(), backend=scripted())
+    total, piece = 100 * 1024 * 1024, b"x" * 65536
+    with running_server(app) as url:
+        host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
+        before = rss_bytes()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            length = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % total
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: ponder\r\n"
+                b"Content-Type: application/json\r\n" + length + b"\r\n\r\n"
+            )
+            sent = 0
+            try:
+                while sent < total:
+                    frame = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+                    sock.sendall(frame)
+                    sent += len(piece)
+                    if select.select([sock], [], [], 0)[0]:
+                        break  # the server has answered
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it answered and closed before taking the rest
+            reply = sock.recv(65536)
+        grown = rss_bytes() - before
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"request_too_large" in reply
+    assert sent < total  # the server did not wait for the whole body
+    assert grown < 10 * 1024 * 1024, f"the process grew by {grown / 1e6:.1f} MB"

@@ -1,4 +1,4 @@
-"""`/ui/spl` rendered by a real headless Chromium (Debian's /usr/bin/chromium).
+"""`/ui/spl` and `/ui/playground` rendered by a real headless Chromium (Debian's /usr/bin/chromium).
 
 Skipped when Chromium is missing, unless PONDER_REQUIRE_SERVICES=1 (as in CI), which makes a
 missing browser a failure instead of a silent skip.
@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from ponder.proxy import create_app
 from ponder.spl_store import Draft, Store
 from ponder.testing import running_server
 from tests import services
-from tests.conftest import scripted
+from tests.conftest import MODEL, scripted, sse_events
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -38,10 +39,10 @@ def chromium() -> str:
     return services.chromium()
 
 
-def dump_dom(chromium: str, url: str, profile: Path) -> str:
+def dump_dom(chromium: str, url: str, profile: Path, *flags: str) -> str:
     """The DOM after Chromium loaded and rendered `url`."""
     done = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        [chromium, *CHROMIUM_FLAGS, *flags, f"--user-data-dir={profile}", "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -179,3 +180,52 @@ def test_the_page_needs_credentials(
         assert b_page.text["tenant"] == "b"
         assert b_page.headings == ["coding"]
         assert f"strategy-{s1}" not in b_page.text
+
+
+def test_the_playground_asks_two_routes_side_by_side(chromium: str, tmp_path: Path) -> None:
+    """The page's script streams each route into its column: answer, reasoning and tokens."""
+    reply = "Six sevens.\nThe answer is 42."
+    app = create_app(Settings(api_keys=["a:key-a"]), backend=scripted(lambda call, i: reply))
+    query = urlencode([("q", "What is 6*7?"), ("route", "none"), ("route", "sc"), ("ask", "1")])
+    with running_server(app) as base:
+        # what each route reports for the same question, streamed, as the page asks it
+        expected = {route: streamed_usage(base, f"{route}-{MODEL}") for route in ("none", "sc")}
+        host = base.removeprefix("http://").removesuffix("/v1")
+        dom = dump_dom(
+            chromium,
+            f"http://a:key-a@{host}/ui/playground?{query}",
+            tmp_path / "profile",
+            "--virtual-time-budget=20000",  # let the page's fetches finish before the dump
+        )
+
+    page = parse(dom)
+    for route in ("none", "sc"):
+        assert page.text[f"status-{route}"] == "done", page.text.get(f"status-{route}")
+        assert page.text[f"answer-{route}"] == reply
+        usage = expected[route]
+        assert page.text[f"tokens-{route}"] == (
+            f"{usage['total_tokens']} ({usage['prompt_tokens']} in, "
+            f"{usage['completion_tokens']} out)"
+        )
+        assert page.text[f"time-{route}"].endswith(" s")
+        assert page.text[f"calls-{route}"] == "not reported for streams"
+    assert expected["sc"]["total_tokens"] > expected["none"]["total_tokens"]  # sc sampled more
+    assert "Vote: 42" in page.text["reasoning-sc"]
+    assert page.text["reasoning-none"] == ""
+    assert page.classes["col-none"] == ["column", "done"]
+
+
+def streamed_usage(base: str, model: str) -> dict[str, int]:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "What is 6*7?"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{base}/chat/completions", json=body, headers={"authorization": "Bearer key-a"}
+    ) as response:
+        usage = [e["usage"] for e in sse_events(response.read().decode()) if e.get("usage")]
+    assert len(usage) == 1
+    found: dict[str, int] = usage[0]
+    return found

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ponder import cli_keys, cli_models, cli_store
+from ponder import cli_keys, cli_log, cli_models, cli_store
 from ponder.bench import cli as bench_cli
 from ponder.config import Settings
 from ponder.errors import PonderError
@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     )
     cli_store.add_parsers(sub)
     cli_keys.add_parser(sub)
+    cli_log.add_parser(sub)
     cli_models.add_parser(sub)
     bench_cli.add_parser(sub)
     return root
@@ -153,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_store.run(args, settings)
         if args.command == "keys":
             return cli_keys.run(args, settings)
+        if args.command == "log":
+            return cli_log.run(args, settings)
         if args.command == "models":
             return cli_models.run(args, settings)
         if args.command == "bench":

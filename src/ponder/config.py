@@ -67,10 +67,21 @@ class Settings(BaseSettings):
         description="Seconds a request may run before it fails with 504; keep it below the "
         "clients' read timeout (the openai client's is 600 s) so they get the error",
     )
+    trace_content: bool = Field(
+        False,
+        description="Put prompt and answer text into OpenTelemetry spans (off: only counts, "
+        "models and settings)",
+    )
     conversation_log: Path | None = Field(
         None,
         description="A directory for the conversation log: one JSON line per request with "
         "every backend call (keys masked; off when unset)",
+    )
+    conversation_log_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="A day's log file past this is rotated"
+    )
+    conversation_log_keep_days: float = Field(
+        30.0, gt=0, description="Log files of days older than this are removed"
     )
     max_body_bytes: int = Field(
         8 * 1024 * 1024,

@@ -24,10 +24,12 @@ from ponder.proxy.middleware import RequestIdMiddleware
 from ponder.proxy.responses_api import cancel_background, responses
 from ponder.proxy.routes import authenticate, health, v1
 from ponder.proxy.state import AppState
+from ponder.proxy.tracing_middleware import TracingMiddleware
 from ponder.proxy.ui import ui
 from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
 from ponder.strategies.registry import Registry, default_registry
+from ponder.tracing import Tracing, from_environment
 
 
 def create_app(
@@ -35,10 +37,12 @@ def create_app(
     backend: Backend | None = None,
     registry: Registry | None = None,
     store: Store | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Build the app. Without `backend`, the one `settings` names is built (and closed with the
     app); a given backend stays the caller's to close. Without `store`, the SPL and memory
-    store at `settings.database_url` is used (opened on first use, closed with the app)."""
+    store at `settings.database_url` is used (opened on first use, closed with the app).
+    Without `tracing`, spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set."""
     settings = settings or Settings()
     engine = Engine(registry or default_registry())
     keyring = Keyring.from_settings(settings).with_canonical_strategies(engine.registry.canonical)
@@ -49,6 +53,7 @@ def create_app(
         owns_backend=backend is None,
         store=store or Store.for_settings(settings),
         keyring=keyring,
+        tracing=tracing or from_environment(settings.trace_content),
     )
     owns_store = store is None
 
@@ -61,6 +66,8 @@ def create_app(
             state.store.close()
         if state.owns_backend:
             await state.backend.aclose()
+        if state.tracing is not None and state.tracing.provider is not None:
+            state.tracing.provider.shutdown()  # exports what is left
 
     app = FastAPI(
         title="Ponder",
@@ -92,7 +99,9 @@ def create_app(
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees the last-resort 500
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # sees the last-resort 500
+    if state.tracing is not None:  # outermost: the request's span covers everything
+        app.add_middleware(TracingMiddleware, tracing=state.tracing)
     _describe_api(app, keyed=not keyring.open)
     return app
 

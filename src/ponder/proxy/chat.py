@@ -41,6 +41,7 @@ from ponder.strategies.engine import Engine
 from ponder.strategies.resolve import Route, resolve
 from ponder.strategies.toolbox import server_tools
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
+from ponder.tracing import Tracing
 from ponder.types import Completion, Message, Sampling
 
 T = TypeVar("T")
@@ -101,6 +102,8 @@ class ChatService:
     """Most tools one request may offer."""
     conversation_log: ConversationLog | None = None
     """Where each request's calls and answer are written (None: nowhere)."""
+    tracing: Tracing | None = None
+    """OpenTelemetry spans for each route run and backend call (None: off)."""
 
     @classmethod
     def for_settings(
@@ -110,6 +113,7 @@ class ChatService:
         engine: Engine,
         store: Store | None = None,
         resources: Mapping[str, object] | None = None,
+        tracing: Tracing | None = None,
     ) -> ChatService:
         """The service with the server's limits from `settings`."""
         return cls(
@@ -129,7 +133,13 @@ class ChatService:
             settings.max_tools,
             None
             if settings.conversation_log is None
-            else ConversationLog(settings.conversation_log, secrets_of(settings)),
+            else ConversationLog(
+                settings.conversation_log,
+                secrets_of(settings),
+                max_bytes=settings.conversation_log_max_bytes,
+                keep_days=settings.conversation_log_keep_days,
+            ),
+            tracing,
         )
 
     def route(self, request: ChatRequest) -> Route:
@@ -223,6 +233,7 @@ class ChatService:
                 resources=self.resources,
                 working=[] if request.keep_working and not request.stream else None,
                 calls=[] if self.conversation_log is not None else None,
+                tracing=self.tracing,
             ),
             log=self.conversation_log,
         )
@@ -330,11 +341,11 @@ class Job:
         """Run the strategies; past the budget's deadline every call in flight is cancelled.
         With a conversation log, the request is written to it however the run ends."""
         if self.log is None:
-            return await self._run(sink)
+            return await self._traced(sink)
         answer: list[Completion] | None = None
         error: BaseException | None = None
         try:
-            answer = await self._run(sink)
+            answer = await self._traced(sink)
             return answer
         except BaseException as exc:
             error = exc
@@ -351,6 +362,30 @@ class Job:
                     error=error,
                 )
             )
+
+    async def _traced(self, sink: Sink | None) -> list[Completion]:
+        """`_run`, in a span of its own when tracing is on: the route, its steps as events,
+        its backend calls as child spans, and the request's usage."""
+        tracing = self.ctx.tracing
+        if tracing is None:
+            return await self._run(sink)
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self.route.model,
+            "ponder.model": self.request.model,
+            "ponder.route.strategies": list(self.route.slugs),
+            "ponder.route.plugins": list(self.route.plugins),
+            "ponder.request_id": self.ctx.request_id,
+            "ponder.tenant": self.ctx.tenant,
+        }
+        with tracing.span(f"ponder.route {'&'.join(self.route.slugs)}", attributes) as span:
+            try:
+                return await self._run(sink)
+            finally:
+                usage = self.ctx.meter.usage
+                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+                span.set_attribute("ponder.backend_calls", self.ctx.meter.calls)
 
     async def _run(self, sink: Sink | None) -> list[Completion]:
         self.ctx.sink = sink

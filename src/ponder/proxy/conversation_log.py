@@ -2,6 +2,10 @@
 `DIR/YYYY-MM-DD.jsonl` (UTC), with its route, every backend call (the messages the backend was
 sent, what it answered, its tokens and timing), the request's usage and time, and the answer.
 
+A day's file past `max_bytes` is rotated to `YYYY-MM-DD.N.jsonl` and a new one begun; files of
+days older than `keep_days` are removed when a new day's file starts. `ponder log show ID`
+prints one request from it.
+
 What the log must never hold is kept out of it: every configured key (and anything shaped like
 an API key) is masked, and for a route with the `privacy` plugin the answer, which carries the
 restored originals, is withheld: the calls hold only what the backend saw, which was masked.
@@ -29,13 +33,24 @@ MASK = "***"
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk|key)-[A-Za-z0-9_\-]{16,}\b")
 """Strings shaped like an API key, masked even when no setting names them."""
 WITHHELD = "(withheld: the privacy plugin restored the originals in it)"
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}(\.\d+)?\.jsonl$")
 
 
 class ConversationLog:
-    def __init__(self, directory: Path, secrets: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        secrets: Iterable[str] = (),
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        keep_days: float = 30.0,
+    ) -> None:
         self.directory = directory
         self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.max_bytes = max_bytes
+        self.keep_days = keep_days
         self._lock = threading.Lock()
+        self._day: str | None = None
 
     def mask(self, text: str) -> str:
         for secret in self.secrets:
@@ -45,14 +60,34 @@ class ConversationLog:
     def write(self, entry: dict[str, Any]) -> None:
         """Append one request's line; a failure to write is logged, never the request's."""
         line = self.mask(json.dumps(entry, ensure_ascii=False, separators=(",", ":"))) + "\n"
-        day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        now = dt.datetime.now(dt.UTC)
+        day = now.strftime("%Y-%m-%d")
+        data = line.encode("utf-8")
         try:
             with self._lock:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                with (self.directory / f"{day}.jsonl").open("a", encoding="utf-8") as f:
-                    f.write(line)
+                if day != self._day:
+                    self._day = day
+                    self._remove_old(now)
+                path = self.directory / f"{day}.jsonl"
+                if path.exists() and path.stat().st_size + len(data) > self.max_bytes:
+                    path.rename(self._rotated(day))
+                with path.open("ab") as f:
+                    f.write(data)
         except OSError as exc:
             log.warning("the conversation log could not be written: %s", exc)
+
+    def _rotated(self, day: str) -> Path:
+        n = 1
+        while (self.directory / f"{day}.{n}.jsonl").exists():
+            n += 1
+        return self.directory / f"{day}.{n}.jsonl"
+
+    def _remove_old(self, now: dt.datetime) -> None:
+        oldest = (now - dt.timedelta(days=self.keep_days)).strftime("%Y-%m-%d")
+        for path in self.directory.glob("*.jsonl"):
+            if _DAY.match(path.name) and path.name[:10] < oldest:
+                path.unlink(missing_ok=True)
 
 
 def entry(

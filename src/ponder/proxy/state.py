@@ -14,6 +14,7 @@ from ponder.proxy.chat import ChatService
 from ponder.proxy.limits import RateLimiter
 from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
+from ponder.tracing import Tracing
 
 
 @dataclass
@@ -24,6 +25,8 @@ class AppState:
     owns_backend: bool
     store: Store
     keyring: Keyring
+    tracing: Tracing | None = None
+    """OpenTelemetry tracing (None: off)."""
     resources: Resources = field(init=False)
     """What the server lends its plugins, built from the settings (closed with the app)."""
     chat: ChatService = field(init=False)
@@ -35,6 +38,6 @@ class AppState:
     def __post_init__(self) -> None:
         self.resources = server_resources(self.settings, self.backend, self.engine)
         self.chat = ChatService.for_settings(
-            self.settings, self.backend, self.engine, self.store, self.resources
+            self.settings, self.backend, self.engine, self.store, self.resources, self.tracing
         )
         self.rate_limiter = RateLimiter(self.settings.rate_limit_per_minute)

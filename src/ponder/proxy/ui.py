@@ -1,9 +1,11 @@
-"""`/ui/spl`: a read-only page of a tenant's learned strategies, for a person to look at.
+"""`/ui/spl`: a read-only page of a tenant's learned strategies, for a person to look at;
+`/ui/playground`: one question asked of several routes side by side (`playground.py`).
 
-Rendered on the server, every value escaped with `html.escape`, no scripts and no external
-assets (a strict Content-Security-Policy says so). With API keys configured the page needs one,
-as `Authorization: Bearer KEY` or as the password of HTTP Basic auth (a browser asks for it);
-the key decides the tenant, as on the API. Without keys it shows tenant "default".
+The strategies page is rendered on the server, every value escaped with `html.escape`, no
+scripts and no external assets (a strict Content-Security-Policy says so). With API keys
+configured both pages need one, as `Authorization: Bearer KEY` or as the password of HTTP Basic
+auth (a browser asks for it); the key decides the tenant, as on the API.
+Without keys they show tenant "default".
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import html
 from collections.abc import Sequence
 from itertools import groupby
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from ponder.proxy import playground
 from ponder.proxy.knowledge import filters
 from ponder.proxy.routes import principal_for, state_of
 from ponder.spl_store import PROBLEM_TYPES, EventRecord, StrategyRecord
@@ -70,6 +73,37 @@ async def spl_page(request: Request, status: str | None = None) -> HTMLResponse:
     history = await asyncio.to_thread(store.history, tenant, [r.id for r in rows], HISTORY)
     content = render(tenant, rows, history, status or None)
     return HTMLResponse(page(f"Ponder strategies: {tenant}", content), headers=HEADERS)
+
+
+@ui.get("/playground", response_class=HTMLResponse)
+async def playground_page(
+    request: Request,
+    q: str = "",
+    route: list[str] = Query(default=[]),  # noqa: B008
+    model: str | None = None,
+    ask: bool = False,
+) -> HTMLResponse:
+    """Ask one question of several routes side by side (see `ponder.proxy.playground`)."""
+    state = state_of(request)
+    authorization = request.headers.get("authorization", "")
+    principal = principal_for(state.keyring, authorization, basic=True)
+    if principal is None:
+        body = page("Ponder: sign in", "<h1>401</h1><p>This page needs an API key.</p>")
+        return HTMLResponse(body, status_code=401, headers={**HEADERS, **CHALLENGE})
+    registry = state.engine.registry
+    slugs = registry.slugs
+    body = playground.render(
+        tenant=principal.tenant,
+        key="" if state.keyring.open else playground.presented_secret(authorization),
+        slugs=[s for s in slugs if not registry.is_plugin(s)],
+        plugins=[s for s in slugs if registry.is_plugin(s)],
+        models=await state.backend.models(),
+        question=q,
+        routes=route,
+        model=model,
+        ask=ask,
+    )
+    return HTMLResponse(body, headers=playground.HEADERS)
 
 
 def page(title: str, content: str) -> str:

@@ -31,6 +31,7 @@ from ponder.types import Completion, Delta, Message, Sampling, Usage
 
 if TYPE_CHECKING:
     from ponder.spl_store import Store
+    from ponder.tracing import CallSpan, Tracing
 
 T = TypeVar("T")
 
@@ -135,6 +136,8 @@ class RequestContext:
     """The tools this server offers strategies (the optional ones only where turned on)."""
     resources: Mapping[str, object] = field(default_factory=dict)
     """What the server lends its plugins, by name (`ponder.plugins.resources`)."""
+    tracing: Tracing | None = None
+    """OpenTelemetry spans for each backend call, and events for each step (None: off)."""
     calls: list[CallRecord] | None = None
     """Where every backend call is kept when the server keeps a conversation log; None: not
     kept."""
@@ -177,6 +180,8 @@ class RequestContext:
 
     def step(self, name: str, **detail: Any) -> None:
         self.trace.append(Step(name, detail, round(time.monotonic() - self.started, 6)))
+        if self.tracing is not None:
+            self.tracing.step(name, detail)
 
     def reason(self, text: str) -> None:
         """Stream `text` as reasoning of this choice (unless `ponder: {"reasoning": false}`), or
@@ -211,14 +216,20 @@ class RequestContext:
         self._charge()
         assert self.limiter is not None
         started = time.monotonic()
+        span = self._span(messages, sampling or self.sampling, n)
         async with self.limiter:
             try:
                 choices = await self.backend.complete(
                     self.model, messages, sampling or self.sampling, n
                 )
-            except PonderError as exc:
-                self._keep(messages, [], Usage(), started, streamed=False, error=exc)
+            except BaseException as exc:
+                if isinstance(exc, PonderError):
+                    self._keep(messages, [], Usage(), started, streamed=False, error=exc)
+                if span is not None:
+                    span.end_with(exc)
                 raise
+        if span is not None:
+            span.end(choices, sum((c.usage for c in choices), Usage()))
         for c in choices:
             self.meter.record(c.usage)
         self._keep(messages, choices, sum((c.usage for c in choices), Usage()), started, False)
@@ -294,8 +305,9 @@ class RequestContext:
         self._charge()
         assert self.limiter is not None
         started = time.monotonic()
-        kept = Assembler(n) if self.calls is not None else None
-        error: PonderError | None = None
+        span = self._span(messages, sampling or self.sampling, n)
+        kept = Assembler(n) if self.calls is not None or span is not None else None
+        error: BaseException | None = None
         try:
             async with self.limiter:
                 async for delta in self.backend.stream(
@@ -306,13 +318,25 @@ class RequestContext:
                     if kept is not None:
                         kept.add(delta)
                     yield delta
-        except PonderError as exc:
+        except BaseException as exc:
             error = exc
             raise
         finally:
             if kept is not None:  # also a stream cut short: what it said until then
                 usage = kept.usage or Usage()
-                self._keep(messages, kept.completions(), usage, started, True, error)
+                failure = error if isinstance(error, PonderError) else None
+                self._keep(messages, kept.completions(), usage, started, True, failure)
+                if span is not None:
+                    if error is None:
+                        span.end(kept.completions(), usage)
+                    else:
+                        span.end_with(error)
+
+    def _span(self, messages: Sequence[Message], sampling: Sampling, n: int) -> CallSpan | None:
+        """A span for one backend call, when tracing is on."""
+        if self.tracing is None:
+            return None
+        return self.tracing.call(self.model, messages, sampling, n)
 
     async def final(
         self, messages: Sequence[Message], sampling: Sampling | None = None, n: int = 1
