@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -320,3 +321,47 @@ def test_broken_upstream_streams_raise_backend_errors(events: bytes, message: st
 
     with pytest.raises(BackendError, match=message):
         asyncio.run(drain())
+
+
+def test_ponder_serve_with_workers_answers_from_several_processes(
+    upstream: tuple[FakeUpstream, str],
+) -> None:
+    """`ponder serve --workers 2` on the openai backend: two server processes share the port,
+    each answering with the settings the flags gave."""
+    _, url = upstream
+    port = _free_port()
+    command = [sys.executable, "-m", "ponder.cli", "serve", "--backend", "openai"]
+    command += ["--base-url", url, "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "ponder serve exited"
+            assert time.monotonic() < deadline, "ponder serve did not become ready"
+            time.sleep(0.2)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) >= 2  # the workers (uvicorn may add a helper process)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for _ in range(4):
+            completion = client.chat.completions.create(model="fake-model", messages=HELLO)
+            assert completion.choices[0].message.content == "echo 0: hello there"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def test_the_embedded_engine_refuses_several_workers() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ponder.cli", "serve", "--workers", "2", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "the embedded engine runs in one process" in done.stderr

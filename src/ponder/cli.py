@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,11 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the OpenAI-compatible server")
     serve.add_argument("--host", help="default: 127.0.0.1 (other addresses need PONDER_API_KEYS)")
     serve.add_argument("--port", type=int, help="default: 8000")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes (default: 1); more only on the openai and vllm backends",
+    )
     _backend_flags(serve)
     serve.add_argument(
         "--model",
@@ -63,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    fields = ("host", "port", "backend", "base_url", "model", "log_level")
+    fields = ("host", "port", "backend", "base_url", "model", "log_level", "workers")
     overrides: dict[str, Any] = {
         f: getattr(args, f) for f in fields if getattr(args, f, None) is not None
     }
@@ -77,14 +83,35 @@ def serve(settings: Settings) -> None:
     from ponder.proxy import create_app
 
     settings.check_exposure(len(Keyring.from_settings(settings)))
-    app = create_app(settings)
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,  # uvicorn's records go through Ponder's handler (format, masking)
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    if settings.backend == "embedded":
+        raise ValueError(
+            "the embedded engine runs in one process (its batch is the parallelism): "
+            "--workers needs the openai or vllm backend"
+        )
+    # each worker process builds its app from the environment: the flags go there first
+    os.environ.update(settings_environment(settings))
     uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=None,  # uvicorn's records go through Ponder's handler (format, masking)
+        "ponder.serving:app_from_environment", factory=True, workers=settings.workers, **common
     )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings the command line gave, as the `PONDER_*` variables a worker reads."""
+    fields = ("host", "port", "backend", "base_url", "model", "log_level", "workers")
+    return {
+        f"PONDER_{name.upper()}": str(value)
+        for name in fields
+        if (value := getattr(settings, name)) is not None
+    }
 
 
 async def ask(

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="openai backend: the upstream continues a prefilled assistant turn "
         "(vLLM's continue_final_message), for cot_decoding and thinkdeeper",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes (`ponder serve --workers`); more than one only on the "
+        "openai and vllm backends",
+    )
     max_backend_calls: int = Field(
         128, ge=1, description="Most backend calls one request may make (clients may ask for fewer)"
     )

@@ -29,3 +29,15 @@ def running_server(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def app_from_environment() -> Any:
+    """The app of one `ponder serve --workers N` process: its settings from the environment
+    (`ponder serve` puts its flags there first), logging as the parent's."""
+    from ponder.config import Settings
+    from ponder.logs import configure
+    from ponder.proxy import create_app
+
+    settings = Settings()
+    configure(settings)
+    return create_app(settings)
