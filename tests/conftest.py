@@ -18,7 +18,7 @@ from ponder.spl_store import Lifecycle, Store
 from ponder.testing import Call, Reply, ScriptedBackend, running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion
-from tests.services import fresh_database, postgres_server
+from tests.services import RedisServer, fresh_database, postgres_server, redis_server
 
 if TYPE_CHECKING:
     from ponder.backends.llamacpp import EmbeddedBackend
@@ -59,6 +59,13 @@ def postgres() -> Iterator[str]:
     """A PostgreSQL server URL for the whole session (see tests/services.py)."""
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """A private Redis server for the whole session (see tests/services.py)."""
+    with redis_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,9 +1,12 @@
-"""Real services for tests: a throwaway PostgreSQL server, and whether Chromium is installed.
+"""Real services for tests: a throwaway PostgreSQL server, a throwaway Redis server, and
+whether Chromium is installed.
 
 PostgreSQL: `PONDER_TEST_POSTGRES_URL` (a server URL whose user may create databases) is used
 when set; otherwise a private cluster is started from the installed server binaries (Debian's
-`postgresql` package) in a temporary directory, on a free port, and stopped at the end. Tests
-that need a service skip when it is missing, unless `PONDER_REQUIRE_SERVICES=1` (set by
+`postgresql` package) in a temporary directory, on a free port, and stopped at the end.
+Redis: a private `redis-server` (Debian's `redis-server` package) on a free port in a temporary
+directory, without persistence, stopped at the end. Tests that need a service skip when it is
+missing, unless `PONDER_REQUIRE_SERVICES=1` (set by
 `.ci/run`), where a missing service fails them instead.
 """
 
@@ -15,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,3 +115,70 @@ def fresh_database(server: str) -> str:
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql+psycopg://{server.removeprefix('postgresql://')}/{name}"
+
+
+class RedisServer:
+    """A private redis-server on a free port; `stop()` ends it (a Redis that went away)."""
+
+    def __init__(self, binary: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ponder-redis-"))
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.root),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def answers(self) -> bool:
+        """Whether the server answers PING."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the block, stopped at its end (skips when not installed)."""
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if binary is None:
+        require("Redis (Debian package redis-server)")
+        raise AssertionError("unreachable")
+    server = RedisServer(binary)
+    try:
+        yield server
+    finally:
+        server.stop()

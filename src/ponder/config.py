@@ -159,6 +159,19 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         10.0, gt=0, description="Seconds a request waits for a slot before a 503"
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis (redis://HOST:PORT/DB) where replicas share the per-key rate limits "
+        "and the concurrency cap; unset: each process keeps its own",
+    )
+    redis_timeout_s: float = Field(
+        0.25, gt=0, description="Seconds each Redis call of the limits may take"
+    )
+    limits_on_redis_error: Literal["open", "closed"] = Field(
+        "open",
+        description="When Redis fails or is too slow: open (let the request through, log a "
+        "warning, count ponder_limit_backend_errors_total) or closed (503)",
+    )
     upstream_retries: int = Field(
         2,
         ge=0,

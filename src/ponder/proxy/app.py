@@ -66,6 +66,8 @@ def create_app(
             state.store.close()
         if state.owns_backend:
             await state.backend.aclose()
+        if state.shared_limits is not None:
+            await state.shared_limits.aclose()
         if state.tracing is not None and state.tracing.provider is not None:
             state.tracing.provider.shutdown()  # exports what is left
 
@@ -86,6 +88,8 @@ def create_app(
     app.state.metrics = metrics = PonderMetrics()  # this app's own registry
     if isinstance(state.backend, ResilientBackend) and state.backend.on_retry is None:
         state.backend.on_retry = lambda event: metrics.upstream_retries.labels(event).inc()
+    if state.shared_limits is not None:
+        state.shared_limits.count_error = metrics.limit_backend_errors.inc
     engine_stats = getattr(state.backend, "engine_stats", None)
     if callable(engine_stats):  # the embedded engine's own counters
         from ponder.proxy.engine_metrics import EngineCollector

@@ -2,7 +2,8 @@
 limits. Both answer at once when they refuse (no work, no backend call), with `Retry-After`.
 
 They run after the key is checked, so a flood of unauthenticated requests is turned away with
-a 401 and never takes a queue place or a key's rate.
+a 401 and never takes a queue place or a key's rate. Both hold per process; with
+`PONDER_REDIS_URL`, `ponder.proxy.shared_limits` holds them across replicas instead.
 """
 
 from __future__ import annotations
@@ -75,9 +76,7 @@ class RateLimiter:
 
     def check(self, principal: Principal) -> None:
         """Take one request from the key's bucket, or raise `RateLimited` (429)."""
-        limit = principal.rate_limit_per_minute
-        if limit is None:
-            limit = self.default_per_minute
+        limit = per_minute(principal, self.default_per_minute)
         if limit <= 0:
             return
         now = self.clock()
@@ -89,9 +88,23 @@ class RateLimiter:
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return
-        wait = (1.0 - bucket.tokens) / rate
-        raise RateLimited(
-            f"rate limit of {limit} requests per minute reached for this key; "
-            f"retry in {math.ceil(wait)} s",
-            retry_after=wait,
-        )
+        raise rate_limited(limit, (1.0 - bucket.tokens) / rate)
+
+    async def take(self, principal: Principal) -> None:
+        """`check`, as the routes call every rate limiter (the shared one is async)."""
+        self.check(principal)
+
+
+def per_minute(principal: Principal, default: int) -> int:
+    """The key's rate limit: its own, else the server's (0: no limit)."""
+    limit = principal.rate_limit_per_minute
+    return default if limit is None else limit
+
+
+def rate_limited(limit: int, wait: float) -> RateLimited:
+    """The 429 for a key over its `limit` a minute that gets a token back in `wait` s."""
+    return RateLimited(
+        f"rate limit of {limit} requests per minute reached for this key; "
+        f"retry in {math.ceil(wait)} s",
+        retry_after=wait,
+    )

@@ -116,6 +116,11 @@ class PonderMetrics:
             ("reason",),
             registry=r,
         )
+        self.limit_backend_errors = Counter(
+            "ponder_limit_backend_errors",
+            "Calls to Redis of the shared limits that failed or timed out",
+            registry=r,
+        )
         self.loop_tasks = Gauge(
             "ponder_event_loop_tasks",
             "Tasks on the serving event loop when scraped (a leak shows as growth at rest)",

@@ -103,7 +103,7 @@ async def require_key(request: Request) -> None:
     """`authenticate`, then take one request from the key's rate limit (429 beyond it)."""
     principal = await authenticate(request)
     try:
-        state_of(request).rate_limiter.check(principal)
+        await state_of(request).rate_limiter.take(principal)
     except RateLimited:
         metrics.note_rejected("rate_limit")
         raise
