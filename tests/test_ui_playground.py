@@ -14,7 +14,7 @@ import pytest
 
 from ponder.config import Settings
 from ponder.proxy import create_app
-from ponder.proxy.playground import presented_secret
+from ponder.proxy.routes import presented_secret
 from ponder.strategies.registry import default_registry
 from tests.conftest import MODEL, asgi_client, scripted
 
@@ -118,8 +118,10 @@ async def test_query_parameters_prefill_the_form() -> None:
 
 def test_the_key_comes_from_bearer_or_basic_auths_password() -> None:
     assert presented_secret("Bearer k1") == "k1"
-    assert presented_secret("bearer  k2 ") == "k2"
-    assert presented_secret(basic("user", "pa:ss")) == "pa:ss"
-    assert presented_secret("Basic %%%") == ""
-    assert presented_secret("Basic " + base64.b64encode(b"\xff\xfe").decode()) == ""
-    assert presented_secret("") == ""
+    assert presented_secret("bearer  k2 ", basic=True) == "k2"
+    assert presented_secret(basic("user", "pa:ss"), basic=True) == "pa:ss"
+    assert presented_secret(basic("user", "pa:ss")) is None  # the API takes Bearer only
+    assert presented_secret("Basic %%%", basic=True) is None
+    assert presented_secret("Basic " + base64.b64encode(b"\xff\xfe").decode(), basic=True) is None
+    assert presented_secret("Basic " + base64.b64encode(b"no-colon").decode(), basic=True) is None
+    assert presented_secret("") is None

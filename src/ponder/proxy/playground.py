@@ -254,18 +254,3 @@ def render(
         f"<title>Ponder playground: {e(tenant)}</title><style>{STYLE}</style></head>"
         f"<body>{content}</body></html>\n"
     )
-
-
-def presented_secret(authorization: str) -> str:
-    """The key an `Authorization` header carries: Bearer's key or Basic auth's password."""
-    scheme, _, credentials = authorization.partition(" ")
-    scheme, credentials = scheme.lower(), credentials.strip()
-    if scheme == "bearer":
-        return credentials
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(credentials, validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        return decoded.partition(":")[2]
-    return ""

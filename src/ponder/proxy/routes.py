@@ -59,24 +59,30 @@ def state_of(request: Request) -> AppState:
     return state
 
 
-def principal_for(keyring: Keyring, authorization: str, *, basic: bool = False) -> Principal | None:
-    """The caller behind the key an `Authorization` header presents as `Bearer KEY` (or, with
-    `basic`, as the password of HTTP Basic auth, which browsers send); the anonymous caller
-    when no keys are configured; None when no configured key matches."""
-    if keyring.open:
-        return keyring.authenticate("")
+def presented_secret(authorization: str, *, basic: bool = False) -> str | None:
+    """The key an `Authorization` header presents: `Bearer KEY`, or, with `basic`, the
+    password of HTTP Basic auth (which browsers send); None when it presents none."""
     scheme, _, credentials = authorization.partition(" ")
     scheme, credentials = scheme.lower(), credentials.strip()
     if scheme == "bearer":
-        return keyring.authenticate(credentials)
+        return credentials
     if scheme == "basic" and basic:
         try:
             decoded = base64.b64decode(credentials, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
         _, sep, password = decoded.partition(":")
-        return keyring.authenticate(password) if sep else None
+        return password if sep else None
     return None
+
+
+def principal_for(keyring: Keyring, authorization: str, *, basic: bool = False) -> Principal | None:
+    """The caller behind the key an `Authorization` header presents (`presented_secret`); the
+    anonymous caller when no keys are configured; None when no configured key matches."""
+    if keyring.open:
+        return keyring.authenticate("")
+    secret = presented_secret(authorization, basic=basic)
+    return None if secret is None else keyring.authenticate(secret)
 
 
 def presented_key(request: Request) -> str:

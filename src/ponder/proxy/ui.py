@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse
 
 from ponder.proxy import playground
 from ponder.proxy.knowledge import filters
-from ponder.proxy.routes import principal_for, state_of
+from ponder.proxy.routes import presented_secret, principal_for, state_of
 from ponder.spl_store import PROBLEM_TYPES, EventRecord, StrategyRecord
 from ponder.spl_store.portable import iso, rate_label
 from ponder.spl_store.rows import STATUSES
@@ -94,7 +94,7 @@ async def playground_page(
     slugs = registry.slugs
     body = playground.render(
         tenant=principal.tenant,
-        key="" if state.keyring.open else playground.presented_secret(authorization),
+        key="" if state.keyring.open else presented_secret(authorization, basic=True) or "",
         slugs=[s for s in slugs if not registry.is_plugin(s)],
         plugins=[s for s in slugs if registry.is_plugin(s)],
         models=await state.backend.models(),
