@@ -23,7 +23,14 @@ from pydantic import (
     model_validator,
 )
 
-from ponder.protocol import _absent_or, _approach_schema, _Open, _ponder_schema, _present
+from ponder.protocol import (
+    FunctionDefinition,
+    _absent_or,
+    _approach_schema,
+    _Open,
+    _ponder_schema,
+    _present,
+)
 
 MAX_MODEL = 256
 """The longest model name a stored response keeps."""
@@ -164,12 +171,10 @@ Input = Annotated[
 # ---- tools, text format, reasoning --------------------------------------------------------
 
 
-class FunctionTool(_Open):
+class FunctionTool(FunctionDefinition):
+    """A function tool, flat: Chat Completions' function definition with its `type`."""
+
     type: Literal["function"]
-    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class FunctionChoice(_Open):

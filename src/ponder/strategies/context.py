@@ -11,8 +11,9 @@ Everything a strategy does with the model goes through a `RequestContext`:
 - `reason()` streams a line of the strategy's working as `delta.reasoning_content`.
 - `step()` adds an entry to the trace (`ponder: {"trace": true}`).
 
-Every call is counted by the shared `Meter`, checked against the `Budget`, and bounded by a
-per-request semaphore sized from the backend's `max_concurrency`.
+Every call is counted by the shared `Meter`, checked against the `Budget` (both in
+`ponder.strategies.accounting`), and bounded by a per-request semaphore sized from the
+backend's `max_concurrency`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Backend, continuation_call
 from ponder.errors import BudgetExceeded, PonderError, Unsupported
+from ponder.strategies.accounting import Budget, CallRecord, Meter, Step
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 
@@ -37,72 +39,7 @@ T = TypeVar("T")
 
 Sink = Callable[[Delta], None]
 
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """Limits of one request: backend calls, and seconds from start to answer."""
-
-    max_backend_calls: int | None = None
-    deadline_s: float | None = None
-
-    def tighter(self, other: Budget) -> Budget:
-        """The stricter of two budgets, limit by limit (a client may only lower the server's)."""
-        return Budget(
-            _min(self.max_backend_calls, other.max_backend_calls),
-            _min(self.deadline_s, other.deadline_s),
-        )
-
-
-N = TypeVar("N", int, float)
-
-
-def _min(a: N | None, b: N | None) -> N | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
-
-
-@dataclass
-class Meter:
-    """Counts every backend call of one request and the tokens it cost."""
-
-    calls: int = 0
-    usage: Usage = field(default_factory=Usage)
-
-    def record(self, usage: Usage) -> None:
-        self.usage = self.usage + usage
-
-    def reasoning_tokens(self, answer: Sequence[Completion]) -> int:
-        """The output tokens of every call that is not the answer's own: everything counted
-        here beyond what the `answer` choices say they cost (0 for a pass-through)."""
-        own = sum(c.usage.completion_tokens for c in answer)
-        return max(0, self.usage.completion_tokens - own)
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One backend call as the conversation log keeps it: what the backend was sent and what
-    it answered, what it cost, and how long it took."""
-
-    messages: tuple[Message, ...]
-    choices: tuple[Completion, ...]
-    usage: Usage
-    started_s: float
-    """Seconds from the request's start."""
-    seconds: float
-    streamed: bool
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One entry of a request's trace."""
-
-    name: str
-    detail: Mapping[str, Any]
-    at_s: float
+__all__ = ["Budget", "CallRecord", "Meter", "RequestContext", "Sink", "Step", "gather"]
 
 
 @dataclass
@@ -228,11 +165,11 @@ class RequestContext:
                 if span is not None:
                     span.end_with(exc)
                 raise
+        usage = sum((c.usage for c in choices), Usage())
         if span is not None:
-            span.end(choices, sum((c.usage for c in choices), Usage()))
-        for c in choices:
-            self.meter.record(c.usage)
-        self._keep(messages, choices, sum((c.usage for c in choices), Usage()), started, False)
+            span.end(choices, usage)
+        self.meter.record(usage)
+        self._keep(messages, choices, usage, started, False)
         return choices
 
     def _keep(
@@ -324,11 +261,12 @@ class RequestContext:
         finally:
             if kept is not None:  # also a stream cut short: what it said until then
                 usage = kept.usage or Usage()
+                said = kept.completions()
                 failure = error if isinstance(error, PonderError) else None
-                self._keep(messages, kept.completions(), usage, started, True, failure)
+                self._keep(messages, said, usage, started, True, failure)
                 if span is not None:
                     if error is None:
-                        span.end(kept.completions(), usage)
+                        span.end(said, usage)
                     else:
                         span.end_with(error)
 
