@@ -23,7 +23,7 @@ from ponder.backends.base import (
 from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.errors import InvalidRequest, Unsupported
 from ponder.strategies.context import RequestContext
-from ponder.testing import Call, ScriptedBackend, logprob_reply
+from ponder.testing import Call, HandlerUpstream, ScriptedBackend, logprob_reply
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling
 from tests.conftest import MODEL, scripted
@@ -220,7 +220,7 @@ def upstream(bodies: list[dict[str, Any]], *, continuation: bool) -> OpenAICompa
         )
 
     return OpenAICompatBackend(
-        "http://up/v1", transport=httpx.MockTransport(handler), continuation=continuation
+        "http://up/v1", http=HandlerUpstream(handler), continuation=continuation
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from ponder.errors import (
 )
 from ponder.proxy import create_app
 from ponder.strategies.registry import default_registry
-from ponder.testing import FakeUpstream, running_server
+from ponder.testing import FakeUpstream, HandlerUpstream, running_server
 from ponder.tokens import count_tokens
 from ponder.types import Message, Sampling
 
@@ -135,7 +136,7 @@ def test_upstream_key_is_sent_and_never_returned(upstream: tuple[FakeUpstream, s
         return httpx.Response(401, json={"error": {"message": "bad key sk-secret-123"}})
 
     backend = OpenAICompatBackend(
-        "http://up/v1", api_key="sk-secret-123", transport=httpx.MockTransport(handler)
+        "http://up/v1", api_key="sk-secret-123", http=HandlerUpstream(handler)
     )
     with pytest.raises(BackendError) as info:
         _complete(backend)
@@ -163,7 +164,7 @@ def _complete(backend: OpenAICompatBackend) -> object:
 def test_upstream_status_mapping(status: int, error: type[Exception], http_status: int) -> None:
     backend = OpenAICompatBackend(
         "http://up/v1",
-        transport=httpx.MockTransport(
+        http=HandlerUpstream(
             lambda r: httpx.Response(
                 status, json={"error": {"message": f"upstream says {status}", "param": "x"}}
             )
@@ -182,12 +183,23 @@ def test_connection_refused_is_503() -> None:
 
 
 def test_read_timeout_is_504() -> None:
-    def stall(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("stalled", request=request)
+    """An upstream that accepts the request and never answers: the wait for its answer is
+    bounded by the timeout, and is not retried (the upstream was reached)."""
+    with _silent_server() as port, pytest.raises(BackendTimeout) as info:
+        _complete(OpenAICompatBackend(f"http://127.0.0.1:{port}/v1", timeout_s=0.3))
+    assert not info.value.retryable and info.value.status_code == 504
 
-    backend = OpenAICompatBackend("http://up/v1", transport=httpx.MockTransport(stall))
-    with pytest.raises(BackendTimeout):
-        _complete(backend)
+
+@contextlib.contextmanager
+def _silent_server() -> Iterator[int]:
+    """A port that accepts connections and reads requests, and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
 
 
 def _free_port() -> int:
@@ -246,38 +258,24 @@ def test_ponder_serve_cli_relays_to_upstream(upstream: tuple[FakeUpstream, str])
     assert "sk-upstream" not in output
 
 
-async def test_client_pool_reuses_idle_clients_and_closes_them() -> None:
+async def test_keep_alive_connections_are_reused(upstream: tuple[FakeUpstream, str]) -> None:
+    """Requests in a row share one connection (one client port at the upstream); concurrent
+    ones each get their own, and come back to the pool for the next ones."""
     import asyncio
 
-    from ponder.backends.openai_compat import ClientPool
-
-    made: list[httpx.AsyncClient] = []
-
-    def make() -> httpx.AsyncClient:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-        made.append(client)
-        return client
-
-    pool = ClientPool(make, max_idle=2)
-    for _ in range(3):
-        async with pool.client() as client:
-            await client.get("http://up/")
-    assert len(made) == 1, "sequential requests share one keep-alive client"
-
-    gate = asyncio.Event()
-
-    async def hold() -> None:
-        async with pool.client():
-            await gate.wait()
-
-    tasks = [asyncio.create_task(hold()) for _ in range(4)]
-    await asyncio.sleep(0)
-    gate.set()
-    await asyncio.gather(*tasks)
-    assert len(made) == 4, "concurrent requests each get a client"
-    assert sum(c.is_closed for c in made) == 2, "beyond max_idle, returned clients are closed"
-    await pool.aclose()
-    assert all(c.is_closed for c in made)
+    fake, url = upstream
+    backend = OpenAICompatBackend(url)
+    hello = [Message("user", "hello")]
+    try:
+        for _ in range(3):
+            await backend.complete("fake-model", hello, Sampling())
+        assert len(set(fake.ports)) == 1
+        await asyncio.gather(*(backend.complete("fake-model", hello, Sampling()) for _ in range(4)))
+        assert len(set(fake.ports)) == 4
+        await asyncio.gather(*(backend.complete("fake-model", hello, Sampling()) for _ in range(4)))
+        assert len(set(fake.ports)) == 4
+    finally:
+        await backend.aclose()
 
 
 @pytest.mark.parametrize(
@@ -287,7 +285,7 @@ async def test_client_pool_reuses_idle_clients_and_closes_them() -> None:
 def test_malformed_upstream_answers_are_502(payload: bytes) -> None:
     backend = OpenAICompatBackend(
         "http://up/v1",
-        transport=httpx.MockTransport(lambda r: httpx.Response(200, content=payload)),
+        http=HandlerUpstream(lambda r: httpx.Response(200, content=payload)),
     )
     with pytest.raises(BackendError) as info:
         _complete(backend)
@@ -308,7 +306,7 @@ def test_broken_upstream_streams_raise_backend_errors(events: bytes, message: st
 
     backend = OpenAICompatBackend(
         "http://up/v1",
-        transport=httpx.MockTransport(
+        http=HandlerUpstream(
             lambda r: httpx.Response(
                 200, content=events, headers={"content-type": "text/event-stream"}
             )

@@ -1,7 +1,7 @@
 """`proxy`, a plugin: the rest of the route runs against the server's pool of upstreams
 (`proxy-model`, `proxy&sc-model`). Off unless PONDER_PROXY_CONFIG names a pool file; the file
-(TOML or JSON) and the pool it builds; upstreams over httpx.MockTransport, keys from the
-environment and never in logs or errors. The pool's own rules are in tests/test_pool.py."""
+(TOML or JSON) and the pool it builds; upstreams answered by handlers (HandlerUpstream), keys
+from the environment and never in logs or errors. The pool's own rules are in tests/test_pool.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from ponder.plugins.resources import server_resources
 from ponder.proxy import create_app
 from ponder.strategies.engine import Engine
 from ponder.strategies.registry import default_registry
-from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.testing import Call, HandlerUpstream, Reply, ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
 from tests.conftest import (
     MODEL,
@@ -203,13 +203,13 @@ async def test_when_every_upstream_fails_the_error_says_how_many_were_tried() ->
 
 
 class Http:
-    """Fake OpenAI-compatible upstreams on MockTransports, by name: what each was sent."""
+    """Fake OpenAI-compatible upstreams, by name: what each was sent."""
 
     def __init__(self, failing: set[str]) -> None:
         self.failing = failing
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
 
-    def transport(self, name: str) -> httpx.MockTransport:
+    def upstream(self, name: str) -> HandlerUpstream:
         def handle(request: httpx.Request) -> httpx.Response:
             body = json.loads(request.content)
             self.sent.append((name, request.headers.get("authorization", ""), body))
@@ -228,7 +228,7 @@ class Http:
                 },
             )
 
-        return httpx.MockTransport(handle)
+        return HandlerUpstream(handle)
 
 
 POOL_TOML = """
@@ -264,7 +264,7 @@ async def test_the_pool_file_builds_upstreams_with_keys_from_the_environment(
     pool = build_pool(
         settings,
         env={"ALPHA_KEY": KEY_A, "BRAVO_KEY": KEY_B},
-        transports={"alpha": http.transport("alpha"), "bravo.internal:9000": http.transport("b")},
+        http={"alpha": http.upstream("alpha"), "bravo.internal:9000": http.upstream("b")},
     )
     assert [(u.name, u.weight, u.max_concurrency) for u in pool.upstreams] == [
         ("alpha", 2, 4),
@@ -292,7 +292,7 @@ async def test_the_pool_file_builds_upstreams_with_keys_from_the_environment(
     pool = build_pool(
         settings,
         env={"ALPHA_KEY": KEY_A, "BRAVO_KEY": KEY_B},
-        transports={"alpha": http.transport("alpha"), "bravo.internal:9000": http.transport("b")},
+        http={"alpha": http.upstream("alpha"), "bravo.internal:9000": http.upstream("b")},
     )
     response = await post(proxying_app(scripted(["never"]), pool), f"proxy-{MODEL}")
     assert_error(response, 503, code="backend_unavailable")

@@ -21,6 +21,7 @@ from ponder.errors import (
     UpstreamRateLimited,
 )
 from ponder.proxy import create_app
+from ponder.testing import HandlerUpstream
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 from tests.conftest import asgi_client, assert_error, sse_data, stream_error, user
 from tests.test_metrics import parse, value
@@ -258,10 +259,7 @@ FAIL_429 = (429, {"error": {"message": "slow down"}})
 
 def server(*upstreams: Upstream, retries: int = 2) -> Callable[..., object]:
     backend = ResilientBackend(
-        [
-            OpenAICompatBackend("http://up/v1", transport=httpx.MockTransport(u.handle))
-            for u in upstreams
-        ],
+        [OpenAICompatBackend("http://up/v1", http=HandlerUpstream(u.handle)) for u in upstreams],
         RetryPolicy(retries=retries, backoff_s=0.0, max_wait_s=5.0),
     )
     app = create_app(Settings(), backend=backend)
@@ -326,8 +324,8 @@ async def test_no_fallback_once_the_stream_has_reached_the_client() -> None:
 
     backend = ResilientBackend(
         [
-            OpenAICompatBackend("http://a/v1", transport=httpx.MockTransport(breaks)),
-            OpenAICompatBackend("http://b/v1", transport=httpx.MockTransport(fallback.handle)),
+            OpenAICompatBackend("http://a/v1", http=HandlerUpstream(breaks)),
+            OpenAICompatBackend("http://b/v1", http=HandlerUpstream(fallback.handle)),
         ],
         RetryPolicy(retries=2, backoff_s=0.0),
     )
@@ -346,8 +344,8 @@ async def test_retries_and_fallbacks_are_counted_in_the_metrics() -> None:
     primary, fallback = Upstream([FAIL_500] * 10), Upstream()
     backend = ResilientBackend(
         [
-            OpenAICompatBackend("http://a/v1", transport=httpx.MockTransport(primary.handle)),
-            OpenAICompatBackend("http://b/v1", transport=httpx.MockTransport(fallback.handle)),
+            OpenAICompatBackend("http://a/v1", http=HandlerUpstream(primary.handle)),
+            OpenAICompatBackend("http://b/v1", http=HandlerUpstream(fallback.handle)),
         ],
         RetryPolicy(retries=2, backoff_s=0.0),
     )

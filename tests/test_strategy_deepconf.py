@@ -27,7 +27,7 @@ from ponder.strategies.confidence import (
     weighted_vote,
 )
 from ponder.strategies.deepconf import kept_threshold
-from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.testing import Call, HandlerUpstream, Reply, ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 from tests.conftest import (
@@ -471,7 +471,7 @@ async def test_online_without_native_n_the_warmup_is_concurrent_calls() -> None:
 
 
 class LogprobUpstream:
-    """An OpenAI-compatible upstream (an httpx MockTransport handler) whose answers carry
+    """An OpenAI-compatible upstream (a handler, as HandlerUpstream takes) whose answers carry
     `logprobs`: plain completions answer from `warmup`, streams from `streamed`, one token
     per chunk. It keeps each request body and how many chunks each stream was read for."""
 
@@ -555,7 +555,7 @@ async def test_deepconf_end_to_end_through_the_openai_backend() -> None:
     falling = [3.0] * 4 + [1.0] * (len(tokens_of(long)) - 4)
     streamed = [trace(long, falling), trace(answer(42, 5), 3.5)]
     upstream = LogprobUpstream(warmup, streamed)
-    backend = OpenAICompatBackend("http://up/v1", transport=httpx.MockTransport(upstream))
+    backend = OpenAICompatBackend("http://up/v1", http=HandlerUpstream(upstream))
     app = create_app(Settings(), backend=backend)
     try:
         async with asgi_client(app) as client:

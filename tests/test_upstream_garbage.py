@@ -10,20 +10,21 @@ import json
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
-import h11
-import httpcore
+import aiohttp
 import httpx
 import pytest
 
 from ponder.backends.assemble import Assembler
 from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.backends.resilience import ResilientBackend, RetryPolicy
+from ponder.backends.upstream_http import upstream_errors
 from ponder.backends.wire import completions_of, deltas_of
-from ponder.errors import BackendError, BackendUnavailable
+from ponder.errors import BackendError, BackendTimeout, BackendUnavailable
+from ponder.testing import HandlerUpstream
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 
 HI = [Message("user", "hi")]
@@ -35,7 +36,7 @@ def _answer(**choice: Any) -> dict[str, Any]:
 
 
 def _backend(handler: Any) -> OpenAICompatBackend:
-    return OpenAICompatBackend("http://up/v1", transport=httpx.MockTransport(handler))
+    return OpenAICompatBackend("http://up/v1", http=HandlerUpstream(handler))
 
 
 async def _drain(backend: Any, n: int = 1) -> list[Completion]:
@@ -194,57 +195,33 @@ def test_assembler_refuses_a_choice_nobody_asked_for() -> None:
     assert [c.content for c in assembler.completions()] == ["", "y"]
 
 
-# ---- failures of the HTTP stack that httpx does not wrap -----------------------------------
+# ---- failures of the network and the HTTP stack --------------------------------------------
 
-UNWRAPPED: list[Exception] = [
-    AttributeError("'NoneType' object has no attribute 'getpeername'"),
+BROKEN: list[Exception] = [
+    aiohttp.ServerDisconnectedError(),
+    aiohttp.ClientPayloadError("Response payload is not completed"),
+    aiohttp.ClientOSError(104, "Connection reset by peer"),
     ConnectionResetError(104, "Connection reset by peer"),
-    httpx.StreamClosed(),
-    anyio.BusyResourceError("reading from"),
-    h11.LocalProtocolError("Can't send data when our state is ERROR"),
+    AttributeError("'NoneType' object has no attribute 'getpeername'"),  # not aiohttp's own
+    RuntimeError("Transport is closed"),
 ]
 
 
-def _raising(error: Exception) -> Any:
-    def handler(request: httpx.Request) -> httpx.Response:
+@pytest.mark.parametrize("error", BROKEN, ids=lambda e: type(e).__name__)
+def test_broken_connections_are_retryable(error: Exception) -> None:
+    with pytest.raises(BackendUnavailable) as info, upstream_errors():
         raise error
-
-    return handler
-
-
-@pytest.mark.parametrize("error", UNWRAPPED, ids=lambda e: type(e).__name__)
-async def test_unwrapped_transport_failures_are_retryable(error: Exception) -> None:
-    backend = _backend(_raising(error))
-    with pytest.raises(BackendUnavailable) as plain:
-        await backend.complete("m", HI, Sampling())
-    with pytest.raises(BackendUnavailable) as streamed:
-        await _drain(backend)
-    for info in (plain, streamed):
-        assert info.value.retryable and info.value.status_code == 503
-        assert info.value.__cause__ is error
-        assert type(error).__name__ in info.value.message
+    assert info.value.retryable and info.value.status_code == 503
+    assert info.value.__cause__ is error
+    assert type(error).__name__ in info.value.message
 
 
-class _BreaksAfter(httpx.AsyncByteStream):
-    """A response body that fails with `error` after its first event."""
-
-    def __init__(self, first: bytes, error: Exception) -> None:
-        self.first, self.error = first, error
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield self.first
-        raise self.error
-
-
-@pytest.mark.parametrize("error", UNWRAPPED, ids=lambda e: type(e).__name__)
-async def test_unwrapped_failures_mid_stream_are_backend_errors(error: Exception) -> None:
-    first = _events({"choices": [{"index": 0, "delta": {"content": "a"}}]})
-    backend = _backend(lambda r: httpx.Response(200, stream=_BreaksAfter(first, error)))
-    seen: list[str | None] = []
-    with pytest.raises(BackendUnavailable) as info:
-        async for delta in backend.stream("m", HI, Sampling()):
-            seen.append(delta.content)
-    assert seen == ["a"] and info.value.__cause__ is error
+def test_a_read_timeout_is_not_retried_and_a_connect_timeout_is() -> None:
+    with pytest.raises(BackendTimeout) as read, upstream_errors():
+        raise aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+    with pytest.raises(BackendTimeout) as connect, upstream_errors():
+        raise aiohttp.ConnectionTimeoutError("Connection timeout")
+    assert (read.value.retryable, connect.value.retryable) == (False, True)
 
 
 async def test_ponder_bugs_are_not_taken_for_broken_connections() -> None:
@@ -254,87 +231,83 @@ async def test_ponder_bugs_are_not_taken_for_broken_connections() -> None:
         await backend.complete("m", HI, Sampling(), 2)
 
 
-# ---- the one seen in the wild: a connection reset as it opens, on uvloop --------------------
+# ---- real connections that break -----------------------------------------------------------
 
 
 @contextlib.contextmanager
-def _resetting_server() -> Iterator[tuple[int, threading.Event]]:
-    """A server that resets every connection as soon as it accepts it (as an overloaded
-    upstream or balancer may); the event is set once it has."""
-    reset = threading.Event()
+def _server(answer: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A server that reads each request's head, then lets `answer` write to the connection,
+    then resets it (no orderly close: as an overloaded upstream or balancer may)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
+    listener.settimeout(0.1)
     stop = threading.Event()
 
     def serve() -> None:
-        listener.settimeout(0.1)
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                answer(conn)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
-            reset.set()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield listener.getsockname()[1], reset
+        yield listener.getsockname()[1]
     finally:
         stop.set()
         thread.join(5)
         listener.close()
 
 
-class _SeesTheReset(httpcore.AnyIOBackend):
-    """Connects, then hands the connection on only once the loop has seen the upstream reset
-    it: the order of events that, by chance, an upstream resetting connections produces."""
-
-    def __init__(self, reset: threading.Event) -> None:
-        self.reset = reset
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await super().connect_tcp(host, port, timeout, local_address, socket_options)
-        assert await asyncio.to_thread(self.reset.wait, 5)
-        with contextlib.suppress(httpcore.ReadError):
-            await stream.read(1, timeout=5)
-        return stream
+def _nothing(conn: socket.socket) -> None:
+    pass
 
 
-class _Transport(httpx.AsyncHTTPTransport):
-    def __init__(self, network: httpcore.AsyncNetworkBackend) -> None:
-        super().__init__()
-        self._pool = httpcore.AsyncConnectionPool(network_backend=network)
+def _one_event_then_reset(conn: socket.socket) -> None:
+    conn.recv(65536)
+    event = _events({"choices": [{"index": 0, "delta": {"content": "a"}}]})
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    conn.sendall(head + f"{len(event):x}\r\n".encode() + event + b"\r\n")
+    time.sleep(0.2)
 
 
-def test_connection_reset_as_it_opens_on_uvloop_is_retryable() -> None:
-    """Under uvloop, httpcore inspects the socket of a connection it has just opened; if the
-    upstream reset it meanwhile, that socket is gone and httpcore fails with an AttributeError
-    that httpx passes on unwrapped: a 500 in `ponder serve` before it became a BackendError."""
-    uvloop = pytest.importorskip("uvloop")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_connection_reset_as_it_opens_is_retryable(loop: str) -> None:
+    """Under uvloop, which `ponder serve` runs on, as under asyncio."""
+    run = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
 
-    async def call(port: int, reset: threading.Event) -> None:
-        reset.clear()
-        backend = OpenAICompatBackend(
-            f"http://127.0.0.1:{port}/v1", transport=_Transport(_SeesTheReset(reset))
-        )
+    async def call(port: int) -> None:
+        backend = OpenAICompatBackend(f"http://127.0.0.1:{port}/v1")
         try:
             await backend.complete("m", HI, Sampling())
         finally:
             await backend.aclose()
 
-    with _resetting_server() as (port, reset), pytest.raises(BackendUnavailable) as info:
-        uvloop.run(call(port, reset))
+    with _server(_nothing) as port, pytest.raises(BackendUnavailable) as info:
+        run(call(port))
     assert info.value.retryable and info.value.status_code == 503
+
+
+async def test_a_connection_reset_mid_stream_is_a_backend_error_after_what_came() -> None:
+    seen: list[str | None] = []
+    with _server(_one_event_then_reset) as port:
+        backend = OpenAICompatBackend(f"http://127.0.0.1:{port}/v1")
+        try:
+            with pytest.raises(BackendUnavailable) as info:
+                async for delta in backend.stream("m", HI, Sampling()):
+                    seen.append(delta.content)
+        finally:
+            await backend.aclose()
+    assert seen == ["a"] and info.value.retryable
 
 
 def test_content_as_a_list_of_text_parts_is_joined() -> None:

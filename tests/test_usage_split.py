@@ -7,6 +7,7 @@ import httpx
 
 from ponder.backends.assemble import Assembler, split_usage
 from ponder.backends.openai_compat import OpenAICompatBackend
+from ponder.testing import HandlerUpstream
 from ponder.types import Delta, Message, Sampling, Usage
 
 
@@ -55,7 +56,7 @@ async def test_an_upstreams_n_choices_share_its_total() -> None:
         ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 8},
     }
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, json=body))
-    backend = OpenAICompatBackend("http://up/v1", transport=transport)
+    upstream = HandlerUpstream(lambda r: httpx.Response(200, json=body))
+    backend = OpenAICompatBackend("http://up/v1", http=upstream)
     first, second = await backend.complete("m", [Message("user", "hi")], Sampling(), n=2)
     assert (first.usage, second.usage) == (Usage(12, 6), Usage(0, 2))

@@ -81,6 +81,7 @@ def serve(settings: Settings) -> None:
 
     from ponder.keys import Keyring
     from ponder.proxy import create_app
+    from ponder.serving import frozen
 
     settings.check_exposure(len(Keyring.from_settings(settings)))
     common: dict[str, Any] = {
@@ -90,7 +91,7 @@ def serve(settings: Settings) -> None:
         "log_config": None,  # uvicorn's records go through Ponder's handler (format, masking)
     }
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(frozen(create_app(settings)), **common)
         return
     if settings.backend == "embedded":
         raise ValueError(

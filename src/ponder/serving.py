@@ -1,12 +1,16 @@
-"""Serving an app on a background thread: for the bench's in-process Ponder, and for tests."""
+"""Serving an app: `ponder serve`'s workers, and a background thread for the bench's
+in-process Ponder and for tests."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+A = TypeVar("A")
 
 
 @contextmanager
@@ -31,6 +35,17 @@ def running_server(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def frozen(app: A) -> A:
+    """`app`, with everything allocated until now (modules, settings, the app itself) moved
+    out of the cyclic garbage collector's sight (`gc.freeze`). A server allocates all of that
+    once, but without this every full collection walks it again: on a pass-through that cost a
+    fifth of the CPU per request and most of the tail latency. Call it once, last thing before
+    serving; what requests allocate is collected as always."""
+    gc.collect()
+    gc.freeze()
+    return app
+
+
 def app_from_environment() -> Any:
     """The app of one `ponder serve --workers N` process: its settings from the environment
     (`ponder serve` puts its flags there first), logging as the parent's."""
@@ -40,4 +55,4 @@ def app_from_environment() -> Any:
 
     settings = Settings()
     configure(settings)
-    return create_app(settings)
+    return frozen(create_app(settings))

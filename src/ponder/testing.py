@@ -16,17 +16,24 @@ and answer with `logprob_reply(...)`, whose tokens carry their alternatives.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ponder.backends.base import Capabilities, continued_prefix
+from ponder.backends.upstream_http import HTTPReply
 from ponder.errors import PonderError
 from ponder.serving import running_server
 from ponder.tokens import count_prompt_tokens, count_tokens
+
+if TYPE_CHECKING:
+    import httpx
+
 from ponder.types import (
     Completion,
     Delta,
@@ -40,6 +47,7 @@ from ponder.types import (
 __all__ = [
     "Call",
     "FakeUpstream",
+    "HandlerUpstream",
     "Reply",
     "ScriptedBackend",
     "logprob_reply",
@@ -254,7 +262,8 @@ class FakeUpstream:
     """A small OpenAI-compatible server, for testing the `openai` backend and for benchmarks.
 
     It answers `reply(body, choice_index)` (default: echo the last user message), honours
-    `n`, `stream` and `stream_options.include_usage`, and keeps every request body it got.
+    `n`, `stream` and `stream_options.include_usage`, and keeps every request body it got, and
+    the client port each came from (`ports`: one per connection).
     """
 
     def __init__(
@@ -271,6 +280,7 @@ class FakeUpstream:
         self.model_ids = model_ids
         self.record = record
         self.requests: list[dict[str, Any]] = []
+        self.ports: list[int] = []
         self.app = Starlette(
             routes=[
                 Route("/v1/models", self._models, methods=["GET"]),
@@ -292,6 +302,7 @@ class FakeUpstream:
         body = await request.json()
         if self.record:
             self.requests.append(body)
+            self.ports.append(request.client.port if request.client else 0)
         if body.get("model") not in self.model_ids:
             error = {
                 "message": "no such model",
@@ -345,3 +356,68 @@ def _echo(body: dict[str, Any], index: int) -> str:
     users = [m for m in body.get("messages", []) if m.get("role") == "user"]
     text = users[-1].get("content") if users else ""
     return f"echo {index}: {text if isinstance(text, str) else ''}"
+
+
+Handler = Callable[["httpx.Request"], "httpx.Response | Awaitable[httpx.Response]"]
+
+
+class HandlerUpstream:
+    """An upstream for `OpenAICompatBackend(http=...)` answered by a function, with no network:
+    `handler` gets each request as an `httpx.Request` (method, URL under `base_url`, headers,
+    body) and returns an `httpx.Response`, or an awaitable of one. What the network itself does
+    (connections refused, reset, stalled) is tested against real servers (`FakeUpstream`,
+    `ponder.faults.FaultyUpstream`)."""
+
+    def __init__(self, handler: Handler, base_url: str = "http://up/v1/") -> None:
+        self.handler = handler
+        self.base_url = base_url.rstrip("/") + "/"
+
+    async def request(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> HTTPReply:
+        response = await self._call(method, path, body, headers)
+        return HTTPReply(response.status_code, response.headers, await response.aread())
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[_HandlerStream]:
+        response = await self._call("POST", path, body, headers)
+        try:
+            yield _HandlerStream(response)
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _call(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> httpx.Response:
+        import httpx
+
+        request = httpx.Request(method, self.base_url + path, headers=headers, content=body)
+        response = self.handler(request)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+
+
+class _HandlerStream:
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        self.headers = response.headers
+
+    async def read(self) -> bytes:
+        return await self.response.aread()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        pending = b""
+        async for chunk in self.response.aiter_bytes():
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if pending:
+            yield pending

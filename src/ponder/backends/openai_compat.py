@@ -1,18 +1,17 @@
-"""`openai` backend: any OpenAI-compatible server, through one shared httpx client."""
+"""`openai` backend: any OpenAI-compatible server (over HTTP as `upstream_http` speaks it)."""
 
 from __future__ import annotations
 
 import email.utils
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import httpx
-
 from ponder.backends.base import Capabilities
+from ponder.backends.upstream_http import AiohttpUpstream, HTTPReply, UpstreamHTTP
 from ponder.backends.wire import completions_of, deltas_of, messages_body, sampling_body
 from ponder.errors import (
     BackendError,
@@ -47,9 +46,10 @@ class OpenAICompatBackend:
         api_key: str | None = None,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        http: UpstreamHTTP | None = None,
         continuation: bool = False,
     ) -> None:
+        """`http` stands in for the network (tests); by default, `AiohttpUpstream`."""
         self.capabilities = Capabilities(
             native_n=True,
             logprobs=True,
@@ -57,27 +57,19 @@ class OpenAICompatBackend:
             max_concurrency=64,
             continuation=continuation,
         )
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"Accept": "application/json", **auth}
+        self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self._secret = api_key
-        # One TLS context for every client of the pool: building one loads the CA bundle,
-        # tens of milliseconds of the event loop per new client.
-        tls = httpx.create_ssl_context()
-        self._clients = ClientPool(
-            lambda: httpx.AsyncClient(
-                base_url=base_url.rstrip("/") + "/",
-                headers=headers,
-                timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                transport=transport,
-                verify=tls,
-            )
+        self._http = http or AiohttpUpstream(
+            base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
         )
 
     # ---- Backend protocol ------------------------------------------------------------------
 
     async def models(self) -> list[str]:
         response = await self._send("GET", "models")
-        data = _object(response.content).get("data")
+        data = _object(response.body).get("data")
         if not isinstance(data, list):
             raise BackendError("upstream /models answer has no 'data' list")
         return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
@@ -93,7 +85,7 @@ class OpenAICompatBackend:
         return True
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._http.aclose()
 
     async def complete(
         self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
@@ -101,7 +93,7 @@ class OpenAICompatBackend:
         response = await self._send(
             "POST", "chat/completions", self._body(model, messages, sampling, n)
         )
-        choices = completions_of(_object(response.content))
+        choices = completions_of(_object(response.body))
         if len(choices) != n:
             raise BackendError(f"upstream returned {len(choices)} choices, {n} were asked for")
         return choices
@@ -163,60 +155,28 @@ class OpenAICompatBackend:
 
     async def _events(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """The `data:` payloads of a streamed chat completion, as they arrive."""
-        with _upstream_call():
-            async with (
-                self._clients.client() as client,
-                client.stream("POST", "chat/completions", json=body) as response,
-            ):
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for(response, self._secret)
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        yield line[5:].strip()
+        async with self._http.stream(
+            "chat/completions", _encode(body), self._post_headers
+        ) as response:
+            if response.status >= 400:
+                _raise_for(HTTPReply(response.status, response.headers, await response.read()),
+                           self._secret)  # fmt: skip
+            async for line in response.lines():
+                if line.startswith(b"data:"):
+                    yield line[5:].strip().decode("utf-8", "replace")
 
-    async def _send(
-        self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> httpx.Response:
-        with _upstream_call():
-            async with self._clients.client() as client:
-                response = await client.request(method, path, json=body)
-        if response.status_code >= 400:
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> HTTPReply:
+        if body is None:
+            response = await self._http.request(method, path, None, self._headers)
+        else:
+            response = await self._http.request(method, path, _encode(body), self._post_headers)
+        if response.status >= 400:
             _raise_for(response, self._secret)
         return response
 
 
-class ClientPool:
-    """Keep-alive connections to the upstream, as a free list of one-connection clients.
-
-    httpx's own pool scans every connection (a system call each) on every request and
-    response, so one shared client with many connections costs O(connections) per request:
-    at 64 concurrent requests that made Ponder slower than its upstream. Taking an idle
-    client from a list is O(1); connections are still reused, and at most `max_idle` stay open.
-    """
-
-    def __init__(self, make: Callable[[], httpx.AsyncClient], max_idle: int = 256) -> None:
-        self._make = make
-        self._idle: list[httpx.AsyncClient] = []
-        self._max_idle = max_idle
-        self._closed = False
-
-    @asynccontextmanager
-    async def client(self) -> AsyncIterator[httpx.AsyncClient]:
-        client = self._idle.pop() if self._idle else self._make()
-        try:
-            yield client
-        finally:
-            if self._closed or len(self._idle) >= self._max_idle:
-                await client.aclose()
-            else:
-                self._idle.append(client)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for client in idle:
-            await client.aclose()
+def _encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def _object(raw: str | bytes) -> dict[str, Any]:
@@ -242,50 +202,12 @@ def _message_of(body: object, default: str, secret: str | None = None) -> str:
     return message.replace(secret, "***") if secret else message
 
 
-@contextmanager
-def _upstream_call() -> Iterator[None]:
-    """Whatever the HTTP stack raises while Ponder talks to the upstream becomes a BackendError.
-
-    httpx means to raise only `httpx.HTTPError`, but not everything below it is wrapped: on
-    uvloop (which `ponder serve` runs on), a connection the upstream resets as soon as it is
-    opened makes httpcore fail with an AttributeError (the socket it inspects is gone); a raw
-    OSError, an anyio or h11 error or a RuntimeError can come through the same way. For the
-    client this is a broken connection like any other; only HTTP I/O runs in this block, so
-    nothing of Ponder's own is mistaken for one, and the traceback is logged.
-    """
+def _raise_for(response: HTTPReply, secret: str | None) -> NoReturn:
     try:
-        yield
-    except PonderError:
-        raise
-    except httpx.HTTPError as exc:
-        _raise_transport(exc)
-    except Exception as exc:
-        name = type(exc).__name__
-        log.warning("the HTTP client failed unexpectedly (%s)", name, exc_info=exc)
-        raise BackendUnavailable(
-            f"the connection to the upstream broke: {name}", retryable=True
-        ) from exc
-
-
-def _raise_transport(exc: httpx.HTTPError) -> NoReturn:
-    """Connecting failed, or the connection broke: worth another try. A read timeout is not:
-    the upstream was reached and spent its time."""
-    name = type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        raise BackendTimeout(f"cannot reach the upstream: {name}", retryable=True) from exc
-    if isinstance(exc, httpx.TimeoutException):
-        raise BackendTimeout("the upstream did not answer in time") from exc
-    if isinstance(exc, httpx.TransportError):
-        raise BackendUnavailable(f"cannot reach the upstream: {name}", retryable=True) from exc
-    raise BackendError(f"upstream call failed: {name}") from exc
-
-
-def _raise_for(response: httpx.Response, secret: str | None) -> NoReturn:
-    try:
-        body: object = response.json()
+        body: object = json.loads(response.body)
     except ValueError:
         body = None
-    status = response.status_code
+    status = response.status
     message = _message_of(body, f"upstream answered HTTP {status}", secret)
     retry_after = retry_after_s(response.headers.get("retry-after"))
     param = None

@@ -37,6 +37,7 @@ from ponder.backends.balance import Choice
 from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.backends.pool import Upstream, UpstreamPool
 from ponder.backends.resilience import RetryPolicy
+from ponder.backends.upstream_http import UpstreamHTTP
 from ponder.config import Settings
 
 SETTING = "PONDER_PROXY_CONFIG"
@@ -115,10 +116,10 @@ def build_pool(
     settings: Settings,
     *,
     env: Mapping[str, str] | None = None,
-    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    http: Mapping[str, UpstreamHTTP] | None = None,
 ) -> UpstreamPool:
     """The pool the settings' file describes, its keys read from `env` (the process's
-    environment by default); `transports` stand in for the network in tests, by name."""
+    environment by default); `http` stands in for the network in tests, by upstream name."""
     if settings.proxy_config is None:
         raise ValueError(f"{SETTING} is not set")
     config = load_pool_file(settings.proxy_config)
@@ -136,7 +137,7 @@ def build_pool(
             api_key=_key(entry, name, env),
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
-            transport=(transports or {}).get(name),
+            http=(http or {}).get(name),
             continuation=entry.continuation,
         )
         upstreams.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,16 @@ from ponder.spl_store import Store
 from ponder.strategies.engine import Engine
 from ponder.strategies.registry import Registry, default_registry
 from ponder.tracing import Tracing, from_environment
+
+# Ponder traces requests itself (`ponder.tracing`: its spans follow the GenAI conventions and
+# carry the strategy's steps). FastAPI's own telemetry, where the installed version has it,
+# would add a second server span to each request and costs a check of the global providers on
+# every request even when off, so it is turned off.
+_NO_FRAMEWORK_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(
@@ -76,6 +87,7 @@ def create_app(
         version=__version__,
         summary="OpenAI-compatible proxy that makes chat models reason better",
         lifespan=lifespan,
+        **_NO_FRAMEWORK_TELEMETRY,
     )
     app.state.ponder = state
     errors.install(app)
