@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any, NoReturn
+
+import orjson
 
 from ponder.backends.base import Capabilities
 from ponder.backends.upstream_http import AiohttpUpstream, HTTPReply, UpstreamHTTP
@@ -22,6 +23,7 @@ from ponder.errors import (
     UnknownModel,
     UpstreamRateLimited,
 )
+from ponder.fastjson import dumps
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 
@@ -156,7 +158,7 @@ class OpenAICompatBackend:
     async def _events(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """The `data:` payloads of a streamed chat completion, as they arrive."""
         async with self._http.stream(
-            "chat/completions", _encode(body), self._post_headers
+            "chat/completions", dumps(body), self._post_headers
         ) as response:
             if response.status >= 400:
                 _raise_for(HTTPReply(response.status, response.headers, await response.read()),
@@ -169,21 +171,17 @@ class OpenAICompatBackend:
         if body is None:
             response = await self._http.request(method, path, None, self._headers)
         else:
-            response = await self._http.request(method, path, _encode(body), self._post_headers)
+            response = await self._http.request(method, path, dumps(body), self._post_headers)
         if response.status >= 400:
             _raise_for(response, self._secret)
         return response
 
 
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False).encode()
-
-
 def _object(raw: str | bytes) -> dict[str, Any]:
     """A JSON object from the upstream, or a BackendError saying it sent something else."""
     try:
-        value = json.loads(raw)
-    except ValueError as exc:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise BackendError("the upstream sent malformed JSON", retryable=True) from exc
     if not isinstance(value, dict):
         raise BackendError("the upstream sent JSON that is not an object", retryable=True)
@@ -204,8 +202,8 @@ def _message_of(body: object, default: str, secret: str | None = None) -> str:
 
 def _raise_for(response: HTTPReply, secret: str | None) -> NoReturn:
     try:
-        body: object = json.loads(response.body)
-    except ValueError:
+        body: object = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
         body = None
     status = response.status
     message = _message_of(body, f"upstream answered HTTP {status}", secret)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
+from ponder.fastjson import FastJSONResponse
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.chat import ChatRequest, Job
 from ponder.proxy.convert import completion_body, to_messages, to_sampling, usage_dict
@@ -47,7 +47,7 @@ class ChatCompletions:
             reasoning_tokens=ctx.meter.reasoning_tokens(choices),
             trace=ctx.trace if ctx.options.get("trace") else None,
         )
-        return JSONResponse(body)
+        return FastJSONResponse(body)
 
     def stream_format(self, job: Job) -> ChatChunks:
         meter = job.ctx.meter

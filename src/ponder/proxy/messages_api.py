@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from ponder.errors import PonderError
+from ponder.fastjson import FastJSONResponse
 from ponder.protocol_messages import (
     CountTokensRequest,
     MessagesError,
@@ -211,7 +211,7 @@ class AnthropicMessages:
             thinking_tokens=ctx.meter.reasoning_tokens(choices[:1]),
             trace=ctx.trace if ctx.options.get("trace") else None,
         )
-        return JSONResponse(body)
+        return FastJSONResponse(body)
 
     def stream_format(self, job: Job) -> MessageEvents:
         return MessageEvents(f"msg_{job.ctx.request_id}", self.model, job.ctx.meter)

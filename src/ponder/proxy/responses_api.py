@@ -38,6 +38,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ponder.errors import InternalError, InvalidRequest, NotFound, PonderError, StoreUnavailable
+from ponder.fastjson import FastJSONResponse
 from ponder.keys import Principal
 from ponder.logs import request_id_var
 from ponder.protocol_responses import DeletedResponse, ResponseObject, ResponseRequest
@@ -183,7 +184,7 @@ class ResponsesFront:
 
     async def respond(self, job: Job, choices: list[Completion]) -> Response:
         output = output_items(ItemIds(self.request_id), choices, job.ctx.working)
-        return JSONResponse(await self.finished(job, choices, output))
+        return FastJSONResponse(await self.finished(job, choices, output))
 
     def stream_format(self, job: Job) -> ResponsesEvents:
         async def complete(
