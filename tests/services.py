@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -182,3 +183,47 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class PonderProcess(str):
+    """A running `ponder serve`'s base URL; `output` is what it printed, once it has stopped."""
+
+    output: str = ""
+
+
+@contextmanager
+def ponder_process(
+    env: dict[str, str], *args: str, within_s: float = 60.0
+) -> Iterator[PonderProcess]:
+    """`ponder serve ARGS` as a process of its own, with `env` over this one's environment, on a
+    free port; yields its base URL once `/health/ready` answers 200, and stops it at the end."""
+    import httpx
+
+    port = _free_port()
+    command = [sys.executable, "-m", "ponder.cli", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    base = PonderProcess(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                output = proc.communicate()[0].decode(errors="replace")
+                raise AssertionError(f"ponder serve exited ({proc.returncode}):\n{output}")
+            assert time.monotonic() < deadline, f"ponder serve was not ready in {within_s} s"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            output = proc.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
+        base.output = output.decode(errors="replace")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from ponder.strategies.registry import default_registry
 from ponder.testing import FakeUpstream, HandlerUpstream, running_server
 from ponder.tokens import count_tokens
 from ponder.types import Message, Sampling
+from tests.services import ponder_process
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -147,7 +147,13 @@ def test_upstream_key_is_sent_and_never_returned(upstream: tuple[FakeUpstream, s
 def _complete(backend: OpenAICompatBackend) -> object:
     import asyncio
 
-    return asyncio.run(backend.complete("m", [Message("user", "hi")], Sampling(), 1))
+    async def call() -> object:
+        try:
+            return await backend.complete("m", [Message("user", "hi")], Sampling(), 1)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(call())
 
 
 @pytest.mark.parametrize(
@@ -211,37 +217,8 @@ def _free_port() -> int:
 def test_ponder_serve_cli_relays_to_upstream(upstream: tuple[FakeUpstream, str]) -> None:
     """`ponder serve --backend openai --base-url ...` as a real process."""
     _, url = upstream
-    port = _free_port()
-    env = {**os.environ, "PONDER_UPSTREAM_API_KEY": "sk-upstream"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ponder.cli",
-            "serve",
-            "--backend",
-            "openai",
-            "--base-url",
-            url,
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "ponder serve exited"
-            assert time.monotonic() < deadline, "ponder serve did not become ready"
-            time.sleep(0.1)
+    env = {"PONDER_UPSTREAM_API_KEY": "sk-upstream"}
+    with ponder_process(env, "--backend", "openai", "--base-url", url) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         completion = client.chat.completions.create(model="fake-model", messages=HELLO, n=2)
         assert len(completion.choices) == 2
@@ -252,10 +229,7 @@ def test_ponder_serve_cli_relays_to_upstream(upstream: tuple[FakeUpstream, str])
             if c.choices
         )
         assert streamed == "echo 0: hello there"
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=10)[0].decode()
-    assert "sk-upstream" not in output
+    assert base.output and "sk-upstream" not in base.output
 
 
 async def test_keep_alive_connections_are_reused(upstream: tuple[FakeUpstream, str]) -> None:
