@@ -189,7 +189,13 @@ def test_the_playground_asks_two_routes_side_by_side(chromium: str, tmp_path: Pa
     query = urlencode([("q", "What is 6*7?"), ("route", "none"), ("route", "sc"), ("ask", "1")])
     with running_server(app) as base:
         # what each route reports for the same question, streamed, as the page asks it
-        expected = {route: streamed_usage(base, f"{route}-{MODEL}") for route in ("none", "sc")}
+        backend = app.state.ponder.backend
+        expected, calls = {}, {}
+        for route in ("none", "sc"):
+            before = len(backend.calls)
+            expected[route], reported = streamed_usage(base, f"{route}-{MODEL}")
+            calls[route] = len(backend.calls) - before
+            assert reported == calls[route]  # the stream reports the calls the backend got
         host = base.removeprefix("http://").removesuffix("/v1")
         dom = dump_dom(
             chromium,
@@ -208,14 +214,20 @@ def test_the_playground_asks_two_routes_side_by_side(chromium: str, tmp_path: Pa
             f"{usage['completion_tokens']} out)"
         )
         assert page.text[f"time-{route}"].endswith(" s")
-        assert page.text[f"calls-{route}"] == "not reported for streams"
+    # each column's calls are those the backend got for the route's own request
+    assert calls["sc"] > calls["none"] == 1
+    assert (page.text["calls-none"], page.text["calls-sc"]) == (
+        str(calls["none"]),
+        str(calls["sc"]),
+    )
     assert expected["sc"]["total_tokens"] > expected["none"]["total_tokens"]  # sc sampled more
     assert "Vote: 42" in page.text["reasoning-sc"]
     assert page.text["reasoning-none"] == ""
     assert page.classes["col-none"] == ["column", "done"]
 
 
-def streamed_usage(base: str, model: str) -> dict[str, int]:
+def streamed_usage(base: str, model: str) -> tuple[dict[str, int], int]:
+    """The usage and the backend calls a streamed request for `model` reports."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "What is 6*7?"}],
@@ -225,7 +237,7 @@ def streamed_usage(base: str, model: str) -> dict[str, int]:
     with httpx.stream(
         "POST", f"{base}/chat/completions", json=body, headers={"authorization": "Bearer key-a"}
     ) as response:
-        usage = [e["usage"] for e in sse_events(response.read().decode()) if e.get("usage")]
-    assert len(usage) == 1
-    found: dict[str, int] = usage[0]
-    return found
+        events = sse_events(response.read().decode())
+    (last,) = [e for e in events if e.get("usage")]
+    found: dict[str, int] = last["usage"]
+    return found, int(last["ponder"]["backend_calls"])

@@ -58,4 +58,5 @@ class ChatCompletions:
             include_usage=self.include_usage,
             n_choices=job.n_choices,
             usage=lambda choices: usage_dict(meter.usage, meter.reasoning_tokens(choices)),
+            calls=lambda: meter.calls,
         )

@@ -5,8 +5,8 @@ its sha256 hash in the page's Content-Security-Policy, sends the question to
 `/v1/chat/completions` once per chosen route (streamed, with `include_usage`) and fills each
 route's column with its reasoning, its answer, its tokens and its time. The script presents the
 key the page was opened with (the password of HTTP Basic auth, or the Bearer key), which the
-server writes into the page (`data-key`; the page is never cached). Backend calls are shown only
-where the server reports them: `x-ponder-backend-calls` comes with JSON answers, not streams.
+server writes into the page (`data-key`; the page is never cached). The backend calls come with
+the usage, at the end of the stream (`ponder.backend_calls`).
 
 Query parameters prefill the form (`q`, `route` repeated, `model`) and `ask=1` asks at once, so
 a comparison can be shared as a link.
@@ -95,8 +95,6 @@ SCRIPT = r"""
           stream_options: { include_usage: true },
         }),
       });
-      const calls = response.headers.get("x-ponder-backend-calls");
-      view.calls.textContent = calls || "not reported for streams";
       if (!response.ok) {
         throw new Error(response.status + ": " + errorText(await response.text()));
       }
@@ -127,6 +125,9 @@ SCRIPT = r"""
               const u = chunk.usage;
               view.tokens.textContent = u.total_tokens + " (" + u.prompt_tokens + " in, " +
                 u.completion_tokens + " out)";
+            }
+            if (chunk.ponder && chunk.ponder.backend_calls !== undefined) {
+              view.calls.textContent = String(chunk.ponder.backend_calls);
             }
           }
         }

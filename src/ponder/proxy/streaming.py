@@ -161,10 +161,19 @@ class ChatChunks:
     n_choices: int
     usage: Callable[[Sequence[Completion]], dict[str, Any]]
     """The usage object for the answer (`usage_body`)."""
+    calls: Callable[[], int] = lambda: 0
+    """How many backend calls the answer took: with the usage, as `ponder.backend_calls` (a
+    stream's headers leave before the count is known; JSON answers carry it in
+    `x-ponder-backend-calls`)."""
     _finished: set[int] = field(default_factory=set)
     _spoke: set[int] = field(default_factory=set)
 
-    def chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+    def chunk(
+        self,
+        choices: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        **more: Any,
+    ) -> bytes:
         payload: dict[str, Any] = {
             "id": self.completion_id,
             "object": "chat.completion.chunk",
@@ -174,7 +183,7 @@ class ChatChunks:
         }
         if self.include_usage:
             payload["usage"] = usage
-        return sse(payload)
+        return sse(payload | more)
 
     @staticmethod
     def choice(
@@ -211,7 +220,8 @@ class ChatChunks:
             body = {} if index in self._spoke else delta_dict(_whole(completion))
             out.append(self.chunk([self.choice(index, body, completion.finish_reason)]))
         if self.include_usage:
-            out.append(self.chunk([], self.usage(choices)))
+            last = self.chunk([], self.usage(choices), ponder={"backend_calls": self.calls()})
+            out.append(last)
         out.append(SSE_DONE)
         return b"".join(out)
 
