@@ -17,15 +17,10 @@ import redis as redis_sync
 from fastapi import FastAPI
 
 from ponder.config import Settings
-from ponder.errors import Overloaded, RateLimited
+from ponder.errors import LimitsUnavailable, Overloaded, RateLimited
 from ponder.keys import Principal
 from ponder.proxy import create_app
-from ponder.proxy.shared_limits import (
-    LimitsUnavailable,
-    RedisLimits,
-    SharedAdmission,
-    SharedRateLimiter,
-)
+from ponder.proxy.shared_limits import RedisLimits, SharedAdmission, SharedRateLimiter
 from ponder.testing import ScriptedBackend
 from tests.conftest import MODEL, asgi_client, assert_error, scripted, user
 from tests.services import RedisServer, redis_server

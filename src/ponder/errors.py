@@ -107,6 +107,15 @@ class Overloaded(PonderError):
     code = "server_overloaded"
 
 
+class LimitsUnavailable(PonderError):
+    """Redis, where the replicas share their limits, failed or did not answer in time, and
+    `PONDER_LIMITS_ON_REDIS_ERROR=closed`."""
+
+    status_code = 503
+    type = "api_error"
+    code = "limits_unavailable"
+
+
 class PayloadTooLarge(PonderError):
     """The request body is larger than the server takes (`PONDER_MAX_BODY_BYTES`)."""
 

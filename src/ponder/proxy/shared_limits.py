@@ -30,7 +30,7 @@ except ImportError as exc:  # an optional dependency
     message = "PONDER_REDIS_URL needs the redis package: pip install 'ponder[redis]'"
     raise ImportError(message) from exc
 
-from ponder.errors import Overloaded, PonderError
+from ponder.errors import LimitsUnavailable, Overloaded
 from ponder.keys import Principal
 from ponder.proxy.limits import Admission, per_minute, rate_limited
 
@@ -81,15 +81,6 @@ return 0
 """
 """Take a slot: KEYS[1] the lease set, ARGV[1] the lease id, ARGV[2] the cap, ARGV[3] the
 lease's seconds. Expired leases go first. Returns 1 (taken) or 0 (the cap is reached)."""
-
-
-class LimitsUnavailable(PonderError):
-    """Redis, where the replicas share their limits, failed or did not answer in time, and
-    `PONDER_LIMITS_ON_REDIS_ERROR=closed`."""
-
-    status_code = 503
-    type = "api_error"
-    code = "limits_unavailable"
 
 
 class RedisLimits:
