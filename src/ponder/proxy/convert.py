@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
+from ponder.fastjson import dumps
 from ponder.protocol import AssistantMessage, ChatCompletionRequest, ChatMessage, ToolMessage
 from ponder.strategies.context import Step
 from ponder.types import Completion, Delta, Message, Sampling, ToolCall, Usage
@@ -153,7 +153,7 @@ def delta_dict(delta: Delta) -> dict[str, Any]:
 
 
 def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(payload) + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ponder.errors import PonderError
-from ponder.fastjson import FastJSONResponse
+from ponder.fastjson import FastJSONResponse, dumps
 from ponder.protocol_messages import (
     CountTokensRequest,
     MessagesError,
@@ -48,8 +48,7 @@ log = logging.getLogger(__name__)
 
 def event(payload: dict[str, Any]) -> bytes:
     """One server-sent event, named by the payload's `type`."""
-    data = json.dumps(payload, separators=(",", ":"))
-    return f"event: {payload['type']}\ndata: {data}\n\n".encode()
+    return b"event: " + str(payload["type"]).encode() + b"\ndata: " + dumps(payload) + b"\n\n"
 
 
 @dataclass

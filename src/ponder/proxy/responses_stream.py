@@ -12,12 +12,12 @@ response; a failure after the start is an `error` event, then `response.failed`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ponder.errors import PonderError
+from ponder.fastjson import dumps
 from ponder.proxy.convert_responses import (
     ItemIds,
     function_call_item,
@@ -45,8 +45,7 @@ Complete = Callable[[Sequence[Completion], list[dict[str, Any]]], Awaitable[dict
 
 
 def event(type_: str, payload: dict[str, Any]) -> bytes:
-    data = json.dumps({"type": type_, **payload}, separators=(",", ":"))
-    return f"event: {type_}\ndata: {data}\n\n".encode()
+    return b"event: " + type_.encode() + b"\ndata: " + dumps({"type": type_, **payload}) + b"\n\n"
 
 
 @dataclass
