@@ -142,6 +142,7 @@ def test_upstream_key_is_sent_and_never_returned(upstream: tuple[FakeUpstream, s
         _complete(backend)
     assert seen == ["Bearer sk-secret-123"]
     assert "sk-secret" not in info.value.message and info.value.status_code == 502
+    assert info.value.message.endswith("check PONDER_UPSTREAM_API_KEY")
 
 
 def _complete(backend: OpenAICompatBackend) -> object:

@@ -21,13 +21,14 @@ from ponder.backends.pool import Upstream, UpstreamPool
 from ponder.backends.pool_config import build_pool, load_pool_file
 from ponder.backends.resilience import RetryPolicy
 from ponder.config import Settings
-from ponder.errors import BackendUnavailable
+from ponder.errors import BackendError, BackendUnavailable
 from ponder.plugins.resources import server_resources
 from ponder.proxy import create_app
 from ponder.strategies.engine import Engine
 from ponder.strategies.registry import default_registry
 from ponder.testing import Call, HandlerUpstream, Reply, ScriptedBackend
 from ponder.tokens import count_prompt_tokens, count_tokens
+from ponder.types import Message, Sampling
 from tests.conftest import (
     MODEL,
     asgi_client,
@@ -253,6 +254,25 @@ def pool_file(tmp_path: Path, text: str = POOL_TOML, suffix: str = ".toml") -> P
     path = tmp_path / f"pool{suffix}"
     path.write_text(text)
     return path
+
+
+async def test_a_refused_key_names_the_variable_it_came_from(tmp_path: Path) -> None:
+    """An upstream that refuses its key says which variable to check (not the single
+    upstream's PONDER_UPSTREAM_API_KEY), and never the key."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": {"message": "bad key"}})
+
+    settings = Settings(proxy_config=pool_file(tmp_path), upstream_retries=0)
+    env = {"ALPHA_KEY": KEY_A, "BRAVO_KEY": KEY_B}
+    pool = build_pool(settings, env=env, http={"alpha": HandlerUpstream(refuse)})
+    alpha = pool.upstreams[0].backend
+    with pytest.raises(BackendError) as info:
+        await alpha.complete("alpha-model", [Message("user", "hi")], Sampling())
+    assert info.value.message == (
+        "the upstream rejected Ponder's credentials; check ALPHA_KEY "
+        "(upstream 'alpha' of PONDER_PROXY_CONFIG)"
+    )
 
 
 async def test_the_pool_file_builds_upstreams_with_keys_from_the_environment(

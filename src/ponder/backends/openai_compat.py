@@ -50,8 +50,11 @@ class OpenAICompatBackend:
         connect_timeout_s: float = 10.0,
         http: UpstreamHTTP | None = None,
         continuation: bool = False,
+        key_setting: str = "PONDER_UPSTREAM_API_KEY",
     ) -> None:
-        """`http` stands in for the network (tests); by default, `AiohttpUpstream`."""
+        """`http` stands in for the network (tests); by default, `AiohttpUpstream`.
+        `key_setting` names where the key comes from, for the error when the upstream refuses
+        it."""
         self.capabilities = Capabilities(
             native_n=True,
             logprobs=True,
@@ -63,6 +66,7 @@ class OpenAICompatBackend:
         self._headers = {"Accept": "application/json", **auth}
         self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self._secret = api_key
+        self._key_setting = key_setting
         self._http = http or AiohttpUpstream(
             base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
         )
@@ -161,8 +165,8 @@ class OpenAICompatBackend:
             "chat/completions", dumps(body), self._post_headers
         ) as response:
             if response.status >= 400:
-                _raise_for(HTTPReply(response.status, response.headers, await response.read()),
-                           self._secret)  # fmt: skip
+                reply = HTTPReply(response.status, response.headers, await response.read())
+                _raise_for(reply, self._secret, self._key_setting)
             async for line in response.lines():
                 if line.startswith(b"data:"):
                     yield line[5:].strip().decode("utf-8", "replace")
@@ -173,7 +177,7 @@ class OpenAICompatBackend:
         else:
             response = await self._http.request(method, path, dumps(body), self._post_headers)
         if response.status >= 400:
-            _raise_for(response, self._secret)
+            _raise_for(response, self._secret, self._key_setting)
         return response
 
 
@@ -200,7 +204,7 @@ def _message_of(body: object, default: str, secret: str | None = None) -> str:
     return message.replace(secret, "***") if secret else message
 
 
-def _raise_for(response: HTTPReply, secret: str | None) -> NoReturn:
+def _raise_for(response: HTTPReply, secret: str | None, key_setting: str) -> NoReturn:
     try:
         body: object = orjson.loads(response.body)
     except orjson.JSONDecodeError:
@@ -218,9 +222,7 @@ def _raise_for(response: HTTPReply, secret: str | None) -> NoReturn:
         raise InvalidRequest(message, param=param)
     if status in (401, 403):
         log.warning("upstream rejected Ponder's credentials (HTTP %s)", status)
-        raise BackendError(
-            "the upstream rejected Ponder's credentials; check PONDER_UPSTREAM_API_KEY"
-        )
+        raise BackendError(f"the upstream rejected Ponder's credentials; check {key_setting}")
     if status == 429:
         raise UpstreamRateLimited(message, retryable=True, retry_after=retry_after)
     if status in (502, 503):

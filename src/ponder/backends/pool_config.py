@@ -139,6 +139,11 @@ def build_pool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             http=(http or {}).get(name),
             continuation=entry.continuation,
+            key_setting=(
+                f"{entry.api_key_env} (upstream {name!r} of {SETTING})"
+                if entry.api_key_env
+                else f"upstream {name!r} of {SETTING}, which sends no key"
+            ),
         )
         upstreams.append(
             Upstream(name, backend, entry.weight, entry.max_concurrency, dict(entry.models))
