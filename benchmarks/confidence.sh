@@ -65,7 +65,8 @@ if want "$target" deepconf; then
     $PONDER bench "${GSM[@]}" --approaches deepconf --no-progress --out $OUT
 fi
 if want "$target" sc8; then
-    # sc with 8 samples, all drawn at once (the baseline of the two below)
+    # sc with 8 samples, all drawn at once (the baseline of the two below); like adaptive sc,
+    # with sc's default tie-break (a tie for the most votes goes to one greedy answer)
     with_none $OUT-sc8
     $PONDER bench "${GSM[@]}" --approaches sc --ponder '{"sc": {"samples": 8}}' \
         --no-progress --out $OUT-sc8

@@ -273,7 +273,7 @@ async def test_around_sc_the_plugin_working_streams_as_reasoning_then_the_vote()
 
 
 async def test_options_reach_the_plugin_and_the_strategy_it_wraps() -> None:
-    backend = scripted(["a", "b"])
+    backend = scripted(["a", "a"])  # two samples that agree: no tie to break
     web = Web()
     response = await post(
         fetching_app(backend, web),

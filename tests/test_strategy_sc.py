@@ -106,6 +106,90 @@ async def test_native_n_backend_draws_all_samples_in_one_call() -> None:
     assert body["usage"] == usage_for(backend, REPLIES, answer=REPLIES[1])
 
 
+# ---- ties: the greedy answer decides ---------------------------------------------------------
+
+GREEDY_WORDS = "At temperature 0, the answer is {}."
+
+
+def tied(samples: list[str], greedy: str | Exception) -> ScriptedBackend:
+    """Samples (at 0.7) answer `samples` in turn; the call at temperature 0 answers `greedy`."""
+    drawn = iter(samples)
+
+    def reply(call: Call, index: int) -> Reply:
+        if call.sampling.temperature == 0.0:
+            return greedy if isinstance(greedy, Exception) else GREEDY_WORDS.format(greedy)
+        return f"Working it out, the answer is {next(drawn)}."
+
+    return scripted(reply)
+
+
+@pytest.mark.parametrize(
+    ("samples", "greedy", "answer", "decided"),
+    [
+        (["1", "2", "3", "4", "5"], "3", "3", True),  # all differ; greedy is among them
+        (["1", "2", "3", "4", "5"], "9", "9", True),  # all differ: no vote says more than it
+        (["1", "2", "2", "1", "5"], "2", "2", True),  # 2-2 tie; greedy picks its side
+        (["1", "2", "2", "1", "5"], "5", "1", False),  # greedy outside the tie: the first stays
+    ],
+)
+async def test_a_tie_is_decided_by_one_greedy_answer(
+    samples: list[str], greedy: str, answer: str, decided: bool
+) -> None:
+    backend = tied(samples, greedy)
+    response = await chat(backend, SC, ponder={"trace": True})
+    assert response.status_code == 200
+    body = response.json()
+    content = body["choices"][0]["message"]["content"]
+    assert extract_answer(content) == answer
+    assert (content == GREEDY_WORDS.format(greedy)) is decided  # greedy's own reply, whole
+    temperatures = [c.sampling.temperature for c in backend.calls]
+    assert temperatures == [0.7] * 5 + [0.0]  # the extra call only after the vote
+    assert response.headers["x-ponder-backend-calls"] == "6"
+    (tie,) = trace_steps(body, "tie_break")
+    assert (tie["greedy"], tie["decided"]) == (greedy, decided)
+    top = max(Counter(samples).values())
+    assert tie["leaders"] == [a for a in dict.fromkeys(samples) if samples.count(a) == top]
+    texts = [f"Working it out, the answer is {a}." for a in samples] + [GREEDY_WORDS.format(greedy)]
+    assert body["usage"] == usage_for(backend, texts, answer=content)
+
+
+async def test_a_clear_winner_needs_no_greedy_call() -> None:
+    backend = tied(["4", "4", "3", "4", "1"], "3")
+    response = await chat(backend, SC)
+    assert extract_answer(response.json()["choices"][0]["message"]["content"]) == "4"
+    assert [c.sampling.temperature for c in backend.calls] == [0.7] * 5
+
+
+async def test_tie_break_first_keeps_the_first_tied_answer_without_a_call() -> None:
+    backend = tied(["1", "2", "3", "4", "5"], "3")
+    response = await chat(backend, SC, ponder={"sc": {"tie_break": "first"}})
+    assert extract_answer(response.json()["choices"][0]["message"]["content"]) == "1"
+    assert len(backend.calls) == 5
+
+
+async def test_a_failed_greedy_call_leaves_the_votes_answer() -> None:
+    backend = tied(["1", "2", "2", "1", "5"], BackendUnavailable("down", retryable=False))
+    response = await chat(backend, SC, ponder={"trace": True})
+    assert response.status_code == 200
+    body = response.json()
+    assert extract_answer(body["choices"][0]["message"]["content"]) == "1"
+    (tie,) = trace_steps(body, "tie_break")
+    assert tie["leaders"] == ["1", "2"] and "down" in tie["error"]
+
+
+async def test_a_cut_off_greedy_answer_does_not_decide() -> None:
+    def reply(call: Call, index: int) -> Reply:
+        if call.sampling.temperature == 0.0:
+            return Completion("Working it out, the answer is 3", finish_reason="length")
+        return f"Working it out, the answer is {index + 1 if call.n > 1 else len(backend.calls)}."
+
+    backend = scripted(reply)
+    response = await chat(backend, SC)
+    assert response.status_code == 200
+    assert extract_answer(response.json()["choices"][0]["message"]["content"]) == "1"
+    assert len(backend.calls) == 6
+
+
 # ---- statistics: the vote beats a single sample by as much as theory says ------------------
 
 P_CORRECT = 0.6
@@ -150,8 +234,9 @@ def plurality_accuracy(samples: int) -> float:
 
 
 async def measured_accuracy(samples: int, problems: int) -> float:
+    """Plain plurality (`tie_break: first`), the vote the theory above describes."""
     backend = noisy_oracle()
-    strategy = SelfConsistency(SelfConsistencyConfig(samples=samples))
+    strategy = SelfConsistency(SelfConsistencyConfig(samples=samples, tie_break="first"))
     right = 0
     for j in range(problems):
         ctx = RequestContext(request_id="t", model=MODEL, backend=backend, sampling=Sampling())
@@ -456,14 +541,15 @@ async def test_adaptive_waves_are_drawn_at_once_without_native_n() -> None:
 
 async def test_adaptive_split_answers_go_on_to_the_most_samples() -> None:
     replies = [f"Sample {i}: the answer is {41 + i % 2}." for i in range(8)]
-    backend = scripted(list(replies), capabilities=Capabilities(native_n=True))
+    greedy = "Greedy: the answer is 42."
+    backend = scripted([*replies, greedy], capabilities=Capabilities(native_n=True))
     response = await chat(backend, SC, ponder={**ADAPTIVE, "trace": True})
     body = response.json()
     # 2 to 2 after the first wave; settling needs more than the 4 samples left, so all are drawn
     assert settles_after(2, 2) > 8 - settles_after(0, 0)
-    assert [c.n for c in backend.calls] == [4, 4]
-    assert body["choices"][0]["message"]["content"] == replies[0]  # 4 to 4: the first answer
-    assert body["usage"] == usage_for(backend, replies, answer=replies[0])
+    assert [(c.n, c.sampling.temperature) for c in backend.calls] == [(4, 0.7), (4, 0.7), (1, 0)]
+    assert body["choices"][0]["message"]["content"] == greedy  # 4 to 4: greedy decides
+    assert body["usage"] == usage_for(backend, [*replies, greedy], answer=greedy)
     waves = trace_steps(body, "wave")
     assert [(w["drawn"], w["tally"], w["settled"]) for w in waves] == [
         (4, {"41": 2, "42": 2}, False),
