@@ -33,8 +33,9 @@ MESSAGES: list[Any] = [
 CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "re2": ({}, 1, 1),
     "cot_reflection": ({}, 1, 1),
-    "sc": ({"samples": 3}, 1, 1),  # the 3 samples in one call
-    "majority_voting": ({"samples": 3}, 1, 1),
+    # the 3 samples in one call, and a greedy call when their answers tie
+    "sc": ({"samples": 3}, 1, 2),
+    "majority_voting": ({"samples": 3}, 1, 2),
     "bon": ({"candidates": 2, "score_tokens": 4}, 3, 3),  # candidates in one call, 2 scores
     "moa": ({"drafts": 2, "critique_tokens": 48}, 3, 3),  # drafts, critique, synthesis
     "genselect": ({"candidates": 2, "compare_tokens": 48}, 2, 2),  # candidates, selection
