@@ -62,7 +62,8 @@ if want "$target" others; then
         --no-progress --out $RUNS/gsm8k-1.5b
 fi
 # A run directory that starts with none's results on GSM8K items FIRST-LAST copied from the
-# first run (none is not re-run where nothing that touches it changed).
+# first run, or from the run directory given fourth (none is not re-run where nothing that
+# touches it changed).
 with_none() {
     mkdir -p "$1"
     if [ ! -s "$1/items.jsonl" ]; then
@@ -70,7 +71,7 @@ with_none() {
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if r["approach"] == "none" and int(sys.argv[2]) <= int(r["item_id"].split("-")[1]) <= int(sys.argv[3]):
-        sys.stdout.write(line)' $RUNS/gsm8k-1.5b/items.jsonl "$2" "$3" > "$1/items.jsonl"
+        sys.stdout.write(line)' "${4:-$RUNS/gsm8k-1.5b}/items.jsonl" "$2" "$3" > "$1/items.jsonl"
     fi
 }
 if want "$target" fixes; then
@@ -128,14 +129,18 @@ if want "$target" small; then
 fi
 if want "$target" more; then
     # The approaches added for drop-in model names, on the first 30 test items (none copied
-    # in). The costliest (pvg and cepo, 18 to 24 calls an item; mcts 18; rstar up to 60) come
-    # last. coc and z3 run model-written code: the sandbox is on for this run only.
+    # in). coc and z3 run model-written code: the sandbox is on for their run only. cepo and
+    # pvg (18 to 24 calls an item) and rstar (up to 60) would take more than two hours each
+    # on the 1.5B: they run on the 0.5B, against the 0.5B's own none on the same items.
     with_none $RUNS/gsm8k-1.5b-more 101 130
     $PONDER bench "${GSM[@]}" --limit 30 \
-        --approaches majority_voting,leap,rto,genselect,deepthink,mars,plansearch,cepo,pvg \
+        --approaches majority_voting,leap,rto,genselect,deepthink,mars,plansearch,mcts \
         --no-progress --out $RUNS/gsm8k-1.5b-more
     PONDER_ENABLE_CODE_EXECUTION=true $PONDER bench "${GSM[@]}" --limit 30 \
-        --approaches coc,z3,mcts,rstar --no-progress --out $RUNS/gsm8k-1.5b-more
+        --approaches coc,z3 --no-progress --out $RUNS/gsm8k-1.5b-more
+    with_none $RUNS/gsm8k-0.5b-more 101 130 $RUNS/gsm8k-0.5b
+    PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --limit 30 \
+        --approaches cepo,pvg,rstar --no-progress --out $RUNS/gsm8k-0.5b-more
 fi
 }
 
