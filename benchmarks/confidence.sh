@@ -9,9 +9,6 @@
 # it measures neither); the whole plan is about 3 to 4 hours of a 2-core CPU (sc with 5
 # samples took about 1.2 minutes an item; 8 samples, at most, here).
 #
-# `benchmarks/confidence_report.py` then compares the arms with sc at 8 samples and with none
-# (paired intervals, token shares) and checks the goal.
-#
 #   benchmarks/confidence.sh              # everything
 #   benchmarks/confidence.sh deepconf     # one step: none deepconf sc8 adaptive cot_decoding
 #   benchmarks/confidence.sh none sc8     # several, in the order given
