@@ -490,6 +490,11 @@ def test_bad_input_is_a_400_in_the_openai_shape(server: str, oai: openai.OpenAI)
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", "input[0].role")
+    # a field named like a union's tag ("text") is still named
+    body = {"model": MODEL, "input": "hi", "text": {"format": {"type": "yaml"}}}
+    answer = httpx.post(f"{server}/responses", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "text.format"
 
 
 def test_a_failure_before_the_stream_starts_is_an_http_error() -> None:

@@ -69,12 +69,14 @@ def error_body(
 
 
 def param_of(loc: Sequence[str | int]) -> str | None:
-    """('body', 'messages', 0, 'user', 'content') -> 'messages[0].content'."""
+    """('body', 'messages', 0, 'user', 'content') -> 'messages[0].content'. A request's own
+    fields come first and are never union tags, so the first name is kept whatever it is (the
+    Responses API has a field called `text`)."""
     out = ""
     for part in loc[1:] if loc and loc[0] == "body" else loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _NOT_FIELDS or any(ch in part for ch in "[(,"):
+        elif out and (part in _NOT_FIELDS or any(ch in part for ch in "[(,")):
             continue
         else:
             out += f".{part}" if out else part
