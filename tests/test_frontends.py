@@ -120,8 +120,14 @@ def sse_data(text: str) -> list[dict[str, Any]]:
     return events
 
 
-# Each front end's (answer, output tokens, prompt tokens) from its answer or stream.
-Reading = tuple[str, int, int]
+# Each front end's (answer, output tokens, prompt tokens, backend calls) from its answer or
+# stream: the calls in the `x-ponder-backend-calls` header of an answer, in `ponder.backend_calls`
+# on a stream's last event (its headers leave before the count is known).
+Reading = tuple[str, int, int, int]
+
+
+def header_calls(response: httpx.Response) -> int:
+    return int(response.headers["x-ponder-backend-calls"])
 
 
 def read_chat(response: httpx.Response, stream: bool) -> Reading:
@@ -129,13 +135,14 @@ def read_chat(response: httpx.Response, stream: bool) -> Reading:
         body = response.json()
         usage = body["usage"]
         content = body["choices"][0]["message"]["content"] or ""
-        return content, usage["completion_tokens"], usage["prompt_tokens"]
+        return content, usage["completion_tokens"], usage["prompt_tokens"], header_calls(response)
     events = sse_data(response.text)
     text = "".join(
         e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")
     )
     usage = events[-1]["usage"]
-    return text, usage["completion_tokens"], usage["prompt_tokens"]
+    calls = events[-1]["ponder"]["backend_calls"]
+    return text, usage["completion_tokens"], usage["prompt_tokens"], calls
 
 
 def read_messages(response: httpx.Response, stream: bool) -> Reading:
@@ -143,6 +150,7 @@ def read_messages(response: httpx.Response, stream: bool) -> Reading:
         body = response.json()
         text = "".join(b["text"] for b in body["content"] if b["type"] == "text")
         usage = body["usage"]
+        calls = header_calls(response)
     else:
         events = sse_data(response.text)
         text = "".join(
@@ -150,19 +158,21 @@ def read_messages(response: httpx.Response, stream: bool) -> Reading:
             for e in events
             if e["type"] == "content_block_delta" and e["delta"]["type"] == "text_delta"
         )
-        (usage,) = [e["usage"] for e in events if e["type"] == "message_delta"]
+        (last,) = [e for e in events if e["type"] == "message_delta"]
+        usage, calls = last["usage"], last["ponder"]["backend_calls"]
     prompt = usage["input_tokens"] + usage.get("cache_read_input_tokens", 0)
-    return text, usage["output_tokens"], prompt
+    return text, usage["output_tokens"], prompt, calls
 
 
 def read_responses(response: httpx.Response, stream: bool) -> Reading:
     if stream:
         events = sse_data(response.text)
         text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
-        (body,) = [e["response"] for e in events if e["type"] == "response.completed"]
+        (last,) = [e for e in events if e["type"] == "response.completed"]
+        body, calls = last["response"], last["ponder"]["backend_calls"]
     else:
         body = response.json()
-        text = None
+        text, calls = None, header_calls(response)
     answer = "".join(
         part["text"]
         for item in body["output"]
@@ -172,7 +182,7 @@ def read_responses(response: httpx.Response, stream: bool) -> Reading:
     )
     assert text is None or text == answer
     usage = body["usage"]
-    return answer, usage["output_tokens"], usage["input_tokens"]
+    return answer, usage["output_tokens"], usage["input_tokens"], calls
 
 
 FRONT_ENDS: dict[str, tuple[str, Callable[..., dict[str, Any]], Callable[..., Reading]]] = {
@@ -210,7 +220,9 @@ async def test_every_route_answers_alike_through_every_front_end(
         assert response.status_code == 200, (name, response.text)
         assert backend.calls, name
         calls = sorted(conversation_of(c) for c in backend.calls)
-        seen[name] = (read(response, stream), calls)
+        reading = read(response, stream)
+        assert reading[3] == len(backend.calls), f"{name}: reports other backend calls"
+        seen[name] = (reading, calls)
     if slug in UNSERVED:
         return
     (chat_reading, chat_calls) = seen["chat"]

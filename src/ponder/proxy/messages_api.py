@@ -143,7 +143,10 @@ class MessageEvents:
         )
         usage = usage_body(self.meter.usage, self.meter.reasoning_tokens(choices[:1]))
         delta = {"stop_reason": reason, "stop_sequence": matched}
-        out.append(event({"type": "message_delta", "delta": delta, "usage": usage}))
+        calls = {"backend_calls": self.meter.calls}
+        out.append(
+            event({"type": "message_delta", "delta": delta, "usage": usage, "ponder": calls})
+        )
         out.append(event({"type": "message_stop"}))
         return b"".join(out)
 

@@ -192,7 +192,10 @@ class ResponsesFront:
         ) -> dict[str, Any]:
             return await self.finished(job, choices, output)
 
-        return ResponsesEvents(ItemIds(self.request_id), self.snapshot, complete)
+        meter = job.ctx.meter
+        return ResponsesEvents(
+            ItemIds(self.request_id), self.snapshot, complete, calls=lambda: meter.calls
+        )
 
 
 async def _previous(store: Store, tenant: str, previous_id: str | None) -> list[Message]:

@@ -66,6 +66,8 @@ class ResponsesEvents:
     ids: ItemIds
     snapshot: Snapshot
     complete: Complete
+    calls: Callable[[], int] = lambda: 0
+    """The backend calls the answer took: on the closing event, as `ponder.backend_calls`."""
     _sequence: int = 0
     _output: list[dict[str, Any]] = field(default_factory=list)
     """The output items by output index: as added, replaced by the whole item when done."""
@@ -143,7 +145,7 @@ class ResponsesEvents:
         out += self.close_all()
         body = await self.complete(choices, list(self._output))
         closing = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
-        out.append(self._event(closing, response=body))
+        out.append(self._event(closing, response=body, ponder={"backend_calls": self.calls()}))
         return b"".join(out)
 
     def error(self, error: PonderError) -> bytes:
