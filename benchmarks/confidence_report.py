@@ -13,12 +13,9 @@ output alone, since an approach that makes one call per trace sends the prompt e
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from statistics import fmean
 
-from ponder.intervals import paired_difference_interval, wilson
+from arms import Arm, compare, load_arm, row, summary_cells
 
 # (label, run directory under --runs, approach in it)
 ARMS = [
@@ -33,97 +30,44 @@ CHALLENGERS = ("adaptive sc, at most 8", "deepconf, at most 8")
 TOKEN_SHARE = 0.6
 
 
-@dataclass(frozen=True)
-class Item:
-    correct: bool
-    tokens: int
-    output_tokens: int
-    calls: int
+def load(runs: Path) -> dict[str, Arm]:
+    """Each arm's evaluated items (arms not run yet are left out)."""
+    arms = {label: load_arm(runs / directory, approach) for label, directory, approach in ARMS}
+    return {label: arm for label, arm in arms.items() if arm}
 
 
-def load(runs: Path) -> dict[str, dict[str, Item]]:
-    """Each arm's evaluated items by item id (arms not run yet are left out)."""
-    arms: dict[str, dict[str, Item]] = {}
-    for label, directory, approach in ARMS:
-        path = runs / directory / "items.jsonl"
-        if not path.exists():
-            continue
-        items = {}
-        for line in path.open():
-            r = json.loads(line)
-            if r["approach"] != approach or r.get("phase", "eval") != "eval" or r.get("error"):
-                continue
-            tokens = int(r["prompt_tokens"]) + int(r["completion_tokens"])
-            items[r["item_id"]] = Item(
-                bool(r["correct"]), tokens, int(r["completion_tokens"]), int(r["backend_calls"])
-            )
-        if items:
-            arms[label] = items
-    return arms
-
-
-def compare(a: dict[str, Item], b: dict[str, Item]) -> tuple[int, float, float, float]:
-    """On the items both answered: (items, b - a in points, interval low, high)."""
-    shared = sorted(a.keys() & b.keys())
-    both = sum(a[i].correct and b[i].correct for i in shared)
-    only_a = sum(a[i].correct and not b[i].correct for i in shared)
-    only_b = sum(b[i].correct and not a[i].correct for i in shared)
-    neither = len(shared) - both - only_a - only_b
-    low, high = paired_difference_interval(both, only_a, only_b, neither)
-    diff = (only_b - only_a) / len(shared) if shared else 0.0
-    return len(shared), diff * 100, low * 100, high * 100
-
-
-def render(arms: dict[str, dict[str, Item]]) -> str:
+def render(arms: dict[str, Arm]) -> str:
     lines = [
         "| Approach | Items | Accuracy (95% CI) | Mean tokens | Mean output tokens | Mean calls |",
         "|---|---:|---|---:|---:|---:|",
-    ]
-    for label, items in arms.items():
-        rows = list(items.values())
-        right = sum(r.correct for r in rows)
-        low, high = wilson(right, len(rows))
-        lines.append(
-            f"| {label} | {len(rows)} | {right / len(rows):.1%} [{low:.1%}, {high:.1%}] "
-            f"| {fmean(r.tokens for r in rows):.0f} | {fmean(r.output_tokens for r in rows):.0f} "
-            f"| {fmean(r.calls for r in rows):.2f} |"
-        )
-    lines += [
+        *(row([label, *summary_cells(arm)]) for label, arm in arms.items()),
         "",
         "| Approach | Against | Items | Difference (paired 95% CI) | Tokens, share of the other's "
         "| Output tokens, share |",
         "|---|---|---:|---|---:|---:|",
     ]
     goals = []
-    for label, items in arms.items():
+    for label, arm in arms.items():
         for other in ("none", BASELINE):
             if other == label or other not in arms or (other == BASELINE and label == "none"):
                 continue
-            base = arms[other]
-            n, diff, low, high = compare(base, items)
-            shared = base.keys() & items.keys()
-            share = sum(items[i].tokens for i in shared) / sum(base[i].tokens for i in shared)
-            out_share = sum(items[i].output_tokens for i in shared) / sum(
-                base[i].output_tokens for i in shared
-            )
+            c = compare(arms[other], arm)
             lines.append(
-                f"| {label} | {other} | {n} | {diff:+.1f} [{low:+.1f}, {high:+.1f}] "
-                f"| {share:.0%} | {out_share:.0%} |"
-            )
+                row([label, other, str(c.items), f"{c.difference:+.1f} [{c.low:+.1f}, "
+                     f"{c.high:+.1f}]", f"{c.token_share:.0%}", f"{c.output_share:.0%}"])
+            )  # fmt: skip
             if other == BASELINE and label in CHALLENGERS:
-                same = low <= 0 <= high
-                cheap = share <= TOKEN_SHARE
+                same = c.low <= 0 <= c.high
+                met = same and c.token_share <= TOKEN_SHARE
                 goals.append(
                     f"- {label}: accuracy {'within' if same else 'outside'} the interval of "
-                    f"`sc` with 8 samples, at {share:.0%} of its tokens ({out_share:.0%} of its "
-                    f"output tokens): goal {'met' if same and cheap else 'missed'}."
+                    f"`sc` with 8 samples, at {c.token_share:.0%} of its tokens "
+                    f"({c.output_share:.0%} of its output tokens): goal "
+                    f"{'met' if met else 'missed'}."
                 )
     if goals:
-        lines += [
-            "",
-            f"Goal: the same accuracy at no more than {TOKEN_SHARE:.0%} of the tokens.",
-            *goals,
-        ]
+        goal = f"Goal: the same accuracy at no more than {TOKEN_SHARE:.0%} of the tokens."
+        lines += ["", goal, *goals]
     return "\n".join(lines) + "\n"
 
 

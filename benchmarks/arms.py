@@ -1,0 +1,111 @@
+"""Arms of a comparison read from bench run directories: what `standings.py` and
+`confidence_report.py` share. An arm is one approach's evaluated items in one run directory;
+two arms are compared item by item on the items both answered, with Newcombe's paired 95%
+interval, as the bench's own report compares an approach with `none`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+
+from ponder.intervals import paired_difference_interval, wilson
+
+
+@dataclass(frozen=True)
+class Item:
+    correct: bool
+    tokens: int
+    """Prompt and output tokens, as the bench counts them."""
+    output_tokens: int
+    calls: int
+
+
+Arm = dict[str, Item]
+"""An arm's items by item id."""
+
+
+def load_arm(run: Path, approach: str) -> Arm:
+    """`approach`'s evaluated items in `run` (none when the run or the approach is missing);
+    items that failed with an error are left out, as the bench's report leaves them out."""
+    path = run / "items.jsonl"
+    if not path.exists():
+        return {}
+    items = {}
+    for line in path.open():
+        r = json.loads(line)
+        if r["approach"] != approach or r.get("phase", "eval") != "eval" or r.get("error"):
+            continue
+        prompt, output = int(r["prompt_tokens"]), int(r["completion_tokens"])
+        items[r["item_id"]] = Item(bool(r["correct"]), prompt + output, output, r["backend_calls"])
+    return items
+
+
+@dataclass(frozen=True)
+class Comparison:
+    items: int
+    difference: float
+    """b - a, in points."""
+    low: float
+    high: float
+    only_a: int
+    only_b: int
+    token_share: float
+    """b's tokens over a's, on the shared items."""
+    output_share: float
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "helps"
+        if self.high < 0:
+            return "hurts"
+        return "cannot be told apart"
+
+
+def compare(a: Arm, b: Arm) -> Comparison:
+    """b against a, on the items both answered."""
+    shared = sorted(a.keys() & b.keys())
+    both = sum(a[i].correct and b[i].correct for i in shared)
+    only_a = sum(a[i].correct and not b[i].correct for i in shared)
+    only_b = sum(b[i].correct and not a[i].correct for i in shared)
+    neither = len(shared) - both - only_a - only_b
+    low, high = paired_difference_interval(both, only_a, only_b, neither)
+    n = max(len(shared), 1)
+    tokens_a = sum(a[i].tokens for i in shared) or 1
+    output_a = sum(a[i].output_tokens for i in shared) or 1
+    return Comparison(
+        items=len(shared),
+        difference=(only_b - only_a) / n * 100,
+        low=low * 100,
+        high=high * 100,
+        only_a=only_a,
+        only_b=only_b,
+        token_share=sum(b[i].tokens for i in shared) / tokens_a,
+        output_share=sum(b[i].output_tokens for i in shared) / output_a,
+    )
+
+
+def accuracy(arm: Arm) -> tuple[float, float, float]:
+    """Accuracy and its Wilson 95% interval, as fractions."""
+    right = sum(i.correct for i in arm.values())
+    low, high = wilson(right, len(arm))
+    return right / len(arm), low, high
+
+
+def summary_cells(arm: Arm) -> list[str]:
+    """Items, accuracy (95% CI), mean tokens, mean output tokens, mean calls."""
+    acc, low, high = accuracy(arm)
+    rows = list(arm.values())
+    return [
+        str(len(rows)),
+        f"{acc:.1%} [{low:.1%}, {high:.1%}]",
+        f"{fmean(r.tokens for r in rows):.0f}",
+        f"{fmean(r.output_tokens for r in rows):.0f}",
+        f"{fmean(r.calls for r in rows):.2f}",
+    ]
+
+
+def row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
