@@ -133,6 +133,7 @@ def test_upstream_key_is_sent_and_never_returned(upstream: tuple[FakeUpstream, s
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("authorization", ""))
+        assert request.headers["user-agent"].startswith("ponder/")
         return httpx.Response(401, json={"error": {"message": "bad key sk-secret-123"}})
 
     backend = OpenAICompatBackend(

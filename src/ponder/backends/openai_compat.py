@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from ponder import __version__
 from ponder.backends.base import Capabilities
 from ponder.backends.upstream_http import AiohttpUpstream, HTTPReply, UpstreamHTTP
 from ponder.backends.wire import completions_of, deltas_of, messages_body, sampling_body
@@ -28,6 +29,8 @@ from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Completion, Delta, Message, Sampling, Usage
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = f"ponder/{__version__}"
 
 
 class OpenAICompatBackend:
@@ -63,7 +66,7 @@ class OpenAICompatBackend:
             continuation=continuation,
         )
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._headers = {"Accept": "application/json", **auth}
+        self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **auth}
         self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self._secret = api_key
         self._key_setting = key_setting
