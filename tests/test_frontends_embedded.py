@@ -11,7 +11,9 @@ import pytest
 
 from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
+from ponder.protocol_messages import CountTokensRequest
 from ponder.proxy import create_app
+from ponder.proxy.convert_messages import count_request, input_tokens
 from ponder.testing import running_server
 from tests.conftest import MODEL
 
@@ -86,3 +88,21 @@ def test_responses_stream_through_the_openai_sdk_on_a_strategy(root: str) -> Non
     assert response.usage is not None
     assert response.usage.output_tokens > 0
     assert response.usage.output_tokens_details.reasoning_tokens < response.usage.output_tokens
+
+
+def test_count_tokens_is_exact_on_the_embedded_model(root: str) -> None:
+    """count_tokens counts with the model's own chat template and tokenizer: what a call with
+    the same prompt is charged (input and cache reads together), and not tiktoken's estimate."""
+    client = anthropic.Anthropic(base_url=root, api_key="unused", max_retries=0, timeout=120)
+    messages: list[anthropic.types.MessageParam] = [
+        {"role": "user", "content": "Count the words in this sentence, please."},
+        {"role": "assistant", "content": "There are seven words."},
+        {"role": "user", "content": QUESTION},
+    ]
+    counted = client.messages.count_tokens(model=MODEL, system=SYSTEM, messages=messages)
+    message = client.messages.create(model=MODEL, max_tokens=1, system=SYSTEM, messages=messages)
+    charged = message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+    assert counted.input_tokens == charged
+    body = {"model": MODEL, "system": SYSTEM, "messages": messages}
+    estimate = input_tokens(count_request(CountTokensRequest.model_validate(body)))
+    assert estimate != charged  # tiktoken's estimate, used before, was not what is charged

@@ -22,7 +22,7 @@ from typing import Any
 from ponder import catalog
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import ADAPTIVE_SAMPLING, Capabilities, continued_prefix
-from ponder.backends.chat_template import ChatTemplate, offered_tools
+from ponder.backends.chat_template import ChatTemplate, RenderedPrompt, offered_tools
 from ponder.backends.llamacpp.adaptive import AdaptiveSettings
 from ponder.backends.llamacpp.engine import Engine
 from ponder.backends.llamacpp.jobs import (
@@ -296,15 +296,18 @@ class EmbeddedBackend:
             if remaining:
                 job.cancel()
 
+    def prompt_tokens(self, messages: Sequence[Message], sampling: Sampling) -> int:
+        """How many tokens this prompt takes on this model, rendered and tokenized as a call
+        sends it (for the Messages API's count_tokens); not refused when over the context."""
+        return len(self._prompt(messages, sampling)[0])
+
     # ---- internals -------------------------------------------------------------------------
 
-    def _prepare(
-        self, messages: Sequence[Message], sampling: Sampling, n: int
-    ) -> tuple[list[int], list[SequenceParams], list[str]]:
-        """The prompt's tokens, each sample's settings, and the names of the tools offered in
-        the prompt (the answer may call them). Refuses what cannot be honoured.
-
-        A continuation (`continued_prefix`) is the conversation before its last message,
+    def _prompt(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> tuple[list[int], RenderedPrompt]:
+        """The prompt's tokens, and its rendering with the model's chat template. A
+        continuation (`continued_prefix`) is the conversation before its last message,
         rendered with the generation prompt, then the tokens of that assistant message's text,
         with no end of turn: the model goes on from there."""
         prefix = continued_prefix(messages, sampling)
@@ -317,6 +320,14 @@ class EmbeddedBackend:
             # tokenized apart, so that the rendered chat's tokens (and cache) are the same
             # whatever the prefix
             prompt += self._model.tokenize(prefix, add_special=False)
+        return prompt, rendered
+
+    def _prepare(
+        self, messages: Sequence[Message], sampling: Sampling, n: int
+    ) -> tuple[list[int], list[SequenceParams], list[str]]:
+        """The prompt's tokens (`_prompt`), each sample's settings, and the names of the tools
+        offered in the prompt (the answer may call them). Refuses what cannot be honoured."""
+        prompt, rendered = self._prompt(messages, sampling)
         room = self.ctx_per_sequence - len(prompt)
         if room <= 0:
             raise InvalidRequest(
