@@ -5,6 +5,7 @@ that asks for it."""
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -173,15 +174,17 @@ def test_the_field_is_read_with_defaults() -> None:
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        ("yes", "must be an object"),
-        ({"temperature": 1}, "unknown setting 'temperature'"),
-        ({"entropy_threshold": True}, "non-negative number"),
-        ({"entropy_threshold": -1}, "non-negative number"),
-        ({"branch_top_k": 2.5}, "non-negative integer"),
-        ({"resample_top_p": 0}, "resample_top_p"),
-        ({"resample_top_p": 1.5}, "resample_top_p"),
+        ("yes", "ponder_adaptive_sampling must be an object"),
+        ({"temperature": 1}, "ponder_adaptive_sampling.temperature: unknown setting"),
+        ({"entropy_threshold": True}, "entropy_threshold: Value error, must be a number"),
+        ({"entropy_threshold": "1"}, "entropy_threshold: Value error, must be a number"),
+        ({"entropy_threshold": -1}, "entropy_threshold: Input should be greater than or equal"),
+        ({"branch_top_k": 2.5}, "branch_top_k: Input should be a valid integer"),
+        ({"resample_top_p": 0}, "resample_top_p: Input should be greater than 0"),
+        ({"resample_top_p": 1.5}, "resample_top_p: Input should be less than or equal to 1"),
     ],
 )
 def test_a_bad_field_is_a_client_error(value: object, says: str) -> None:
-    with pytest.raises(InvalidRequest, match=says):
+    with pytest.raises(InvalidRequest, match=re.escape(says)) as info:
         adaptive_settings(Sampling(extra={ADAPTIVE_SAMPLING: value}))
+    assert (info.value.param or "").startswith(ADAPTIVE_SAMPLING)

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from pydantic import ValidationError
 
-from ponder.backends.base import ADAPTIVE_SAMPLING, Capabilities
-from ponder.backends.llamacpp.adaptive import AdaptiveSettings
+from ponder.backends.base import ADAPTIVE_SAMPLING, AdaptiveSettings, Capabilities
 from ponder.config import Settings
 from ponder.proxy import create_app
+from ponder.strategies.entropy_decoding import EntropyDecodingConfig
 from ponder.testing import Call
 from ponder.types import Completion
 from tests.conftest import (
@@ -43,10 +44,10 @@ DEFAULTS = {
 }
 
 
-def test_the_defaults_are_the_engines() -> None:
-    from dataclasses import asdict
-
-    assert asdict(AdaptiveSettings()) == DEFAULTS
+def test_the_options_are_the_engines_settings() -> None:
+    assert EntropyDecodingConfig().model_dump() == AdaptiveSettings().model_dump() == DEFAULTS
+    with pytest.raises(ValidationError):  # the engine's bounds hold for the options too
+        EntropyDecodingConfig(resample_top_p=1.5)
 
 
 async def test_one_call_carries_the_rule_and_the_request() -> None:

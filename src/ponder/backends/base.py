@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from ponder.errors import InvalidRequest
 from ponder.types import Completion, Delta, Message, Sampling
 
@@ -22,7 +24,48 @@ ADD_GENERATION_PROMPT = "add_generation_prompt"
 ADAPTIVE_SAMPLING = "ponder_adaptive_sampling"
 """The `Sampling.extra` field that asks a backend with `Capabilities.adaptive_sampling` to
 choose each token by the entropix-style adaptive rule: an object of the rule's settings
-(`ponder.backends.llamacpp.adaptive.AdaptiveSettings`; {} takes the defaults)."""
+(`AdaptiveSettings`; {} takes the defaults)."""
+
+
+class AdaptiveSettings(BaseModel):
+    """The entropix-style rule's settings: the thresholds that split its four cases, and how
+    each case samples (`ponder.backends.llamacpp.adaptive`). The one definition, for the
+    `entropy_decoding` strategy's options and for the backend that reads `ADAPTIVE_SAMPLING`
+    from a request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entropy_threshold: float = Field(
+        1.0, ge=0, le=20, description="Entropy (nats) from which a step counts as uncertain"
+    )
+    varentropy_threshold: float = Field(
+        2.0,
+        ge=0,
+        le=100,
+        description="Varentropy (nats squared) from which a step's candidates count as uneven",
+    )
+    explore_temperature: float = Field(
+        1.0, gt=0, le=3, description="Temperature of high-entropy, low-varentropy steps"
+    )
+    branch_top_k: int = Field(
+        5, ge=1, le=100, description="Candidates a low-entropy, high-varentropy step draws from"
+    )
+    branch_temperature: float = Field(
+        0.7, gt=0, le=3, description="Temperature among those candidates"
+    )
+    resample_temperature: float = Field(
+        1.3, gt=0, le=3, description="Temperature of high-entropy, high-varentropy steps"
+    )
+    resample_top_p: float = Field(
+        0.9, gt=0, le=1, description="Top-p cut of high-entropy, high-varentropy steps"
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: object) -> object:
+        if isinstance(value, bool | str):
+            raise ValueError("must be a number")
+        return value
 
 
 def continuation_call(

@@ -24,39 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from pydantic import Field
-
-from ponder.backends.base import ADAPTIVE_SAMPLING
+from ponder.backends.base import ADAPTIVE_SAMPLING, AdaptiveSettings
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
 
-class EntropyDecodingConfig(StrategyConfig):
-    entropy_threshold: float = Field(
-        1.0, ge=0, le=20, description="Entropy (nats) from which a step counts as uncertain"
-    )
-    varentropy_threshold: float = Field(
-        2.0,
-        ge=0,
-        le=100,
-        description="Varentropy (nats squared) from which a step's candidates count as uneven",
-    )
-    explore_temperature: float = Field(
-        1.0, gt=0, le=3, description="Temperature of high-entropy, low-varentropy steps"
-    )
-    branch_top_k: int = Field(
-        5, ge=1, le=100, description="Candidates a low-entropy, high-varentropy step draws from"
-    )
-    branch_temperature: float = Field(
-        0.7, gt=0, le=3, description="Temperature among those candidates"
-    )
-    resample_temperature: float = Field(
-        1.3, gt=0, le=3, description="Temperature of high-entropy, high-varentropy steps"
-    )
-    resample_top_p: float = Field(
-        0.9, gt=0, le=1, description="Top-p cut of high-entropy, high-varentropy steps"
-    )
+class EntropyDecodingConfig(AdaptiveSettings, StrategyConfig):
+    """The rule's settings, as the backend takes them (`AdaptiveSettings`)."""
 
 
 class EntropyDecoding:

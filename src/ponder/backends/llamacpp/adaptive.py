@@ -23,25 +23,13 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from ponder.backends.base import AdaptiveSettings
 from ponder.backends.llamacpp.logprobs import log_softmax
+
+__all__ = ["ACTIONS", "Action", "AdaptiveSampler", "AdaptiveSettings", "Draw"]
 
 Action = Literal["argmax", "explore", "branch", "resample"]
 ACTIONS: tuple[Action, ...] = ("argmax", "explore", "branch", "resample")
-
-
-@dataclass(frozen=True, slots=True)
-class AdaptiveSettings:
-    """The thresholds that split the four cases, and how each case samples."""
-
-    entropy_threshold: float = 1.0
-    """Entropy (nats) from which a step counts as uncertain."""
-    varentropy_threshold: float = 2.0
-    """Varentropy (nats²) from which a step's candidates count as uneven."""
-    explore_temperature: float = 1.0
-    branch_top_k: int = 5
-    branch_temperature: float = 0.7
-    resample_temperature: float = 1.3
-    resample_top_p: float = 0.9
 
 
 @dataclass(frozen=True, slots=True)

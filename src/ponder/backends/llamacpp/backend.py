@@ -15,15 +15,15 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from ponder import catalog
 from ponder.backends.assemble import Assembler
-from ponder.backends.base import ADAPTIVE_SAMPLING, Capabilities, continued_prefix
+from ponder.backends.base import ADAPTIVE_SAMPLING, AdaptiveSettings, Capabilities, continued_prefix
 from ponder.backends.chat_template import ChatTemplate, RenderedPrompt, offered_tools
-from ponder.backends.llamacpp.adaptive import AdaptiveSettings
 from ponder.backends.llamacpp.engine import Engine
 from ponder.backends.llamacpp.jobs import (
     EngineStats,
@@ -95,29 +95,13 @@ def adaptive_settings(sampling: Sampling) -> AdaptiveSettings | None:
         return None
     if not isinstance(raw, Mapping):
         raise InvalidRequest(f"{ADAPTIVE_SAMPLING} must be an object", param=ADAPTIVE_SAMPLING)
-    fields = AdaptiveSettings.__dataclass_fields__
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise InvalidRequest(
-                f"{ADAPTIVE_SAMPLING}: unknown setting {key!r} (known: {', '.join(fields)})",
-                param=ADAPTIVE_SAMPLING,
-            )
-        wants_int = key == "branch_top_k"
-        ok = isinstance(value, int) if wants_int else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok or value < 0:
-            kind = "integer" if wants_int else "number"
-            raise InvalidRequest(
-                f"{ADAPTIVE_SAMPLING}: {key} must be a non-negative {kind}",
-                param=ADAPTIVE_SAMPLING,
-            )
-        values[key] = value
-    settings = replace(AdaptiveSettings(), **values)
-    if not 0 < settings.resample_top_p <= 1:
-        raise InvalidRequest(
-            f"{ADAPTIVE_SAMPLING}: resample_top_p must be in (0, 1]", param=ADAPTIVE_SAMPLING
-        )
-    return settings
+    try:
+        return AdaptiveSettings.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in (ADAPTIVE_SAMPLING, *error["loc"]))
+        message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+        raise InvalidRequest(f"{where}: {message}", param=where) from None
 
 
 def output_grammar(sampling: Sampling) -> str | None:
