@@ -316,3 +316,23 @@ def test_irrelevant_replies_and_groups_of_notes() -> None:
     assert not irrelevant("Nothing relevant here except line 3.")
     assert group(["a", "b", "c"], 10_000) == [["a", "b", "c"]]
     assert group(["a", "b", "c"], 16) == [["a", "b"], ["c"]]
+
+
+def test_an_upstreams_window_comes_from_its_setting() -> None:
+    """The `openai` backend knows no window unless PONDER_UPSTREAM_CONTEXT_WINDOW says it."""
+    import httpx
+
+    from ponder.config import Settings
+    from ponder.proxy import create_app
+    from ponder.testing import FakeUpstream, running_server
+
+    fake = FakeUpstream()
+    body = {"model": "longcepo-fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    with running_server(fake.app) as upstream:
+        for window, status in ((None, 400), (4096, 200)):
+            settings = Settings(backend="openai", base_url=upstream, upstream_context_window=window)
+            with running_server(create_app(settings)) as url:
+                response = httpx.post(f"{url}/chat/completions", json=body, timeout=30)
+            assert response.status_code == status, response.text
+    assert len(fake.requests) == 1  # the short input fits: passed on as it is, once
+    assert fake.requests[0]["messages"] == body["messages"]

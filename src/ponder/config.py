@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="openai backend: the upstream continues a prefilled assistant turn "
         "(vLLM's continue_final_message), for cot_decoding and thinkdeeper",
     )
+    upstream_context_window: int | None = Field(
+        None,
+        ge=256,
+        description="openai backend: the upstream model's context window in tokens, for the "
+        "plugins that plan around it (longcepo, memory, compact); unset, they need their "
+        "context_window option",
+    )
     workers: int = Field(
         1,
         ge=1,

@@ -48,6 +48,7 @@ def _remote(settings: Settings) -> Backend:
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
             continuation=settings.upstream_continuation,
+            context_window=settings.upstream_context_window,
         )
         for url in (settings.base_url, *settings.fallback_base_urls)
     ]

@@ -53,17 +53,20 @@ class OpenAICompatBackend:
         connect_timeout_s: float = 10.0,
         http: UpstreamHTTP | None = None,
         continuation: bool = False,
+        context_window: int | None = None,
         key_setting: str = "PONDER_UPSTREAM_API_KEY",
     ) -> None:
         """`http` stands in for the network (tests); by default, `AiohttpUpstream`.
-        `key_setting` names where the key comes from, for the error when the upstream refuses
-        it."""
+        `context_window`: the upstream model's, where the operator knows it (an upstream does
+        not say). `key_setting` names where the key comes from, for the error when the
+        upstream refuses it."""
         self.capabilities = Capabilities(
             native_n=True,
             logprobs=True,
             tools=True,
             max_concurrency=64,
             continuation=continuation,
+            context_window=context_window,
         )
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **auth}
