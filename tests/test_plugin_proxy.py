@@ -406,3 +406,18 @@ async def test_the_server_lends_the_pool_when_configured(
     assert pool.policy.retries == 3
     assert pool.capabilities.max_concurrency == 20
     await pool.aclose()
+
+
+def test_the_pools_window_is_the_smallest_its_upstreams_state(tmp_path: Path) -> None:
+    """A call may go to any upstream, so the pool holds the smallest window; one upstream that
+    states none leaves the pool without one."""
+    env = {"ALPHA_KEY": KEY_A, "BRAVO_KEY": KEY_B}
+    both = POOL_TOML.replace("weight = 2", "weight = 2\ncontext_window = 32768").replace(
+        'api_key_env = "BRAVO_KEY"', 'api_key_env = "BRAVO_KEY"\ncontext_window = 8192'
+    )
+    pool = build_pool(Settings(proxy_config=pool_file(tmp_path, both)), env=env)
+    assert [u.backend.capabilities.context_window for u in pool.upstreams] == [32768, 8192]
+    assert pool.capabilities.context_window == 8192
+    one = POOL_TOML.replace("weight = 2", "weight = 2\ncontext_window = 32768")
+    pool = build_pool(Settings(proxy_config=pool_file(tmp_path, one)), env=env)
+    assert pool.capabilities.context_window is None

@@ -31,7 +31,15 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -141,6 +149,7 @@ class UpstreamPool:
             max_concurrency=sum(u.max_concurrency for u in self.upstreams),
             continuation=all(c.continuation for c in caps),
             thinking=all(c.thinking for c in caps),
+            context_window=_smallest(c.context_window for c in caps),
         )
 
     # ---- what the pool shows ---------------------------------------------------------------
@@ -403,6 +412,7 @@ class PoolClient:
             max_concurrency=caps.max_concurrency,
             continuation=caps.continuation,
             thinking=caps.thinking,
+            context_window=caps.context_window,
         )
 
     async def models(self) -> list[str]:
@@ -439,3 +449,10 @@ class PoolClient:
             self.choice,
             self.listener,
         )
+
+
+def _smallest(windows: Iterable[int | None]) -> int | None:
+    """The window every upstream holds (a call may go to any): the smallest, or None when one
+    does not say."""
+    known = list(windows)
+    return None if not known or None in known else min(w for w in known if w is not None)

@@ -11,6 +11,7 @@ base_url = "http://10.0.0.5:8000/v1"
 api_key_env = "BIG_KEY"    # the environment variable holding its key (never the key itself)
 weight = 3
 max_concurrency = 16
+context_window = 32768     # its model's, for longcepo, memory and compact (optional)
 models = { "gpt-4o" = "qwen2.5-72b" }   # client's model name -> the upstream's
 ```
 
@@ -59,6 +60,9 @@ class UpstreamEntry(BaseModel):
     max_concurrency: int = Field(16, ge=1, le=4096, description="Most calls in flight on it")
     continuation: bool = Field(
         False, description="It continues a prefilled assistant turn (continue_final_message)"
+    )
+    context_window: int | None = Field(
+        None, ge=256, description="Its model's context window in tokens (for longcepo, memory)"
     )
     models: dict[str, str] = Field(
         default_factory=dict, description="Model names clients use -> the upstream's own"
@@ -139,6 +143,7 @@ def build_pool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             http=(http or {}).get(name),
             continuation=entry.continuation,
+            context_window=entry.context_window,
             key_setting=(
                 f"{entry.api_key_env} (upstream {name!r} of {SETTING})"
                 if entry.api_key_env
