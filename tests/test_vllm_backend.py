@@ -511,3 +511,29 @@ async def test_real_vllm_engine() -> None:
         assert await backend.complete(model, messages, Sampling(max_tokens=4))
     finally:
         await backend.aclose()
+
+
+async def test_prompt_tokens_counts_what_a_call_sends(backend: VLLMBackend) -> None:
+    """For the Messages API's count_tokens: the prompt as the chat template renders it and the
+    tokenizer splits it, the same ids a call sends, without a call."""
+    assert await backend.prompt_tokens(HELLO, Sampling()) == 7
+    assert engine_of(backend).requests == []
+    await backend.complete("tiny-chat", HELLO, Sampling(max_tokens=2))
+    ((_, sent, _),) = engine_of(backend).requests
+    assert len(sent) == 7
+
+
+async def test_count_tokens_on_vllm_is_its_own_count(backend: VLLMBackend) -> None:
+    from ponder.config import Settings
+    from ponder.proxy import create_app
+    from tests.conftest import asgi_client
+
+    body = {
+        "model": "tiny-chat",
+        "system": "Be kind.",
+        "messages": [{"role": "user", "content": "Say hello"}],
+    }
+    async with asgi_client(create_app(Settings(), backend=backend)) as client:
+        response = await client.post("/v1/messages/count_tokens", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"input_tokens": 7}

@@ -205,17 +205,19 @@ class VLLMBackend:
         prompt_tokens = len(prompt["prompt_token_ids"])
         yield Delta(usage=Usage(prompt_tokens, tracker.completion_tokens, cached))
 
+    async def prompt_tokens(self, messages: Sequence[Message], sampling: Sampling) -> int:
+        """How many tokens this prompt takes on this model, rendered and tokenized as a call
+        sends it (for the Messages API's count_tokens); not refused when over the context."""
+        return len(await self._prompt(messages, sampling))
+
     # ---- internals -------------------------------------------------------------------------
 
-    async def _prepare(
-        self, messages: Sequence[Message], sampling: Sampling, n: int, *, final_only: bool
-    ) -> tuple[dict[str, list[int]], Any]:
-        """The token prompt and `SamplingParams` of one call. A continuation
+    async def _prompt(self, messages: Sequence[Message], sampling: Sampling) -> list[int]:
+        """The prompt's token ids: the chat rendered with the model's template. A continuation
         (`continued_prefix`) is the chat before its last message with the generation prompt,
         then the tokens of that assistant message's text, with no end of turn."""
         prefix = continued_prefix(messages, sampling)
         chat = text_chat(messages if prefix is None else messages[:-1], "vllm")
-        sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
         if self._engine is None:
             raise BackendUnavailable("the vllm backend is closed")
         if self._tokenizer is None:
@@ -232,6 +234,14 @@ class VLLMBackend:
         ids = list(self._tokenizer.encode(text, add_special_tokens=False))
         if prefix:
             ids += self._tokenizer.encode(prefix, add_special_tokens=False)
+        return ids
+
+    async def _prepare(
+        self, messages: Sequence[Message], sampling: Sampling, n: int, *, final_only: bool
+    ) -> tuple[dict[str, list[int]], Any]:
+        """The token prompt (`_prompt`) and `SamplingParams` of one call."""
+        sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
+        ids = await self._prompt(messages, sampling)
         room = None if self._max_model_len is None else self._max_model_len - len(ids)
         if room is not None and room <= 0:
             message = f"the prompt has {len(ids)} tokens, the context {self._max_model_len}"

@@ -9,6 +9,7 @@ in the API's own shape by `ponder.proxy.errors`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -259,17 +260,18 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
 
 @messages.post("/messages/count_tokens", response_model=TokenCount)
 async def count_message_tokens(body: CountTokensRequest, request: Request) -> dict[str, int]:
-    """The input tokens of one backend call with this prompt. The embedded backend counts
-    exactly, with the model's own chat template and tokenizer (`prompt_tokens`). Elsewhere it is
-    Ponder's estimate (`ponder.tokens.count_prompt_tokens`, tiktoken cl100k_base, over the
-    messages' text, plus each tool's JSON), which is what the scripted backend and the `openai`
-    backend charge when the upstream reports no usage of its own; an upstream that reports
-    usage, and vLLM, count with the model's tokenizer, so they may charge a different number.
-    A strategy route makes several calls."""
+    """The input tokens of one backend call with this prompt. The embedded and vLLM backends
+    count exactly, with the model's own chat template and tokenizer (`prompt_tokens`).
+    Elsewhere it is Ponder's estimate (`ponder.tokens.count_prompt_tokens`, tiktoken
+    cl100k_base, over the messages' text, plus each tool's JSON), which is what the scripted
+    backend and the `openai` backend charge when the upstream reports no usage of its own; an
+    upstream that reports usage counts with its model's tokenizer, so it may charge a different
+    number. A strategy route makes several calls."""
     chat = count_request(body)
     state = state_of(request)
     state.chat.route(chat)  # an unknown model is a 404, as for /v1/messages
     exact = getattr(state.backend, "prompt_tokens", None)
     if callable(exact):
-        return {"input_tokens": int(exact(chat.messages, chat.sampling))}
+        counted = exact(chat.messages, chat.sampling)
+        return {"input_tokens": int(await counted if inspect.isawaitable(counted) else counted)}
     return {"input_tokens": input_tokens(chat)}
