@@ -15,67 +15,74 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from ponder.intervals import paired_difference_interval, wilson
+from arms import Arm, accuracy, compare, load_arm
 
 
-def replay(run: Path) -> dict[str, Any]:
-    items = {}
+@dataclass(frozen=True)
+class Replay:
+    none: Arm
+    sc_first: Arm
+    """`sc` as recorded."""
+    sc_greedy: Arm
+    """`sc` with its ties decided by `none`'s answer."""
+    ties: int
+    greedy_output_tokens: int
+    """What the ties' greedy calls would have generated (`none`'s output on those items)."""
+
+
+def replay(run: Path) -> Replay:
+    none, sc = load_arm(run, "none"), load_arm(run, "sc")
+    extracted = {}
     for line in (run / "items.jsonl").open():
         r = json.loads(line)
-        items[(r["approach"], r["item_id"])] = r
-    rows = []
+        if r["approach"] == "none":
+            extracted[r["item_id"]] = r["extracted"]
+    sc_first: Arm = {}
+    sc_greedy: Arm = {}
+    ties = greedy_tokens = 0
     for line in (run / "traces.jsonl").open():
         t = json.loads(line)
-        if t["approach"] != "sc" or t["phase"] != "eval":
-            continue
-        none, sc = items.get(("none", t["item_id"])), items.get(("sc", t["item_id"]))
-        if none is None or sc is None:
+        item_id = t["item_id"]
+        if t["approach"] != "sc" or t["phase"] != "eval" or item_id not in none.keys() & sc.keys():
             continue
         (vote,) = [s for s in t["trace"] if s["step"] == "vote"]
         tally: dict[str, int] = vote["tally"]
         top = max(tally.values(), default=0)
         leaders = [a for a, c in tally.items() if c == top]
-        tie = len(leaders) > 1
-        greedy = none["extracted"]
+        greedy = extracted[item_id]
         # the answers are extract_answer's keys, as the vote compares them
-        decides = tie and greedy is not None and (top == 1 or greedy in leaders)
-        replayed = none["correct"] if decides else sc["correct"]
-        rows.append((bool(none["correct"]), bool(sc["correct"]), bool(replayed), tie, none))
-    n = len(rows)
-    ties = [r for r in rows if r[3]]
-    report: dict[str, Any] = {"run": str(run), "items": n, "ties": len(ties)}
-    for name, k in (("none", 0), ("sc_first", 1), ("sc_greedy_replay", 2)):
-        right = sum(r[k] for r in rows)
-        report[name] = (right / n, wilson(right, n))
-    for base, k in (("none", 0), ("sc_first", 1)):
-        both = sum(r[k] and r[2] for r in rows)
-        only_base = sum(r[k] and not r[2] for r in rows)
-        only_replay = sum(r[2] and not r[k] for r in rows)
-        neither = n - both - only_base - only_replay
-        low, high = paired_difference_interval(both, only_base, only_replay, neither)
-        diff = (only_replay - only_base) / n
-        report[f"replay_minus_{base}"] = (diff, (low, high), only_base, only_replay)
-    report["greedy_tokens_per_item"] = sum(r[4]["completion_tokens"] for r in ties) / n
-    return report
+        decides = len(leaders) > 1 and greedy is not None and (top == 1 or greedy in leaders)
+        if len(leaders) > 1:
+            ties += 1
+            greedy_tokens += none[item_id].output_tokens
+        sc_first[item_id] = sc[item_id]
+        sc_greedy[item_id] = (
+            replace(sc[item_id], correct=none[item_id].correct) if decides else sc[item_id]
+        )
+    shared_none = {i: none[i] for i in sc_first}
+    return Replay(shared_none, sc_first, sc_greedy, ties, greedy_tokens)
 
 
 def main(argv: list[str]) -> None:
     for run in argv:
         r = replay(Path(run))
-        print(f"{r['run']}: {r['items']} items, {r['ties']} ties")
-        for name in ("none", "sc_first", "sc_greedy_replay"):
-            acc, (lo, hi) = r[name]
+        n = len(r.sc_first)
+        print(f"{run}: {n} items, {r.ties} ties")
+        for name, arm in (
+            ("none", r.none),
+            ("sc_first", r.sc_first),
+            ("sc_greedy_replay", r.sc_greedy),
+        ):
+            acc, lo, hi = accuracy(arm)
             print(f"  {name:<17} {acc:6.1%} [{lo:.1%}, {hi:.1%}]")
-        for name in ("replay_minus_none", "replay_minus_sc_first"):
-            diff, (low, high), only_base, only_replay = r[name]
-            counts = f"only the other right {only_base}, only the replay right {only_replay}"
-            print(
-                f"  {name:<22} {diff * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] ({counts})"
-            )
-        print(f"  greedy tokens per item {r['greedy_tokens_per_item']:.1f}")
+        for name, base in (("replay_minus_none", r.none), ("replay_minus_sc_first", r.sc_first)):
+            c = compare(base, r.sc_greedy)
+            counts = f"only the other right {c.only_a}, only the replay right {c.only_b}"
+            print(f"  {name:<22} {c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] ({counts})")
+        print(f"  greedy tokens per item {r.greedy_output_tokens / n:.1f}")
 
 
 if __name__ == "__main__":
