@@ -99,20 +99,7 @@ class SelfConsistency:
         answers = [voice(s) for s in samples]
         for i, (sample, answer) in enumerate(zip(samples, answers, strict=True), start=1):
             _show(ctx, i, sample, answer)
-        vote = majority_vote(answers)
-        ctx.reason(
-            f"Vote: {vote.winner if vote.winner is not None else NO_ANSWER} "
-            f"({vote.count} of {len(samples)})\n"
-        )
-        ctx.step(
-            "vote",
-            tally=vote.tally,
-            winner=vote.winner,
-            samples=self.config.samples,
-            survivors=len(samples),
-            cut_off=sum(cut_off(s) for s in samples),
-        )
-        return [await self._decided(ctx, messages, samples, vote)]
+        return [await self._voted(ctx, messages, samples, answers)]
 
     async def _adaptive(
         self, ctx: RequestContext, messages: Sequence[Message], sampling: Sampling
@@ -159,6 +146,21 @@ class SelfConsistency:
             )
             if settled:
                 break
+        voted = await self._voted(
+            ctx, messages, samples, answers, drawn=drawn, waves=waves, posterior=round(posterior, 6)
+        )
+        return [voted]
+
+    async def _voted(
+        self,
+        ctx: RequestContext,
+        messages: Sequence[Message],
+        samples: Sequence[Completion],
+        answers: Sequence[str | None],
+        **trace: object,
+    ) -> Completion:
+        """The vote over the samples' answers, shown and traced (with `trace`'s fields), and
+        the answer it decides."""
         vote = majority_vote(answers)
         ctx.reason(
             f"Vote: {vote.winner if vote.winner is not None else NO_ANSWER} "
@@ -168,14 +170,12 @@ class SelfConsistency:
             "vote",
             tally=vote.tally,
             winner=vote.winner,
-            samples=config.samples,
-            drawn=drawn,
+            samples=self.config.samples,
             survivors=len(samples),
             cut_off=sum(cut_off(s) for s in samples),
-            waves=waves,
-            posterior=round(posterior, 6),
+            **trace,
         )
-        return [await self._decided(ctx, messages, samples, vote)]
+        return await self._decided(ctx, messages, samples, vote)
 
     async def _decided(
         self,
