@@ -94,6 +94,22 @@ async def test_keys_are_masked(tmp_path: Path) -> None:
     assert "my key is ***" in text
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("sk-proj-ABCDEFGHIJKLMNOPQRST", "***"),
+        ('{"k":"key-0123456789abcdefXYZ"}', '{"k":"***"}'),
+        ("two: pk-0123456789abcdef0123, rk-0123456789abcdef0123.", "two: ***, ***."),
+        ("ark-x-sk-0123456789abcdef0123", "ark-x-***"),  # a key inside a longer key-like run
+        ("desk-0123456789abcdef0123", "desk-0123456789abcdef0123"),  # not where a word starts
+        ("sk-short", "sk-short"),
+        ("thirty-five back-end keys", "thirty-five back-end keys"),
+    ],
+)
+def test_what_looks_like_a_key_is_masked_where_a_word_starts(text: str, masked: str) -> None:
+    assert ConversationLog(Path("unused")).mask(text) == masked
+
+
 async def test_the_privacy_plugins_originals_are_never_written(tmp_path: Path) -> None:
     email = "jane.doe@example.com"
 

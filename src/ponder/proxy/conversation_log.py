@@ -15,7 +15,6 @@ A failed request is logged too, with its error.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ponder.fastjson import dumps
 from ponder.strategies.context import CallRecord, RequestContext
 from ponder.strategies.resolve import Route
 from ponder.types import Completion, Message, Usage
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MASK = "***"
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk|key)-[A-Za-z0-9_\-]{16,}\b")
 """Strings shaped like an API key, masked even when no setting names them."""
+_KEY_LIKE_CANDIDATE = re.compile(r"(?:sk|pk|rk|key)-[A-Za-z0-9_\-]{16}")
+"""What every `_KEY_LIKE` match contains, found five times faster on long text, which mostly
+holds none (the leading `\b` keeps the regex engine from skipping ahead to a first letter);
+before it, `mask` looks for the two characters every match has (`k-` or `y-`), faster still."""
 WITHHELD = "(withheld: the privacy plugin restored the originals in it)"
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}(\.\d+)?\.jsonl$")
 
@@ -55,11 +59,13 @@ class ConversationLog:
     def mask(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, MASK)
-        return _KEY_LIKE.sub(MASK, text)
+        if ("k-" in text or "y-" in text) and _KEY_LIKE_CANDIDATE.search(text):
+            return _KEY_LIKE.sub(MASK, text)
+        return text
 
     def write(self, entry: dict[str, Any]) -> None:
         """Append one request's line; a failure to write is logged, never the request's."""
-        line = self.mask(json.dumps(entry, ensure_ascii=False, separators=(",", ":"))) + "\n"
+        line = self.mask(dumps(entry).decode()) + "\n"
         now = dt.datetime.now(dt.UTC)
         day = now.strftime("%Y-%m-%d")
         data = line.encode("utf-8")
