@@ -191,7 +191,10 @@ async def test_a_whole_number_written_with_a_point_is_an_integer(
 
 
 async def test_unknown_route_and_method_are_openai_shaped(client: httpx.AsyncClient) -> None:
-    missing = await client.get("/v1/nowhere")
+    missing = await client.post("/v1/completions", json={"model": "m", "prompt": "hi"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    message = missing.json()["error"]["message"]
+    assert message.startswith("Ponder has no endpoint POST /v1/completions: it serves POST")
+    assert "/v1/chat/completions" in message
     wrong = await client.get("/v1/chat/completions")
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"

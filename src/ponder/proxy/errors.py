@@ -129,5 +129,11 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no route has this path
+            message = (
+                f"Ponder has no endpoint {request.method} {request.url.path}: it serves "
+                "POST /v1/chat/completions, /v1/messages and /v1/responses; GET /v1/models "
+                "lists the models and /docs the whole API."
+            )
         body = error_body(message, kind, None, code)
         return _json(request, exc.status_code, body, message, dict(exc.headers or {}))
