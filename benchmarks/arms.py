@@ -1,7 +1,7 @@
 """Arms of a comparison read from bench run directories: what `standings.py`,
-`confidence_report.py` and `tie_break_replay.py` share. An arm is one approach's evaluated items in one run directory;
-two arms are compared item by item on the items both answered, with Newcombe's paired 95%
-interval, as the bench's own report compares an approach with `none`."""
+`confidence_report.py` and `tie_break_replay.py` share. An arm is one approach's evaluated items
+in one run directory; two arms are compared item by item on the items both answered, with
+Newcombe's paired 95% interval, as the bench's own report compares an approach with `none`."""
 
 from __future__ import annotations
 

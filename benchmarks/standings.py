@@ -1,7 +1,8 @@
-"""Where each approach stands on GSM8K with Qwen2.5-Coder 1.5B: its latest measurement (after
-the fixes made so far), each against `none` on the same items, in one table and one
-accuracy-against-tokens plot. The runs are those `strategies.sh` made; `LATEST` says which run
-holds each approach's latest measurement, and moves as new rounds land.
+"""Where each approach stands on GSM8K with Qwen2.5-Coder 1.5B: its latest complete
+measurement (after the fixes made so far), each against `none` on the same items, in one table
+and one accuracy-against-tokens plot. The runs are those `strategies.sh` and `confidence.sh`
+made; `LATEST` lists, for each approach, the runs that measure it, newest first: the first that
+holds all its items is shown, so a round still running leaves the one before it in place.
 
     .venv/bin/python benchmarks/standings.py            # table to stdout, plot to runs/
 """
@@ -10,27 +11,66 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 from arms import Arm, accuracy, compare, load_arm, row, summary_cells
 
-# approach -> the run directory (under runs/) with its latest measurement
-LATEST = {
-    "none": "gsm8k-1.5b",
-    "sc": "gsm8k-1.5b",
-    "spl": "gsm8k-1.5b",
-    "re2": "gsm8k-1.5b",
-    "bon": "gsm8k-1.5b",
-    "tot": "gsm8k-1.5b",
-    "cot_reflection": "gsm8k-1.5b-fixes",
-    "react": "gsm8k-1.5b-fixes2",
-    "refine": "gsm8k-1.5b-fixes3",
-    "moa": "gsm8k-1.5b-fixes3",
-}
+
+class Standing(NamedTuple):
+    label: str
+    approach: str
+    items: int
+    """How many items a complete measurement has."""
+    runs: tuple[str, ...]
+    """The run directories (under runs/) that measure it, newest first."""
+
+
+LATEST = [
+    Standing("none", "none", 120, ("gsm8k-1.5b",)),
+    Standing("sc", "sc", 120, ("gsm8k-1.5b",)),
+    Standing("spl", "spl", 120, ("gsm8k-1.5b-spl2", "gsm8k-1.5b")),
+    Standing("re2", "re2", 50, ("gsm8k-1.5b",)),
+    Standing("bon", "bon", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
+    Standing("tot", "tot", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
+    Standing("cot_reflection", "cot_reflection", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes")),
+    Standing("react", "react", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes2")),
+    Standing("refine", "refine", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")),
+    Standing("moa", "moa", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")),
+    # the confidence methods, on items 101-160
+    Standing("sc, 8 samples", "sc", 60, ("confidence-1.5b-sc8",)),
+    Standing("adaptive sc, at most 8", "sc", 60, ("confidence-1.5b-adaptive",)),
+    Standing("deepconf", "deepconf", 60, ("confidence-1.5b",)),
+    Standing("cot_decoding", "cot_decoding", 60, ("confidence-1.5b",)),
+    # the approaches added for drop-in model names, on items 101-130
+    *(
+        Standing(a, a, 30, ("gsm8k-1.5b-more",))
+        for a in (
+            "majority_voting",
+            "leap",
+            "rto",
+            "genselect",
+            "deepthink",
+            "mars",
+            "plansearch",
+            "mcts",
+            "coc",
+            "z3",
+        )
+    ),
+]
 
 
 def load(runs: Path) -> dict[str, tuple[str, Arm]]:
-    arms = {a: (run, load_arm(runs / run, a)) for a, run in LATEST.items()}
-    return {a: (run, arm) for a, (run, arm) in arms.items() if arm}
+    """Each approach's latest complete measurement, by label: its run and its items (approaches
+    with none yet are left out)."""
+    found = {}
+    for standing in LATEST:
+        for run in standing.runs:
+            arm = load_arm(runs / run, standing.approach)
+            if len(arm) >= standing.items:
+                found[standing.label] = (run, arm)
+                break
+    return found
 
 
 def render(arms: dict[str, tuple[str, Arm]]) -> str:
