@@ -138,19 +138,62 @@ def test_a_full_days_file_is_rotated_and_old_days_are_removed(tmp_path: Path) ->
     keep = tmp_path / "notes.txt"  # not a log file: never touched
     keep.write_text("mine")
     log = ConversationLog(tmp_path, max_bytes=1024, keep_days=30)
-    for i in range(12):  # about 100 bytes a line: rotated after every ~10
+    for i in range(25):  # about 100 bytes a line: rotated after every ~10
         log.write({"request_id": f"r{i}", "text": "x" * 80})
     assert not old.exists() and not old_rotated.exists() and keep.exists()
     files = sorted(p.name for p in tmp_path.glob("*.jsonl"))
     day = files[0][:10]
-    assert files == [f"{day}.1.jsonl", f"{day}.jsonl"]
+    in_order = (f"{day}.1.jsonl", f"{day}.2.jsonl", f"{day}.jsonl")
+    assert files == sorted(in_order)
     assert all(p.stat().st_size <= 1024 for p in tmp_path.glob("*.jsonl"))
     ids = [
         json.loads(line)["request_id"]
-        for name in (f"{day}.1.jsonl", f"{day}.jsonl")
+        for name in in_order
         for line in (tmp_path / name).read_text().splitlines()
     ]
-    assert ids == [f"r{i}" for i in range(12)]  # nothing lost, in order
+    assert ids == [f"r{i}" for i in range(25)]  # nothing lost, in order
+
+
+async def test_a_log_that_cannot_be_written_fails_no_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    in_the_way = tmp_path / "log"
+    in_the_way.write_text("a file where the log's directory should be")
+    response = await chat(
+        scripted(["Hello there."]), MODEL, settings=Settings(conversation_log=in_the_way)
+    )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Hello there."
+    assert "the conversation log could not be written" in caplog.text
+    assert in_the_way.read_text() == "a file where the log's directory should be"
+
+
+async def test_tool_turns_are_logged_with_their_calls_and_ids(tmp_path: Path) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages = [
+        user("Weather in Paris?"),
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    response = await chat(
+        scripted(["It is sunny."]),
+        MODEL,
+        settings=Settings(conversation_log=tmp_path),
+        messages=messages,
+    )
+    assert response.status_code == 200
+    (line,) = lines(tmp_path)
+    sent = line["calls"][0]["messages"]
+    assert sent[1]["tool_calls"] == [{"name": "weather", "arguments": '{"city": "Paris"}'}]
+    assert (sent[2]["role"], sent[2]["tool_call_id"], sent[2]["content"]) == (
+        "tool",
+        "call_1",
+        "sunny",
+    )
 
 
 async def test_ponder_log_show_prints_one_request_as_a_tree(
