@@ -120,6 +120,19 @@ async def test_sample_with_failures_tolerated_returns_the_survivors() -> None:
         )
 
 
+async def test_sample_never_tolerates_a_bug_even_beside_survivors() -> None:
+    def reply(call: object, index: int) -> str:
+        if next(drawn) == 1:
+            raise ValueError("a bug in the backend, not a failure of it")
+        return "a"
+
+    drawn = iter(range(3))
+    ctx = context(scripted(reply))
+    with pytest.raises(ValueError, match="a bug in the backend"):
+        await ctx.sample(HELLO, 3, tolerate_failures=True)
+    assert all(step.name != "samples_failed" for step in ctx.trace)
+
+
 async def test_limiter_bounds_calls_in_flight_by_the_backend_capability() -> None:
     backend = scripted(lambda call, i: "x", latency_s=0.02)
     backend.capabilities = Capabilities(max_concurrency=2)
