@@ -98,11 +98,13 @@ def plot(arms: dict[str, tuple[str, Arm]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5))
-    for approach, (_, arm) in arms.items():
+    colours = plt.get_cmap("tab20").colors  # one each for up to 20 approaches
+    for n, (approach, (_, arm)) in enumerate(arms.items()):
         acc, low, high = accuracy(arm)
         tokens = sum(i.tokens for i in arm.values()) / len(arm)
         errors = [[(acc - low) * 100], [(high - acc) * 100]]
-        axes.errorbar([tokens], [acc * 100], yerr=errors, fmt="o", capsize=4)
+        colour = colours[n % len(colours)]
+        axes.errorbar([tokens], [acc * 100], yerr=errors, fmt="o", capsize=4, color=colour)
         label = f"{approach} ({len(arm)})"
         axes.annotate(label, (tokens, acc * 100), textcoords="offset points", xytext=(6, 6))
     axes.set_xlabel("Mean tokens per item (prompt and output, every call)")
