@@ -31,7 +31,7 @@ from ponder.proxy import create_app
 from ponder.proxy.chat import FLAGS, LIMITS
 from ponder.proxy.errors import ERROR_CODE_HEADER
 from ponder.spl_store import Store
-from ponder.testing import ScriptedBackend
+from ponder.testing import ScriptedBackend, logprob_reply
 
 KEY = "fuzz-key"
 
@@ -47,10 +47,21 @@ def _app(config: Settings) -> FastAPI:
     # schemathesis builds its test cases when this module is collected, so the apps are built
     # here, each with its store in a directory of its own.
     store = Store(f"sqlite:///{tempfile.mkdtemp(prefix='ponder-fuzz-')}/ponder.db")
-    # it reports a context window, as the embedded backend does: without one, the `memory`,
-    # `compact` and `longcepo` plugins refuse a request that does not give its own
+    # It can do all a strategy may ask of a backend, so that no request is refused for what the
+    # backend lacks, which no schema can say: a context window (without one, the `memory`,
+    # `compact` and `longcepo` plugins refuse a request that does not give its own),
+    # continuation and log-probabilities (`cot_decoding`, `deepconf`, `thinkdeeper`), adaptive
+    # sampling (`entropy_decoding`), and tools. Its one reply, "4", carries its log-probability.
     backend = AnyModel(
-        lambda call, i: "4", model_ids=("m",), capabilities=Capabilities(context_window=32768)
+        lambda call, i: logprob_reply([[("4", -0.1), ("5", -2.5)]]),
+        model_ids=("m",),
+        capabilities=Capabilities(
+            context_window=32768,
+            continuation=True,
+            logprobs=True,
+            adaptive_sampling=True,
+            tools=True,
+        ),
     )
     return create_app(config, backend=backend, store=store)
 
