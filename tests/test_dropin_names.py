@@ -65,3 +65,106 @@ async def test_every_approach_answers_by_name_and_composes(slug: str, how: str) 
         assert len(backend.calls) >= 2
     if how == "side_by_side":
         assert choices[1]["message"]["content"] == UNIVERSAL
+
+
+def _sent(call: Call) -> list[tuple[str, str]]:
+    return [(m.role, m.text) for m in call.messages]
+
+
+async def test_a_tag_in_the_system_prompt_names_the_approach_and_leaves_the_prompt() -> None:
+    backend = scripted(["It is 4.", "Four: 4.", "I say 5."])
+    response = await chat(
+        backend,
+        MODEL,
+        messages=[
+            {"role": "system", "content": "Be brief. <optillm_approach>sc</optillm_approach>"},
+            {"role": "user", "content": "2+2?"},
+        ],
+        ponder={"sc": {"samples": 3}},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "It is 4."
+    assert len(backend.calls) == 3  # sc's samples, no tie
+    assert {tuple(_sent(c)) for c in backend.calls} == {(("system", "Be brief."), ("user", "2+2?"))}
+
+
+async def test_a_tag_in_a_user_message_decides_over_the_field_and_a_bare_system_tag_goes() -> None:
+    backend = scripted(["A", "B", "C"])
+    response = await chat(
+        backend,
+        MODEL,
+        optillm_approach="bon",  # the conversation's tag decides over the field
+        messages=[{"role": "user", "content": "<optillm_approach>re2</optillm_approach>\n2+2?"}],
+    )
+    assert response.status_code == 200, response.text
+    (call,) = backend.calls  # re2: one call, the question read twice
+    assert call.prompt.count("2+2?") == 2 and "optillm_approach" not in call.prompt
+
+    alone = scripted(["4"])
+    response = await chat(
+        alone,
+        MODEL,
+        messages=[
+            {"role": "system", "content": "<optillm_approach>none</optillm_approach>"},
+            {"role": "user", "content": "2+2?"},
+        ],
+    )
+    assert response.status_code == 200, response.text
+    assert _sent(alone.calls[0]) == [("user", "2+2?")]  # the system message held only the tag
+
+
+async def test_auto_leaves_the_route_to_the_model_name() -> None:
+    for fields in (
+        {"optillm_approach": "auto"},
+        {"messages": [{"role": "user", "content": "<optillm_approach>auto</optillm_approach>hi"}]},
+    ):
+        backend = scripted(lambda call, i: "The answer is 4.")
+        response = await chat(backend, f"majority_voting-{MODEL}", **fields)
+        assert response.status_code == 200, response.text
+        assert len(backend.calls) == 6  # majority_voting's 6 samples, as the name says
+        assert {c.prompt for c in backend.calls} <= {"hi", "hello"}
+
+
+async def test_an_unknown_approach_in_a_tag_is_a_400_naming_the_messages() -> None:
+    backend = scripted()
+    response = await chat(
+        backend,
+        MODEL,
+        messages=[{"role": "user", "content": "<optillm_approach>bogus</optillm_approach>hi"}],
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "messages"
+    assert error["message"] == "unknown strategy 'bogus' in optillm_approach"
+    assert not backend.calls
+
+
+async def test_the_tag_works_in_the_messages_and_responses_apis() -> None:
+    backend = scripted(lambda call, i: "The answer is 4.")
+    app = create_app(Settings(), backend=backend)
+    tag = "<optillm_approach>sc</optillm_approach>"
+    async with asgi_client(app) as client:
+        messages = await client.post(
+            "/v1/messages",
+            json={
+                "model": MODEL,
+                "max_tokens": 64,
+                "system": f"Be brief. {tag}",
+                "messages": [{"role": "user", "content": "2+2?"}],
+                "ponder": {"sc": {"samples": 2}},
+            },
+        )
+        assert messages.status_code == 200, messages.text
+        assert len(backend.calls) == 2
+        responses = await client.post(
+            "/v1/responses",
+            json={
+                "model": MODEL,
+                "instructions": f"Be brief. {tag}",
+                "input": "2+2?",
+                "ponder": {"sc": {"samples": 2}},
+            },
+        )
+        assert responses.status_code == 200, responses.text
+        assert len(backend.calls) == 4
+    assert all(_sent(c) == [("system", "Be brief."), ("user", "2+2?")] for c in backend.calls)

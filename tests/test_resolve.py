@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from ponder.errors import InvalidRequest, UnknownModel
-from ponder.strategies.resolve import Route, resolve
+from ponder.strategies.resolve import Route, approach_in_prompt, resolve
+from ponder.types import Message
 
 KNOWN = {"none": "none", "sc": "sc", "self_consistency": "sc", "refine": "refine", "tot": "tot"}
 
@@ -105,3 +106,43 @@ def test_a_plugin_out_of_place_is_a_400_that_says_why(
     with pytest.raises(InvalidRequest) as info:
         resolve(name, layered, approach, is_plugin)
     assert info.value.param == param and says in str(info.value)
+
+
+def test_a_tag_in_the_conversation_names_the_approach() -> None:
+    system = Message("system", "Be brief.<optillm_approach>sc</optillm_approach>")
+    asks = Message("user", "<optillm_approach>tot</optillm_approach> 2+2?")
+    kept, approach = approach_in_prompt([system, asks])
+    assert approach == "sc"  # the system message's tag comes first
+    assert kept == [Message("system", "Be brief."), asks]  # only that message loses its tags
+
+    kept, approach = approach_in_prompt([Message("developer", "x"), asks])
+    assert (approach, kept) == ("tot", [Message("developer", "x"), Message("user", "2+2?")])
+
+
+def test_a_tag_is_taken_out_of_text_parts_and_an_empty_system_message_goes() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    parts = (
+        {"type": "text", "text": "<optillm_approach> bon </optillm_approach>"},
+        image,
+        {"type": "text", "text": "What is in it?"},
+    )
+    kept, approach = approach_in_prompt(
+        [Message("system", "<optillm_approach>x</optillm_approach>"), Message("user", parts)]
+    )
+    assert approach == "x"
+    assert kept == [Message("user", parts)]
+    kept, approach = approach_in_prompt([Message("user", parts)])
+    assert approach == "bon"
+    assert kept == [Message("user", (image, {"type": "text", "text": "What is in it?"}))]
+
+
+def test_no_tag_leaves_the_conversation_as_it_is() -> None:
+    messages = [Message("system", "<optillm_approach>"), Message("user", "hi")]
+    assert approach_in_prompt(messages) == (messages, None)
+
+
+def test_auto_leaves_the_route_to_the_name_and_a_tags_errors_name_the_messages() -> None:
+    assert resolve("sc-m", canonical, "auto") == Route("m", ("sc",))
+    with pytest.raises(InvalidRequest) as info:
+        resolve("m", canonical, "bogus", approach_param="messages")
+    assert info.value.param == "messages"

@@ -239,7 +239,9 @@ def _names(registry: Registry) -> dict[str, str]:
 def approach_pattern(*, side_by_side: bool) -> str:
     """The pattern of `optillm_approach`: plugins first, joined by `&`, around strategies
     joined by `&` (or a plugin that picks the strategy itself, last); with `side_by_side`, or
-    strategies joined by `|`; or empty."""
+    strategies joined by `|`; or `auto` (the model name decides); or empty."""
+    from ponder.strategies.resolve import AUTO
+
     registry = _registry()
     names = _names(registry)
 
@@ -255,8 +257,8 @@ def approach_pattern(*, side_by_side: bool) -> str:
     picker = either(lambda slug: registry.is_plugin(slug) and picks(slug))
     chain = rf"(?:(?:{plugin})&)*(?:(?:{picker})|(?:{plugin})|(?:{strategy})(?:&(?:{strategy}))*)"
     if side_by_side:
-        return rf"^(?:{chain}|(?:{strategy})(?:\|(?:{strategy}))*)?$"
-    return rf"^(?:{chain})?$"
+        return rf"^(?:{AUTO}|{chain}|(?:{strategy})(?:\|(?:{strategy}))*)?$"
+    return rf"^(?:{AUTO}|{chain})?$"
 
 
 def _approach_schema(schema: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from fastapi.responses import StreamingResponse
@@ -38,7 +38,7 @@ from ponder.spl_store import Store
 from ponder.strategies.base import Strategy
 from ponder.strategies.context import Budget, RequestContext, Sink
 from ponder.strategies.engine import Engine
-from ponder.strategies.resolve import Route, resolve
+from ponder.strategies.resolve import Route, approach_in_prompt, resolve
 from ponder.strategies.toolbox import server_tools
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 from ponder.tracing import Tracing
@@ -64,6 +64,8 @@ class ChatRequest:
     n: int = 1
     approach: str | None = None
     """`optillm_approach`: the strategies, when the model name does not carry them."""
+    approach_param: str = "optillm_approach"
+    """Where `approach` came from, for its errors (`messages`: a tag in the conversation)."""
     ponder: Mapping[str, Any] | None = None
     """The `ponder` options (flags, limits, per-strategy options)."""
     stream: bool = False
@@ -144,7 +146,13 @@ class ChatService:
 
     def route(self, request: ChatRequest) -> Route:
         registry = self.engine.registry
-        route = resolve(request.model, registry.canonical, request.approach, registry.is_plugin)
+        route = resolve(
+            request.model,
+            registry.canonical,
+            request.approach,
+            registry.is_plugin,
+            request.approach_param,
+        )
         if not self.backend.serves(route.model):
             hint = ""
             prefix, sep, _ = request.model.partition("-")
@@ -191,6 +199,11 @@ class ChatService:
         self, request: ChatRequest, request_id: str, principal: Principal = ANONYMOUS
     ) -> Job:
         """Validate and resolve everything before the first backend call."""
+        messages, tagged = approach_in_prompt(request.messages)
+        if tagged is not None:  # the conversation names the approach: it decides
+            request = replace(
+                request, messages=messages, approach=tagged, approach_param="messages"
+            )
         if len(request.messages) > self.max_messages:
             raise InvalidRequest(
                 f"the request has {len(request.messages)} messages; this server takes at most "

@@ -1,6 +1,7 @@
 """Model-name resolution: which strategies run, on which backend model.
 
-A pure function of the name, the optional `optillm_approach` field and the set of known slugs:
+A pure function of the name, the optional `optillm_approach` field (`auto`: the name decides)
+and the set of known slugs:
 
     smollm2-135m          -> none on smollm2-135m
     none-smollm2-135m     -> none on smollm2-135m
@@ -12,18 +13,31 @@ A pure function of the name, the optional `optillm_approach` field and the set o
 
 Plugins come first in an "&" chain, each around the rest; a plugin after a strategy, or in a
 "|" route, is a 400 that says why.
+
+The approach may also be named inside the conversation, as clients of other proxies do: an
+`<optillm_approach>sc</optillm_approach>` tag in a system (or developer) message, else in a user
+message (`approach_in_prompt`). The first tag found decides, over the `optillm_approach` field,
+and the message it was in goes on without its tags.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from itertools import takewhile
 from typing import Literal
 
 from ponder.errors import InvalidRequest, UnknownModel
+from ponder.types import Message
 
 Mode = Literal["single", "pipeline", "parallel"]
+
+
+AUTO = "auto"
+"""The `optillm_approach` that leaves the route to the model name (the default elsewhere)."""
+_TAG = re.compile(r"<optillm_approach>(.*?)</optillm_approach>", re.DOTALL)
+_OPENING = "<optillm_approach>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +90,21 @@ def resolve(
     canonical: Callable[[str], str | None],
     optillm_approach: str | None = None,
     is_plugin: Callable[[str], bool] = lambda slug: False,
+    approach_param: str = "optillm_approach",
 ) -> Route:
     """Resolve a model name. `canonical` maps a slug or alias to its slug, or None if unknown;
-    `is_plugin` says whether a slug names a plugin."""
-    if optillm_approach:
-        parts, mode = _split(optillm_approach, "optillm_approach")
+    `is_plugin` says whether a slug names a plugin; `approach_param` is where the approach
+    came from, named by its errors."""
+    if optillm_approach and optillm_approach != AUTO:
+        parts, mode = _split(optillm_approach, approach_param)
         slugs = tuple(canonical(p) for p in parts)
         unknown = [p for p, s in zip(parts, slugs, strict=True) if s is None]
         if unknown:
             raise InvalidRequest(
-                f"unknown strategy {unknown[0]!r} in optillm_approach", param="optillm_approach"
+                f"unknown strategy {unknown[0]!r} in optillm_approach", param=approach_param
             )
         known = tuple(s for s in slugs if s is not None)
-        return _layered(name, known, mode, is_plugin, "optillm_approach")
+        return _layered(name, known, mode, is_plugin, approach_param)
 
     prefix, sep, rest = name.partition("-")
     if not sep or not rest:
@@ -106,3 +122,42 @@ def resolve(
             f"The model '{name}' does not exist: unknown strategy {unknown[0]!r}", param="model"
         )
     return _layered(rest, tuple(s for s in slugs if s is not None), mode, is_plugin, "model")
+
+
+def approach_in_prompt(messages: Sequence[Message]) -> tuple[list[Message], str | None]:
+    """The approach an `<optillm_approach>` tag names in the conversation (the first tag of its
+    system and developer messages, else of its user messages, in order), and the conversation
+    with that message's tags taken out (a system message left empty is dropped); the
+    conversation as it is, and None, when no message holds one."""
+    instructions = [i for i, m in enumerate(messages) if m.role in ("system", "developer")]
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    for i in (*instructions, *users):
+        text = messages[i].text
+        found = _TAG.search(text) if _OPENING in text else None
+        if found is None:
+            continue
+        rest = _untagged(messages[i])
+        kept = [*messages[:i], *([] if rest is None else [rest]), *messages[i + 1 :]]
+        return kept, found.group(1).strip()
+    return list(messages), None
+
+
+def _untagged(message: Message) -> Message | None:
+    """`message` without its `<optillm_approach>` tags; None for a system or developer message
+    with nothing else in it."""
+    content = message.content
+    if isinstance(content, str):
+        text = _TAG.sub("", content).strip()
+        if not text and message.role != "user":
+            return None
+        return replace(message, content=text)
+    parts = tuple(
+        {**p, "text": _TAG.sub("", str(p.get("text", ""))).strip()}
+        if p.get("type") == "text"
+        else p
+        for p in content or ()
+    )
+    parts = tuple(p for p in parts if p.get("type") != "text" or p["text"])
+    if not parts and message.role != "user":
+        return None
+    return replace(message, content=parts)
