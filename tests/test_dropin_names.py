@@ -168,3 +168,26 @@ async def test_the_tag_works_in_the_messages_and_responses_apis() -> None:
         assert responses.status_code == 200, responses.text
         assert len(backend.calls) == 4
     assert all(_sent(c) == [("system", "Be brief."), ("user", "2+2?")] for c in backend.calls)
+
+
+async def test_mcts_tuning_fields_become_its_options_and_never_reach_the_backend() -> None:
+    tuning = {"mcts_simulations": 1, "mcts_depth": 1, "mcts_exploration": 0.5}
+    backend = scripted(universal)
+    response = await chat(backend, f"mcts-{MODEL}", **tuning)
+    assert response.status_code == 200, response.text
+    assert len(backend.calls) == 1 * 3 * (2 + 1)  # simulations x actions x (2 + depth)
+    assert all(not set(tuning) & set(c.sampling.extra) for c in backend.calls)
+
+    backend = scripted(universal)  # ponder.mcts decides over the fields
+    response = await chat(backend, f"mcts-{MODEL}", ponder={"mcts": {"simulations": 2}}, **tuning)
+    assert response.status_code == 200, response.text
+    assert len(backend.calls) == 2 * 3 * (2 + 1)
+
+    backend = scripted(["4"])  # another route: dropped, not forwarded
+    response = await chat(backend, MODEL, mcts_depth=2, user="u-1")
+    assert response.status_code == 200, response.text
+    assert backend.calls[0].sampling.extra == {"user": "u-1"}
+
+    response = await chat(scripted(), f"mcts-{MODEL}", mcts_simulations=0)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "ponder.mcts.simulations"

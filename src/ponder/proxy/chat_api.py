@@ -14,16 +14,35 @@ from ponder.proxy.convert import completion_body, to_messages, to_sampling, usag
 from ponder.proxy.streaming import ChatChunks
 from ponder.types import Completion
 
+MCTS_FIELDS = {
+    "mcts_simulations": "simulations",
+    "mcts_exploration": "exploration",
+    "mcts_depth": "depth",
+}
+"""Top-level request fields that clients of other proxies send to tune `mcts`: taken as its
+options (where `ponder.mcts` does not give them) and never forwarded to the backend."""
+
 
 def chat_request(request: ChatCompletionRequest) -> ChatRequest:
     """A Chat Completions request as `ChatService` takes it."""
+    sampling = to_sampling(request)
+    ponder = request.ponder
+    tuning = {f: sampling.extra[f] for f in MCTS_FIELDS if f in sampling.extra}
+    if tuning:
+        sampling = sampling.with_(
+            extra={k: v for k, v in sampling.extra.items() if k not in MCTS_FIELDS}
+        )
+        given = (ponder or {}).get("mcts", {})
+        if isinstance(given, dict):  # else the options' own check refuses it
+            mcts = {MCTS_FIELDS[f]: v for f, v in tuning.items()}
+            ponder = {**(ponder or {}), "mcts": {**mcts, **given}}
     return ChatRequest(
         model=request.model,
         messages=to_messages(request),
-        sampling=to_sampling(request),
+        sampling=sampling,
         n=request.n,
         approach=request.optillm_approach,
-        ponder=request.ponder,
+        ponder=ponder,
         stream=bool(request.stream),
     )
 
