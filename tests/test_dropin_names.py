@@ -191,3 +191,19 @@ async def test_mcts_tuning_fields_become_its_options_and_never_reach_the_backend
     response = await chat(scripted(), f"mcts-{MODEL}", mcts_simulations=0)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "ponder.mcts.simulations"
+
+
+async def test_an_unknown_decoding_is_a_400_and_a_known_one_names_the_strategy() -> None:
+    backend = scripted()
+    response = await chat(backend, MODEL, decoding="beam_search")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "decoding" and "beam_search" in error["message"]
+    response = await chat(backend, MODEL, decoding=["cot_decoding"])
+    assert response.status_code == 400 and response.json()["error"]["param"] == "decoding"
+    assert not backend.calls
+
+    # thinkdeeper's own fields ride along: an unknown bound is refused as its option
+    response = await chat(backend, MODEL, decoding="thinkdeeper", max_thinking_tokens=0)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "ponder.thinkdeeper.max_thinking_tokens"

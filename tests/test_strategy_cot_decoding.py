@@ -332,3 +332,15 @@ async def test_the_k_paths_decode_together_on_the_embedded_engine(
     assert usage.prompt_tokens == probe_prompt + k * (probe_prompt + 1)
     assert usage.cached_tokens >= k * probe_prompt
     assert after.prompt_tokens - before.prompt_tokens == usage.prompt_tokens - usage.cached_tokens
+
+
+async def test_decoding_and_its_fields_as_other_proxies_clients_send_them() -> None:
+    backend = scripted(reply, capabilities=CAN)
+    response = await chat(
+        backend, MODEL, messages=QUESTION, decoding="cot_decoding", k=2, aggregate_paths=False
+    )
+    assert response.status_code == 200, response.text
+    assert len(backend.calls) == 1 + 2  # the probe, then k = 2 paths
+    assert backend.calls[0].sampling.top_logprobs == 2
+    assert response.json()["choices"][0]["message"]["content"] == TEXTS["The"]
+    assert all("decoding" not in c.sampling.extra for c in backend.calls)

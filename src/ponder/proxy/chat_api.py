@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.responses import Response
 
+from ponder.errors import InvalidRequest
 from ponder.fastjson import FastJSONResponse
 from ponder.protocol import ChatCompletionRequest
 from ponder.proxy.chat import ChatRequest, Job
@@ -14,34 +15,53 @@ from ponder.proxy.convert import completion_body, to_messages, to_sampling, usag
 from ponder.proxy.streaming import ChatChunks
 from ponder.types import Completion
 
-MCTS_FIELDS = {
-    "mcts_simulations": "simulations",
-    "mcts_exploration": "exploration",
-    "mcts_depth": "depth",
+TUNING_FIELDS: dict[str | None, dict[str, tuple[str, str]]] = {
+    None: {
+        "mcts_simulations": ("mcts", "simulations"),
+        "mcts_exploration": ("mcts", "exploration"),
+        "mcts_depth": ("mcts", "depth"),
+    },
+    "cot_decoding": {"k": ("cot_decoding", "k"), "aggregate_paths": ("cot_decoding", "aggregate")},
+    "thinkdeeper": {
+        "min_thinking_tokens": ("thinkdeeper", "min_thinking_tokens"),
+        "max_thinking_tokens": ("thinkdeeper", "max_thinking_tokens"),
+    },
+    "entropy_decoding": {},
+    "deepconf": {},
+    "autothink": {},
 }
-"""Top-level request fields that clients of other proxies send to tune `mcts`: taken as its
-options (where `ponder.mcts` does not give them) and never forwarded to the backend."""
+"""Top-level fields that clients written for other proxies send, as (strategy, option): the
+`mcts` ones always, and with `decoding` (which names the strategy, as `optillm_approach` does)
+that strategy's own. They become the strategy's options where `ponder` does not give them, and
+are never forwarded to the backend."""
 
 
 def chat_request(request: ChatCompletionRequest) -> ChatRequest:
     """A Chat Completions request as `ChatService` takes it."""
     sampling = to_sampling(request)
+    decoding = sampling.extra.get("decoding")
+    if decoding is not None and (not isinstance(decoding, str) or decoding not in TUNING_FIELDS):
+        named = ", ".join(str(d) for d in TUNING_FIELDS if d is not None)
+        raise InvalidRequest(f"unknown decoding {decoding!r}: one of {named}", param="decoding")
+    fields = {**TUNING_FIELDS[None], **TUNING_FIELDS[decoding]} if decoding else TUNING_FIELDS[None]
+    taken = {f: v for f, v in sampling.extra.items() if f in fields or f == "decoding"}
     ponder = request.ponder
-    tuning = {f: sampling.extra[f] for f in MCTS_FIELDS if f in sampling.extra}
-    if tuning:
-        sampling = sampling.with_(
-            extra={k: v for k, v in sampling.extra.items() if k not in MCTS_FIELDS}
-        )
-        given = (ponder or {}).get("mcts", {})
-        if isinstance(given, dict):  # else the options' own check refuses it
-            mcts = {MCTS_FIELDS[f]: v for f, v in tuning.items()}
-            ponder = {**(ponder or {}), "mcts": {**mcts, **given}}
+    if taken:
+        sampling = sampling.with_(extra={f: v for f, v in sampling.extra.items() if f not in taken})
+        ponder = dict(ponder or {})
+        for field_name, value in taken.items():
+            if field_name == "decoding":
+                continue
+            slug, option = fields[field_name]
+            given = ponder.get(slug, {})
+            if isinstance(given, dict):  # else the options' own check refuses it
+                ponder[slug] = {option: value, **given}
     return ChatRequest(
         model=request.model,
         messages=to_messages(request),
         sampling=sampling,
         n=request.n,
-        approach=request.optillm_approach,
+        approach=request.optillm_approach or decoding,
         ponder=ponder,
         stream=bool(request.stream),
     )
