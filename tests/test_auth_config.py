@@ -24,12 +24,14 @@ async def test_api_keys_are_required_when_configured() -> None:
             "/v1/chat/completions", json=body, headers={"Authorization": "Bearer k-two"}
         )
         health = await c.get("/health/live")
+        bare = await c.get("/health")  # where health checks written for other proxies look
     for response in (missing, wrong):
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
         assert "k-one" not in response.text and "k-two" not in response.text
     assert right.status_code == 200
-    assert health.status_code == 200
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert bare.status_code == 200 and bare.json() == {"status": "ok"}
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @health.get("/live")
+@health.get("", summary="Live (the path other proxies' health checks use)")
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
