@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -10,10 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
 
+from ponder.backends.base import CLIENT_KEY
 from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.config import Settings
 from ponder.errors import (
@@ -339,3 +342,67 @@ def test_the_embedded_engine_refuses_several_workers() -> None:
     )
     assert done.returncode == 1
     assert "the embedded engine runs in one process" in done.stderr
+
+
+def test_a_clients_own_key_goes_to_the_upstream_where_the_server_passes_keys_on(
+    upstream: tuple[FakeUpstream, str],
+) -> None:
+    fake, url = upstream
+    settings = Settings(
+        backend="openai", base_url=url, upstream_api_key="sk-server", upstream_key_from_client=True
+    )
+    with running_server(create_app(settings)) as ponder_url:
+        client = openai.OpenAI(base_url=ponder_url, api_key="sk-client-1", max_retries=0)
+        client.chat.completions.create(model="bon-fake-model", messages=HELLO)  # 4 calls at once
+        bon = len(fake.keys)
+        assert list(client.chat.completions.create(model="fake-model", messages=HELLO, stream=True))
+        claude = anthropic.Anthropic(
+            base_url=ponder_url.removesuffix("/v1"), api_key="sk-client-2", max_retries=0
+        )
+        claude.messages.create(model="fake-model", max_tokens=16, messages=HELLO)
+        keyless = httpx.post(
+            f"{ponder_url}/chat/completions", json={"model": "fake-model", "messages": HELLO}
+        )
+        assert keyless.status_code == 200
+    assert bon == 4  # the candidates in one call of n=3, then 3 ratings
+    assert fake.keys == [
+        *["Bearer sk-client-1"] * (bon + 1),
+        "Bearer sk-client-2",  # the Anthropic SDK's x-api-key
+        "Bearer sk-server",  # a client without a key: the server's own
+    ]
+
+
+def test_an_upstream_refusing_a_clients_key_names_it_and_never_returns_it() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        key = request.headers["authorization"]
+        return httpx.Response(401, json={"error": {"message": f"bad key {key}"}})
+
+    backend = OpenAICompatBackend(
+        "http://up/v1", api_key="sk-server", http=HandlerUpstream(refuse), key_from_client=True
+    )
+
+    async def call() -> None:
+        CLIENT_KEY.set("sk-client-secret-9")
+        try:
+            await backend.complete("m", [Message("user", "hi")], Sampling(), 1)
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(BackendError) as info:
+        asyncio.run(call())
+    assert "sk-client-secret" not in info.value.message
+    assert info.value.message.endswith("check the key your request sent")
+
+
+def test_passing_keys_on_is_refused_beside_ponders_own_keys_and_off_the_openai_backend() -> None:
+    with pytest.raises(ValueError, match="cannot be used with Ponder's own API keys"):
+        create_app(
+            Settings(
+                backend="openai",
+                base_url="http://up/v1",
+                api_keys="tenant-a:k-1",
+                upstream_key_from_client=True,
+            )
+        )
+    with pytest.raises(ValueError, match="needs the openai backend"):
+        create_app(Settings(backend="vllm", model="m", upstream_key_from_client=True))

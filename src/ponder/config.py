@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         None, description="The id clients use for the local model (default: derived from it)"
     )
     upstream_api_key: SecretStr | None = None
+    upstream_key_from_client: bool = Field(
+        False,
+        description="openai: send the upstream the key each client presents ('Authorization: "
+        "Bearer' or 'x-api-key'), where it presents one, instead of PONDER_UPSTREAM_API_KEY; "
+        "only without Ponder's own API keys, since those are what clients present then",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Keys clients must present as 'Authorization: Bearer KEY' (comma-separated).",

@@ -262,8 +262,9 @@ class FakeUpstream:
     """A small OpenAI-compatible server, for testing the `openai` backend and for benchmarks.
 
     It answers `reply(body, choice_index)` (default: echo the last user message), honours
-    `n`, `stream` and `stream_options.include_usage`, and keeps every request body it got, and
-    the client port each came from (`ports`: one per connection).
+    `n`, `stream` and `stream_options.include_usage`, and keeps every request body it got, its
+    `Authorization` header (`keys`), and the client port each came from (`ports`: one per
+    connection).
     """
 
     def __init__(
@@ -280,6 +281,8 @@ class FakeUpstream:
         self.model_ids = model_ids
         self.record = record
         self.requests: list[dict[str, Any]] = []
+        self.keys: list[str | None] = []
+        """The `Authorization` header of each request, beside `requests`."""
         self.ports: list[int] = []
         self.app = Starlette(
             routes=[
@@ -302,6 +305,7 @@ class FakeUpstream:
         body = await request.json()
         if self.record:
             self.requests.append(body)
+            self.keys.append(request.headers.get("authorization"))
             self.ports.append(request.client.port if request.client else 0)
         if body.get("model") not in self.model_ids:
             error = {

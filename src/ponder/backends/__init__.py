@@ -11,6 +11,8 @@ __all__ = ["Backend", "Capabilities", "build_backend"]
 def build_backend(settings: Settings) -> Backend:
     if settings.backend == "openai":
         return _remote(settings)
+    if settings.upstream_key_from_client:
+        raise ValueError("PONDER_UPSTREAM_KEY_FROM_CLIENT needs the openai backend")
     if settings.backend == "vllm":
         from ponder.backends.vllm import VLLMBackend
 
@@ -49,6 +51,7 @@ def _remote(settings: Settings) -> Backend:
             connect_timeout_s=settings.upstream_connect_timeout_s,
             continuation=settings.upstream_continuation,
             context_window=settings.upstream_context_window,
+            key_from_client=settings.upstream_key_from_client,
         )
         for url in (settings.base_url, *settings.fallback_base_urls)
     ]

@@ -8,6 +8,7 @@ can (`Capabilities.continuation`) read it back with `continued_prefix`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -25,6 +26,12 @@ ADAPTIVE_SAMPLING = "ponder_adaptive_sampling"
 """The `Sampling.extra` field that asks a backend with `Capabilities.adaptive_sampling` to
 choose each token by the entropix-style adaptive rule: an object of the rule's settings
 (`AdaptiveSettings`; {} takes the defaults)."""
+
+
+CLIENT_KEY: ContextVar[str | None] = ContextVar("ponder_client_key", default=None)
+"""The key the request's client sent, where the server passes it on to the upstream
+(`PONDER_UPSTREAM_KEY_FROM_CLIENT`): set per request by the front end, read by every call the
+request makes (its tasks inherit it)."""
 
 
 class AdaptiveSettings(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import orjson
 
 from ponder import __version__
-from ponder.backends.base import Capabilities
+from ponder.backends.base import CLIENT_KEY, Capabilities
 from ponder.backends.upstream_http import AiohttpUpstream, HTTPReply, UpstreamHTTP
 from ponder.backends.wire import completions_of, deltas_of, messages_body, sampling_body
 from ponder.errors import (
@@ -31,6 +31,9 @@ from ponder.types import Completion, Delta, Message, Sampling, Usage
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"ponder/{__version__}"
+
+
+CLIENT_KEY_SOURCE = "the key your request sent"
 
 
 class OpenAICompatBackend:
@@ -55,11 +58,13 @@ class OpenAICompatBackend:
         continuation: bool = False,
         context_window: int | None = None,
         key_setting: str = "PONDER_UPSTREAM_API_KEY",
+        key_from_client: bool = False,
     ) -> None:
         """`http` stands in for the network (tests); by default, `AiohttpUpstream`.
         `context_window`: the upstream model's, where the operator knows it (an upstream does
         not say). `key_setting` names where the key comes from, for the error when the
-        upstream refuses it."""
+        upstream refuses it. `key_from_client`: a request's own key (`CLIENT_KEY`), where its
+        client sent one, goes to the upstream instead of `api_key`."""
         self.capabilities = Capabilities(
             native_n=True,
             logprobs=True,
@@ -73,6 +78,7 @@ class OpenAICompatBackend:
         self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self._secret = api_key
         self._key_setting = key_setting
+        self._key_from_client = key_from_client
         self._http = http or AiohttpUpstream(
             base_url, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
         )
@@ -127,7 +133,8 @@ class OpenAICompatBackend:
                     break
                 chunk = _object(data)
                 if "error" in chunk:
-                    message = _message_of(chunk, "upstream stream failed", self._secret)
+                    secret = self._auth(self._post_headers)[1]
+                    message = _message_of(chunk, "upstream stream failed", secret)
                     raise BackendError(message, retryable=True)
                 for delta in deltas_of(chunk):
                     if delta.usage is not None:
@@ -165,25 +172,35 @@ class OpenAICompatBackend:
             body["n"] = n
         return body
 
+    def _auth(self, headers: dict[str, str]) -> tuple[dict[str, str], str | None, str]:
+        """A call's headers, the key they carry (kept out of errors) and where it came from:
+        the request's own key where this backend takes it and the client sent one, else
+        the server's."""
+        key = CLIENT_KEY.get() if self._key_from_client else None
+        if key is None:
+            return headers, self._secret, self._key_setting
+        return {**headers, "Authorization": f"Bearer {key}"}, key, CLIENT_KEY_SOURCE
+
     async def _events(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """The `data:` payloads of a streamed chat completion, as they arrive."""
-        async with self._http.stream(
-            "chat/completions", dumps(body), self._post_headers
-        ) as response:
+        headers, secret, source = self._auth(self._post_headers)
+        async with self._http.stream("chat/completions", dumps(body), headers) as response:
             if response.status >= 400:
                 reply = HTTPReply(response.status, response.headers, await response.read())
-                _raise_for(reply, self._secret, self._key_setting)
+                _raise_for(reply, secret, source)
             async for line in response.lines():
                 if line.startswith(b"data:"):
                     yield line[5:].strip().decode("utf-8", "replace")
 
     async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> HTTPReply:
         if body is None:
-            response = await self._http.request(method, path, None, self._headers)
+            headers, secret, source = self._auth(self._headers)
+            response = await self._http.request(method, path, None, headers)
         else:
-            response = await self._http.request(method, path, dumps(body), self._post_headers)
+            headers, secret, source = self._auth(self._post_headers)
+            response = await self._http.request(method, path, dumps(body), headers)
         if response.status >= 400:
-            _raise_for(response, self._secret, self._key_setting)
+            _raise_for(response, secret, source)
         return response
 
 

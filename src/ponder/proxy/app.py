@@ -57,6 +57,12 @@ def create_app(
     settings = settings or Settings()
     engine = Engine(registry or default_registry())
     keyring = Keyring.from_settings(settings).with_canonical_strategies(engine.registry.canonical)
+    if settings.upstream_key_from_client and not keyring.open:
+        raise ValueError(
+            "PONDER_UPSTREAM_KEY_FROM_CLIENT sends the upstream the key each client presents, "
+            "so it cannot be used with Ponder's own API keys (PONDER_API_KEYS, "
+            "PONDER_KEYS_FILE): those are what clients present"
+        )
     state = AppState(
         settings=settings,
         backend=backend or build_backend(settings),

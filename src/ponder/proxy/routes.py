@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
+from ponder.backends.base import CLIENT_KEY
 from ponder.errors import AuthenticationError, BackendUnavailable, RateLimited, StoreUnavailable
 from ponder.keys import Keyring, Principal
 from ponder.protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelList
@@ -106,8 +107,14 @@ async def authenticate(request: Request) -> Principal:
 
 
 async def require_key(request: Request) -> None:
-    """`authenticate`, then take one request from the key's rate limit (429 beyond it)."""
+    """`authenticate`, then take one request from the key's rate limit (429 beyond it). Where
+    the server passes clients' keys on to the upstream, the key this client presents is the
+    one every backend call of this request sends (`CLIENT_KEY`)."""
     principal = await authenticate(request)
+    if state_of(request).settings.upstream_key_from_client:
+        scheme, _, key = presented_key(request).partition(" ")
+        if scheme.lower() == "bearer" and key.strip():
+            CLIENT_KEY.set(key.strip())
     try:
         await state_of(request).rate_limiter.take(principal)
     except RateLimited:
