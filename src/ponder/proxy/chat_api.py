@@ -43,19 +43,20 @@ def chat_request(request: ChatCompletionRequest) -> ChatRequest:
     if decoding is not None and (not isinstance(decoding, str) or decoding not in TUNING_FIELDS):
         named = ", ".join(str(d) for d in TUNING_FIELDS if d is not None)
         raise InvalidRequest(f"unknown decoding {decoding!r}: one of {named}", param="decoding")
-    fields = {**TUNING_FIELDS[None], **TUNING_FIELDS[decoding]} if decoding else TUNING_FIELDS[None]
-    taken = {f: v for f, v in sampling.extra.items() if f in fields or f == "decoding"}
+    fields = {**TUNING_FIELDS[None], **(TUNING_FIELDS[decoding] if decoding else {})}
+    taken = {f: v for f, v in sampling.extra.items() if f in fields}
+    if taken or "decoding" in sampling.extra:
+        kept = {f: v for f, v in sampling.extra.items() if f not in taken and f != "decoding"}
+        sampling = sampling.with_(extra=kept)
     ponder = request.ponder
     if taken:
-        sampling = sampling.with_(extra={f: v for f, v in sampling.extra.items() if f not in taken})
-        ponder = dict(ponder or {})
-        for field_name, value in taken.items():
-            if field_name == "decoding":
-                continue
-            slug, option = fields[field_name]
-            given = ponder.get(slug, {})
+        options = dict(ponder or {})
+        for name, value in taken.items():
+            slug, option = fields[name]
+            given = options.get(slug, {})
             if isinstance(given, dict):  # else the options' own check refuses it
-                ponder[slug] = {option: value, **given}
+                options[slug] = {option: value, **given}
+        ponder = options
     return ChatRequest(
         model=request.model,
         messages=to_messages(request),
