@@ -568,3 +568,29 @@ def test_cli_refuses_ponder_options_that_are_no_json_object(
 ) -> None:
     assert main(["bench", "--ponder", text, "--no-progress"]) == 1
     assert message in capsys.readouterr().err
+
+
+async def test_an_item_that_failed_is_asked_again_when_the_run_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = bench(out, None, limit=4, concurrency=1, model=MODEL, retries=0)
+    failing = ITEMS[1]
+
+    def flaky(call: Call, index: int) -> Any:
+        if item_in(call.prompt).id == failing.id:
+            return BackendError("the upstream broke")
+        return solve(call, index)
+
+    with ponder(scripted(flaky)) as url:
+        config.base_url = url
+        first = await run(config, progress=False)
+    assert [(s.items, s.errors) for s in first] == [(4, 1)]
+
+    second = scripted(solve)
+    with ponder(second) as url:
+        config.base_url = url
+        summaries = await run(config, progress=False)
+    assert [item_in(c.prompt).id for c in second.calls] == [failing.id]  # that one alone
+    assert [(s.items, s.errors) for s in summaries] == [(4, 0)]
+    results = lines(out)  # the failure stays in the file; the report takes the answer
+    assert len(results) == 5 and results[-1]["item_id"] == failing.id
+    assert not results[-1]["error"] and results[-1]["answer"] == solution(failing)

@@ -224,7 +224,8 @@ async def run(
     if previous is not None:
         check_resumable(previous, meta, out)
     unique = _unique(read_results(out / ITEMS_FILE, repair=True))
-    done = {(r.phase, r.approach, r.item_id) for r in unique}
+    # an item that failed is asked again: its error stands only until the run resumes
+    done = {(r.phase, r.approach, r.item_id) for r in unique if not r.error}
 
     async with (
         endpoint(config, backend) as base_url,
@@ -260,7 +261,7 @@ async def run(
             if traces is not None:
                 traces.close()
 
-    return _report(out, asker.results, meta, items)
+    return _report(out, _unique(asker.results), meta, items)
 
 
 def report_only(out: Path) -> list[Summary]:
@@ -292,15 +293,14 @@ def _report(
 
 
 def _unique(results: Sequence[ItemResult]) -> list[ItemResult]:
-    """The first result of each (phase, approach, item): a resumed run may have asked one again
-    after an interruption."""
-    seen: set[tuple[str, str, str]] = set()
-    unique = []
+    """One result of each (phase, approach, item), where a resumed run asked one again after an
+    interruption or a failure: the first that did not fail, else the first."""
+    chosen: dict[tuple[str, str, str], ItemResult] = {}
     for r in results:
-        if (r.phase, r.approach, r.item_id) not in seen:
-            seen.add((r.phase, r.approach, r.item_id))
-            unique.append(r)
-    return unique
+        key = (r.phase, r.approach, r.item_id)
+        if key not in chosen or (chosen[key].error and not r.error):
+            chosen[key] = r
+    return list(chosen.values())
 
 
 def _ordered(
