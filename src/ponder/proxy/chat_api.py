@@ -15,23 +15,23 @@ from ponder.proxy.convert import completion_body, to_messages, to_sampling, usag
 from ponder.proxy.streaming import ChatChunks
 from ponder.types import Completion
 
-TUNING_FIELDS: dict[str | None, dict[str, tuple[str, str]]] = {
-    None: {
-        "mcts_simulations": ("mcts", "simulations"),
-        "mcts_exploration": ("mcts", "exploration"),
-        "mcts_depth": ("mcts", "depth"),
-    },
-    "cot_decoding": {"k": ("cot_decoding", "k"), "aggregate_paths": ("cot_decoding", "aggregate")},
+MCTS_FIELDS = {
+    "mcts_simulations": "simulations",
+    "mcts_exploration": "exploration",
+    "mcts_depth": "depth",
+}
+DECODINGS: dict[str, dict[str, str]] = {
+    "cot_decoding": {"k": "k", "aggregate_paths": "aggregate"},
     "thinkdeeper": {
-        "min_thinking_tokens": ("thinkdeeper", "min_thinking_tokens"),
-        "max_thinking_tokens": ("thinkdeeper", "max_thinking_tokens"),
+        "min_thinking_tokens": "min_thinking_tokens",
+        "max_thinking_tokens": "max_thinking_tokens",
     },
     "entropy_decoding": {},
     "deepconf": {},
     "autothink": {},
 }
-"""Top-level fields that clients written for other proxies send, as (strategy, option): the
-`mcts` ones always, and with `decoding` (which names the strategy, as `optillm_approach` does)
+"""Top-level fields that clients written for other proxies send, each the option it sets:
+`mcts`'s always, and with `decoding` (which names the strategy, as `optillm_approach` does)
 that strategy's own. They become the strategy's options where `ponder` does not give them, and
 are never forwarded to the backend."""
 
@@ -40,23 +40,25 @@ def chat_request(request: ChatCompletionRequest) -> ChatRequest:
     """A Chat Completions request as `ChatService` takes it."""
     sampling = to_sampling(request)
     decoding = sampling.extra.get("decoding")
-    if decoding is not None and (not isinstance(decoding, str) or decoding not in TUNING_FIELDS):
-        named = ", ".join(str(d) for d in TUNING_FIELDS if d is not None)
-        raise InvalidRequest(f"unknown decoding {decoding!r}: one of {named}", param="decoding")
-    fields = {**TUNING_FIELDS[None], **(TUNING_FIELDS[decoding] if decoding else {})}
-    taken = {f: v for f, v in sampling.extra.items() if f in fields}
-    if taken or "decoding" in sampling.extra:
-        kept = {f: v for f, v in sampling.extra.items() if f not in taken and f != "decoding"}
-        sampling = sampling.with_(extra=kept)
+    if decoding is not None and (not isinstance(decoding, str) or decoding not in DECODINGS):
+        raise InvalidRequest(
+            f"unknown decoding {decoding!r}: one of {', '.join(DECODINGS)}", param="decoding"
+        )
+    groups = {"mcts": MCTS_FIELDS, **({decoding: DECODINGS[decoding]} if decoding else {})}
+    extra = dict(sampling.extra)
+    extra.pop("decoding", None)
     ponder = request.ponder
-    if taken:
+    for slug, fields in groups.items():
+        taken = {fields[f]: extra.pop(f) for f in list(extra) if f in fields}
+        if not taken:
+            continue
         options = dict(ponder or {})
-        for name, value in taken.items():
-            slug, option = fields[name]
-            given = options.get(slug, {})
-            if isinstance(given, dict):  # else the options' own check refuses it
-                options[slug] = {option: value, **given}
+        given = options.get(slug, {})
+        if isinstance(given, dict):  # else the options' own check refuses it
+            options[slug] = {**taken, **given}
         ponder = options
+    if extra != sampling.extra:
+        sampling = sampling.with_(extra=extra)
     return ChatRequest(
         model=request.model,
         messages=to_messages(request),
