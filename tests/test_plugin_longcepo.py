@@ -291,9 +291,9 @@ async def test_the_window_comes_from_the_backend_or_the_option_else_a_400() -> N
         backend,
         f"longcepo-{MODEL}",
         messages=[user(DOCUMENT)],
-        ponder={"longcepo": {**OPTIONS, "context_window": 300, "notes_tokens": 100}},
+        ponder={"longcepo": {**OPTIONS, "context_window": 256, "question": QUESTION * 8}},
     )
-    assert_error(response, 400, param="ponder.longcepo.notes_tokens")
+    assert_error(response, 400, param="ponder.longcepo.context_window")
     response = await chat(
         backend,
         f"longcepo-{MODEL}",
@@ -309,6 +309,40 @@ async def test_the_window_comes_from_the_backend_or_the_option_else_a_400() -> N
         ponder={"longcepo": {**OPTIONS, "context_window": WINDOW}},
     )
     assert response.status_code == 200 and len(backend.calls) == 7
+
+
+async def test_notes_larger_than_the_window_holds_are_fitted_to_it() -> None:
+    """`notes_tokens` is an upper bound: in a window that cannot combine two notes of 512
+    tokens, the notes are capped lower, and every map and reduce call fits in the window."""
+    window = 653
+
+    def replies(call: Call, index: int) -> Reply:
+        if call.messages[0].text.startswith("You read"):
+            return f"notes {part_of(call)}"
+        return COMBINED if call.messages[0].text.startswith("You combine") else ANSWER
+
+    backend = windowed(replies, window=window)
+    response = await chat(
+        backend,
+        f"longcepo-{MODEL}",
+        messages=[user(DOCUMENT)],
+        ponder={"longcepo": {"overlap_tokens": 0}, "trace": True},
+        max_tokens=100,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == ANSWER
+    (step,) = trace_steps(response.json(), "longcepo_map")
+    cap = step["notes_cap"]
+    assert 32 <= cap < 512
+    *helpers, answer = backend.calls
+    maps = [c for c in helpers if c.messages[0].text == MAP_SYSTEM.format(cap=cap)]
+    reduces = [c for c in helpers if c.messages[0].text == REDUCE_SYSTEM.format(cap=cap)]
+    assert len(maps) == step["parts"] > 1 and len(reduces) >= 1
+    assert len(maps) + len(reduces) == len(helpers)
+    assert all(c.sampling.max_tokens == cap for c in helpers)
+    # each call's prompt and its notes at the cap fit in the window (less its margin)
+    assert all(count_prompt_tokens(c.messages) + cap <= window * 0.9 for c in helpers)
+    assert answer.prompt == QUESTION
 
 
 def test_irrelevant_replies_and_groups_of_notes() -> None:

@@ -13,7 +13,7 @@ from ponder.errors import BackendError
 from ponder.plugins.chunks import cut, split
 from ponder.plugins.memory import CONDENSE_SYSTEM, UPDATE_SYSTEM, condense_prompt, update_prompt
 from ponder.testing import Call, Reply, ScriptedBackend
-from ponder.tokens import count_tokens
+from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Message
 from tests.conftest import (
     MODEL,
@@ -270,8 +270,6 @@ async def test_the_window_comes_from_the_backend_or_the_option_else_a_400() -> N
 async def test_bad_options_and_a_short_budget_are_refused_before_any_call() -> None:
     backend = windowed(reader)
     for options, param in [
-        ({**OPTIONS, "overlap_tokens": 100}, "ponder.memory.overlap_tokens"),
-        ({**OPTIONS, "chunk_tokens": 5000}, "ponder.memory.chunk_tokens"),
         ({**OPTIONS, "context_window": 300}, "ponder.memory.context_window"),
         ({**OPTIONS, "memory_tokens": 1}, "ponder.memory.memory_tokens"),
     ]:
@@ -287,6 +285,33 @@ async def test_bad_options_and_a_short_budget_are_refused_before_any_call() -> N
     )
     assert_error(response, 400, code="budget_exceeded", param="ponder.max_backend_calls")
     assert backend.calls == []
+
+
+async def test_options_beyond_the_window_are_fitted_to_it() -> None:
+    """Token options are upper bounds: a memory, parts and an overlap larger than the window
+    holds are cut down to what it holds, and every call fits in it."""
+    backend = windowed(
+        lambda call, i: "memory" if call.messages[0].text.startswith("You") else ANSWER
+    )
+    big = {"chunk_tokens": 5000, "overlap_tokens": 4096, "memory_tokens": 8192}
+    response = await chat(
+        backend,
+        f"memory-{MODEL}",
+        messages=[user(DOCUMENT)],
+        ponder={"memory": big, "trace": True},
+        max_tokens=100,
+    )
+    assert response.status_code == 200, response.text
+    (step,) = trace_steps(response.json(), "memory")
+    cap, size, overlap = step["memory_cap"], step["chunk_tokens"], step["overlap_tokens"]
+    assert 32 <= cap < 8192 and 64 <= size < 5000 and 0 < overlap < size / 2
+    *updates, answer = backend.calls
+    assert len(updates) == step["parts"] > 1 and answer.prompt == QUESTION
+    for call in updates:
+        assert call.messages[0].text == UPDATE_SYSTEM.format(cap=cap)
+        assert call.sampling.max_tokens == cap
+        # the prompt (the memory in it at its cap) and the memory written fit in the window
+        assert count_prompt_tokens(call.messages) + 2 * cap <= WINDOW * 0.9
 
 
 def test_parts_stay_within_their_tokens_and_overlap() -> None:

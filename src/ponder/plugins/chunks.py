@@ -29,6 +29,9 @@ SLACK = 16
 """Tokens a prompt template may grow by when its numbers get longer ("part 12 of 40")."""
 MIN_CHUNK = 64
 """The fewest tokens of input worth one backend call."""
+MIN_NOTES = 32
+"""The fewest tokens of notes (a memory, a brief) worth writing: a window that cannot hold
+them is too small for the plugin."""
 DEFAULT_ANSWER_TOKENS = 1024
 QUESTION_TOKENS = 512
 """Most tokens of the question taken from the end of the last user message."""
@@ -49,10 +52,13 @@ class LongInputConfig(StrategyConfig):
         None,
         ge=64,
         le=1_000_000,
-        description="Tokens of input per part (default: what the window leaves)",
+        description="Most tokens of input per part (default, and at most: what the window leaves)",
     )
     overlap_tokens: int = Field(
-        64, ge=0, le=4096, description="Tokens each part repeats from the one before"
+        64,
+        ge=0,
+        le=4096,
+        description="Tokens each part repeats from the one before (at most under half a part)",
     )
     answer_tokens: int | None = Field(
         None,
@@ -113,35 +119,40 @@ def fits(messages: Sequence[Message], window: int, answer: int) -> bool:
     return message_tokens(messages) + answer <= usable(window)
 
 
-def room(window: int, fixed: int, slug: str) -> int:
-    """The tokens of input one call may carry when its prompt without the input, and its
-    answer, take `fixed` tokens; a 400 when that leaves fewer than MIN_CHUNK."""
-    left = usable(window) - fixed - SLACK
-    if left < MIN_CHUNK:
+def fit_cap(
+    cap: int, spare: int, shares: int, window: int, slug: str, part: int = MIN_CHUNK
+) -> int:
+    """The tokens a plugin's notes may take: `cap`, where `shares` notes of it and a part of
+    `part` tokens of input fit in the `spare` tokens its prompt leaves; else less, the notes and
+    the part sharing what is spare alike (an option is an upper bound, the window a hard one).
+    A 400 naming the window when that leaves fewer than MIN_NOTES."""
+    if shares * cap + part <= spare:
+        return cap
+    fitted = spare // (shares + 1) if part else spare // shares
+    if fitted < MIN_NOTES or spare - shares * fitted < part:
         raise InvalidRequest(
-            f"the {slug} plugin cannot read in parts of at least {MIN_CHUNK} tokens within a "
-            f"context window of {window} tokens: its prompts and answers take {fixed}; lower "
-            "the plugin's token options or raise context_window",
+            f"the {slug} plugin cannot fit its prompt, notes of {MIN_NOTES} tokens and a part "
+            f"of input within a context window of {window} tokens: raise context_window or "
+            "shorten the question",
             param=f"ponder.{slug}.context_window",
         )
-    return left
+    return fitted
 
 
-def chunk_size(option: int | None, left: int, overlap: int, slug: str) -> int:
-    """The tokens of each part: the `chunk_tokens` option (at most `left`), else `left`; the
-    overlap must be under half of it."""
-    size = left if option is None else option
-    if size > left:
-        raise InvalidRequest(
-            f"chunk_tokens={size} does not fit in the context window: at most {left}",
-            param=f"ponder.{slug}.chunk_tokens",
-        )
-    if overlap * 2 >= size:
-        raise InvalidRequest(
-            f"overlap_tokens={overlap} must be under half of the {size} tokens of each part",
-            param=f"ponder.{slug}.overlap_tokens",
-        )
-    return size
+def notes_room(window: int, prompt: int, cap: int, shares: int, slug: str) -> tuple[int, int]:
+    """The notes' cap (`fit_cap`) and the tokens of input left for one call whose prompt
+    without the input takes `prompt` tokens and which carries `shares` notes (in and out)."""
+    spare = usable(window) - prompt - SLACK
+    fitted = fit_cap(cap, spare, shares, window, slug)
+    return fitted, spare - shares * fitted
+
+
+def chunk_size(option: int | None, left: int, overlap: int) -> tuple[int, int]:
+    """The tokens of each part and of their overlap: the `chunk_tokens` option, at most `left`
+    (what the window leaves), else `left`; the `overlap_tokens` option, at most under half a
+    part."""
+    size = left if option is None else min(option, left)
+    return size, min(overlap, (size - 1) // 2)
 
 
 def split(text: str, max_tokens: int, overlap: int = 0) -> list[str]:

@@ -11,8 +11,9 @@ turns are kept verbatim; the rest of the route (`none` in `compact-model`, `sc` 
 - Kept verbatim, always: the system prompt, and any system message of the older turns (placed
   after it, in order).
 - The brief: one backend call over a transcript of the older turns (more than one, each updating
-  the brief, when the transcript does not fit in one); at most `brief_tokens` tokens, cut there
-  if the reply runs over. It is a system message labelled as a summary of earlier turns.
+  the brief, when the transcript does not fit in one); at most `brief_tokens` tokens (less where
+  the window cannot hold two briefs and a part, see `chunks.fit_cap`), cut there if the reply
+  runs over. It is a system message labelled as a summary of earlier turns.
 
 The context window is the backend's (the embedded one knows it), else the `context_window`
 option; with neither the request is refused with a 400.
@@ -32,7 +33,7 @@ from ponder.plugins.chunks import (
     cut,
     ensure_budget,
     message_tokens,
-    room,
+    notes_room,
     split,
     transcript,
 )
@@ -147,9 +148,10 @@ class Compact:
 
     async def _brief(self, ctx: RequestContext, window: int, turns: str) -> str:
         """The brief of `turns`: one call, or one per part when they do not fit in one."""
-        cap = self.config.brief_tokens
-        template = brief_prompt("", "", 1, 1, cap)
-        left = room(window, count_prompt_tokens(template) + 2 * cap, SLUG)
+        template = brief_prompt("", "", 1, 1, self.config.brief_tokens)
+        cap, left = notes_room(
+            window, count_prompt_tokens(template), self.config.brief_tokens, 2, SLUG
+        )
         parts = split(turns, left)
         ensure_budget(ctx, len(parts) + 1, SLUG, len(parts))
         sampling = helper_sampling(ctx.sampling, cap)

@@ -8,7 +8,8 @@ are combined (reduce), and the rest of the route (`none` in `longcepo-model`, `s
 - Map: the document (the last user message, or the whole conversation after the system prompt
   when it has several turns) is split by tokens into parts that overlap a little; one call per
   part, all started together (bounded by the backend's concurrency), each writing notes of
-  what in its part bears on the question, at most `notes_tokens`. A part with nothing relevant
+  what in its part bears on the question, at most `notes_tokens` (less where the window
+  cannot hold it, see `chunks.fit_cap`). A part with nothing relevant
   answers NOTHING RELEVANT and is dropped. One failed call fails the request: nothing is
   answered from a partial reading.
 - Reduce: the notes, when more than one part kept some, are combined by one call; when they do
@@ -29,7 +30,6 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ponder.errors import InvalidRequest
 from ponder.plugins.base import Inner
 from ponder.plugins.chunks import (
     SLACK,
@@ -40,10 +40,11 @@ from ponder.plugins.chunks import (
     context_window,
     cut,
     ensure_budget,
+    fit_cap,
     fits,
     long_input,
     message_tokens,
-    room,
+    notes_room,
     split,
     usable,
 )
@@ -112,20 +113,19 @@ class LongCepo:
             return await inner(ctx, messages)
 
         long = long_input(messages, self.config.question, SLUG)
-        cap = self.config.notes_tokens
         question = long.question
-        reduce_room = self._reduce_room(window, question)
+        cap, reduce_room = self._reduce_room(window, question)
         template = map_prompt(question, "", 1, 1, cap)
-        left = room(window, count_prompt_tokens(template) + cap, SLUG)
-        size = chunk_size(self.config.chunk_tokens, left, self.config.overlap_tokens, SLUG)
-        parts = split(long.document, size, self.config.overlap_tokens)
+        cap, left = notes_room(window, count_prompt_tokens(template), cap, 1, SLUG)
+        size, overlap = chunk_size(self.config.chunk_tokens, left, self.config.overlap_tokens)
+        parts = split(long.document, size, overlap)
         ensure_budget(ctx, len(parts) + 1, SLUG, len(parts))
         ctx.reason(f"The input is too long for one call: reading its {len(parts)} parts at once.\n")
 
         sampling = helper_sampling(ctx.sampling, cap)
         found = await gather(
             [
-                self._map(ctx, sampling, question, part, number, len(parts))
+                self._map(ctx, sampling, cap, question, part, number, len(parts))
                 for number, part in enumerate(parts, start=1)
             ]
         )
@@ -134,36 +134,33 @@ class LongCepo:
             "longcepo_map",
             parts=len(parts),
             chunk_tokens=size,
+            overlap_tokens=overlap,
+            notes_cap=cap,
             relevant=[number for number, note in enumerate(found, start=1) if note is not None],
         )
-        combined = await self._reduce(ctx, sampling, question, notes, reduce_room)
+        combined = await self._reduce(ctx, sampling, cap, question, notes, reduce_room)
         return await inner(ctx, answer_messages(long, NOTES_TITLE, NOTES_INTRO, combined))
 
-    def _reduce_room(self, window: int, question: str) -> int:
-        """The tokens of notes one reduce call may carry: at least two notes at their cap."""
-        cap = self.config.notes_tokens
-        fixed = count_prompt_tokens(reduce_prompt(question, [], cap)) + cap
-        left = usable(window) - fixed - SLACK
+    def _reduce_room(self, window: int, question: str) -> tuple[int, int]:
+        """The notes' cap (`notes_tokens`, less where a reduce call cannot carry two notes of
+        it and write a third) and the tokens of notes one reduce call may carry."""
+        prompt = count_prompt_tokens(reduce_prompt(question, [], self.config.notes_tokens))
         entry = count_tokens(NOTE.format(number=100, note="")) + 2
-        if left < 2 * (cap + entry):
-            raise InvalidRequest(
-                f"the {SLUG} plugin cannot combine two notes of notes_tokens={cap} within a "
-                f"context window of {window} tokens: lower notes_tokens or raise context_window",
-                param=f"ponder.{SLUG}.notes_tokens",
-            )
-        return left
+        spare = usable(window) - prompt - SLACK - 2 * entry
+        cap = fit_cap(self.config.notes_tokens, spare, 3, window, SLUG, part=0)
+        return cap, spare + 2 * entry - cap
 
     async def _map(
         self,
         ctx: RequestContext,
         sampling: Sampling,
+        cap: int,
         question: str,
         part: str,
         number: int,
         parts: int,
     ) -> str | None:
-        """The notes of one part; None when it has nothing relevant."""
-        cap = self.config.notes_tokens
+        """The notes of one part, within `cap` tokens; None when it has nothing relevant."""
         (reply,) = await ctx.complete(map_prompt(question, part, number, parts, cap), sampling)
         text = (reply.content or "").strip()
         if irrelevant(text):
@@ -177,6 +174,7 @@ class LongCepo:
         self,
         ctx: RequestContext,
         sampling: Sampling,
+        cap: int,
         question: str,
         notes: list[str],
         space: int,
@@ -184,13 +182,12 @@ class LongCepo:
         """One set of notes from all of them: rounds of calls over groups that fit."""
         if not notes:
             return NO_NOTES
-        cap = self.config.notes_tokens
         rounds = 0
         while len(notes) > 1:
             rounds += 1
             groups = group(notes, space)
             calls: list[Coroutine[Any, Any, str]] = [
-                self._combine(ctx, sampling, question, g) for g in groups
+                self._combine(ctx, sampling, cap, question, g) for g in groups
             ]
             notes = await gather(calls)
             ctx.step("longcepo_reduce", round=rounds, groups=len(groups), notes=len(notes))
@@ -198,11 +195,10 @@ class LongCepo:
         return cut(notes[0], cap)
 
     async def _combine(
-        self, ctx: RequestContext, sampling: Sampling, question: str, notes: list[str]
+        self, ctx: RequestContext, sampling: Sampling, cap: int, question: str, notes: list[str]
     ) -> str:
         if len(notes) == 1:
             return notes[0]
-        cap = self.config.notes_tokens
         (reply,) = await ctx.complete(reduce_prompt(question, notes, cap), sampling)
         return cut((reply.content or "").strip(), cap)
 

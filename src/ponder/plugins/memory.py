@@ -8,7 +8,8 @@ answers from the memory and the question.
 - Read: the document (the last user message, or the whole conversation after the system prompt
   when it has several turns) is split by tokens into parts that overlap a little. Each part is
   one backend call: the question, the memory so far, the part; the reply is the new memory.
-- Bound: the memory is capped at `memory_tokens` (the update call's max_tokens too). A reply
+- Bound: the memory is capped at `memory_tokens` (the update call's max_tokens too; less
+  where the window cannot hold two memories and a part, see `chunks.fit_cap`). A reply
   over the cap is condensed by one more call; still over, it is cut at the cap.
 - Answer: the system prompt with the memory in a labelled block, then the question as the
   user message, through the rest of the route.
@@ -37,7 +38,7 @@ from ponder.plugins.chunks import (
     fits,
     long_input,
     message_tokens,
-    room,
+    notes_room,
     split,
 )
 from ponder.strategies.base import StrategyConfig
@@ -103,11 +104,12 @@ class Memory:
             return await inner(ctx, messages)
 
         long = long_input(messages, self.config.question, SLUG)
-        cap = self.config.memory_tokens
-        template = update_prompt(long.question, "", "", 1, 1, cap)
-        left = room(window, count_prompt_tokens(template) + 2 * cap, SLUG)
-        size = chunk_size(self.config.chunk_tokens, left, self.config.overlap_tokens, SLUG)
-        parts = split(long.document, size, self.config.overlap_tokens)
+        template = update_prompt(long.question, "", "", 1, 1, self.config.memory_tokens)
+        cap, left = notes_room(
+            window, count_prompt_tokens(template), self.config.memory_tokens, 2, SLUG
+        )
+        size, overlap = chunk_size(self.config.chunk_tokens, left, self.config.overlap_tokens)
+        parts = split(long.document, size, overlap)
         ensure_budget(ctx, len(parts) + 1, SLUG, len(parts))
         ctx.reason(f"The input is too long for one call: reading it in {len(parts)} parts.\n")
 
@@ -115,13 +117,15 @@ class Memory:
         memory = ""
         for number, part in enumerate(parts, start=1):
             memory = await self._update(
-                ctx, sampling, long.question, memory, part, number, len(parts)
+                ctx, sampling, cap, long.question, memory, part, number, len(parts)
             )
         ctx.step(
             SLUG,
             fits=False,
             parts=len(parts),
             chunk_tokens=size,
+            overlap_tokens=overlap,
+            memory_cap=cap,
             memory_tokens=count_tokens(memory),
         )
         notes = memory or EMPTY_MEMORY
@@ -131,14 +135,14 @@ class Memory:
         self,
         ctx: RequestContext,
         sampling: Sampling,
+        cap: int,
         question: str,
         memory: str,
         part: str,
         number: int,
         parts: int,
     ) -> str:
-        """The memory after reading `part`, within the cap."""
-        cap = self.config.memory_tokens
+        """The memory after reading `part`, within `cap` tokens."""
         (reply,) = await ctx.complete(
             update_prompt(question, memory, part, number, parts, cap), sampling
         )
