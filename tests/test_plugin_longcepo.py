@@ -6,10 +6,8 @@ of the route answers from them. An input that fits goes through untouched. On Sc
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
-from ponder.backends.base import Capabilities
 from ponder.errors import BackendError
 from ponder.plugins.chunks import cut
 from ponder.plugins.longcepo import (
@@ -21,7 +19,7 @@ from ponder.plugins.longcepo import (
     map_prompt,
     reduce_prompt,
 )
-from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.testing import Call, Reply
 from ponder.tokens import count_prompt_tokens
 from ponder.types import Message
 from tests.conftest import (
@@ -29,8 +27,6 @@ from tests.conftest import (
     assert_error,
     chat,
     conversation,
-    scripted,
-    sse_data,
     sse_events,
     stream_error,
     streamed_text,
@@ -38,29 +34,25 @@ from tests.conftest import (
     usage_for,
     user,
 )
+from tests.long_document import (
+    ANSWER,
+    DOCUMENT,
+    PARTS,
+    QUESTION,
+    SECTIONS,
+    WINDOW,
+    answered,
+    part_of,
+    windowed,
+)
 
-WINDOW = 1000
-QUESTION = "Which section records 313 crates?"
-SECTIONS = [
-    f"Section {i}: "
-    + " ".join(f"Ledger line {i}.{j} records {i * 100 + j} crates." for j in range(14))
-    for i in range(1, 6)
-]
-DOCUMENT = "\n\n".join([*SECTIONS, QUESTION])
-PARTS = [*SECTIONS[:4], f"{SECTIONS[4]}\n\n{QUESTION}"]
-"""The document in parts of at most 200 tokens: one section each, the question with the last."""
 OPTIONS = {"chunk_tokens": 200, "overlap_tokens": 0, "notes_tokens": 64}
-ANSWER = "Section 3."
 COMBINED = "Section 3 records 313 crates (line 3.13)."
 NOTES_BLOCK = (
     "### Notes from the full input\n"
     "The input was too long to read at once. Ponder read all of it in parts and took these "
     "notes about the question; answer from them.\n\n{notes}\n### End of notes from the full input"
 )
-
-
-def part_of(call: Call) -> int:
-    return int(call.prompt.split("--- Part ")[1].split(" ")[0])
 
 
 def is_map(call: Call) -> bool:
@@ -77,20 +69,6 @@ def reader(call: Call, index: int) -> Reply:
         number = part_of(call)
         return "NOTHING RELEVANT." if number in (2, 4) else f"notes {number}"
     return COMBINED if is_reduce(call) else ANSWER
-
-
-def windowed(
-    replies: object, window: int | None = WINDOW, concurrency: int = 16
-) -> ScriptedBackend:
-    caps = Capabilities(context_window=window, max_concurrency=concurrency)
-    return scripted(replies, capabilities=caps)
-
-
-def answered(raw: str) -> str:
-    """The answer text a stream that ended in an error had sent before it."""
-    events = [json.loads(data) for data in sse_data(raw)[:-1]]
-    deltas = [choice["delta"] for event in events for choice in event.get("choices", [])]
-    return "".join(delta.get("content") or "" for delta in deltas)
 
 
 async def test_parts_are_mapped_the_irrelevant_dropped_the_notes_reduced_then_answered() -> None:

@@ -6,13 +6,11 @@ ScriptedBackend, with the window given by the backend's capabilities or the opti
 from __future__ import annotations
 
 import itertools
-import json
 
-from ponder.backends.base import Capabilities
 from ponder.errors import BackendError
 from ponder.plugins.chunks import cut, split
 from ponder.plugins.memory import CONDENSE_SYSTEM, UPDATE_SYSTEM, condense_prompt, update_prompt
-from ponder.testing import Call, Reply, ScriptedBackend
+from ponder.testing import Call, Reply
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Message
 from tests.conftest import (
@@ -20,8 +18,6 @@ from tests.conftest import (
     assert_error,
     chat,
     conversation,
-    scripted,
-    sse_data,
     sse_events,
     stream_error,
     streamed_text,
@@ -29,20 +25,19 @@ from tests.conftest import (
     usage_for,
     user,
 )
+from tests.long_document import (
+    ANSWER,
+    DOCUMENT,
+    PARTS,
+    QUESTION,
+    SECTIONS,
+    WINDOW,
+    answered,
+    part_of,
+    windowed,
+)
 
-WINDOW = 1000
-QUESTION = "Which section records 313 crates?"
-SECTIONS = [
-    f"Section {i}: "
-    + " ".join(f"Ledger line {i}.{j} records {i * 100 + j} crates." for j in range(14))
-    for i in range(1, 6)
-]
-DOCUMENT = "\n\n".join([*SECTIONS, QUESTION])
-PARTS = [*SECTIONS[:4], f"{SECTIONS[4]}\n\n{QUESTION}"]
-"""The document in parts of at most 200 tokens: one section each (158 tokens apiece), the
-question with the last."""
 OPTIONS = {"chunk_tokens": 200, "overlap_tokens": 0, "memory_tokens": 64}
-ANSWER = "Section 3."
 NOTES_BLOCK = (
     "### Memory of the full input\n"
     "The input was too long to read at once. Ponder read all of it in parts and kept these "
@@ -61,22 +56,8 @@ def is_condense(call: Call) -> bool:
 def reader(call: Call, index: int) -> Reply:
     """Memory after part N is "memory N"; anything else is answered ANSWER."""
     if is_update(call):
-        return f"memory {call.prompt.split('--- Part ')[1].split(' ')[0]}"
+        return f"memory {part_of(call)}"
     return ANSWER
-
-
-def answered(raw: str) -> str:
-    """The answer text a stream that ended in an error had sent before it."""
-    events = [json.loads(data) for data in sse_data(raw)[:-1]]
-    deltas = [choice["delta"] for event in events for choice in event.get("choices", [])]
-    return "".join(delta.get("content") or "" for delta in deltas)
-
-
-def windowed(
-    replies: object, window: int | None = WINDOW, concurrency: int = 16
-) -> ScriptedBackend:
-    caps = Capabilities(context_window=window, max_concurrency=concurrency)
-    return scripted(replies, capabilities=caps)
 
 
 async def test_a_long_input_is_read_part_by_part_and_answered_from_the_memory() -> None:
