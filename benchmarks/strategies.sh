@@ -132,14 +132,16 @@ if want "$target" more; then
     # in). coc and z3 run model-written code: the sandbox is on for their run only. cepo and
     # pvg (18 to 24 calls an item) and rstar (up to 60) would take more than two hours each
     # on the 1.5B: they run on the 0.5B, against the 0.5B's own none on the same items.
+    # --timeout 3600 (the last --timeout given counts): mcts, mars and rstar make dozens of
+    # calls an item, one of 8 requests on two cores.
     with_none $RUNS/gsm8k-1.5b-more 101 130
-    $PONDER bench "${GSM[@]}" --limit 30 \
+    $PONDER bench "${GSM[@]}" --timeout 3600 --limit 30 \
         --approaches majority_voting,leap,rto,genselect,deepthink,mars,plansearch,mcts \
         --no-progress --out $RUNS/gsm8k-1.5b-more
-    PONDER_ENABLE_CODE_EXECUTION=true $PONDER bench "${GSM[@]}" --limit 30 \
+    PONDER_ENABLE_CODE_EXECUTION=true $PONDER bench "${GSM[@]}" --timeout 3600 --limit 30 \
         --approaches coc,z3 --no-progress --out $RUNS/gsm8k-1.5b-more
     with_none $RUNS/gsm8k-0.5b-more 101 130 $RUNS/gsm8k-0.5b
-    PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --limit 30 \
+    PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --timeout 3600 --limit 30 \
         --approaches cepo,pvg,rstar --no-progress --out $RUNS/gsm8k-0.5b-more
 fi
 }
