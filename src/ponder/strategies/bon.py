@@ -22,6 +22,7 @@ from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
+    RatingConfidence,
     SampleTemperature,
     followup,
     helper_sampling,
@@ -43,11 +44,7 @@ class BestOfNConfig(StrategyConfig):
     candidates: int = Field(3, ge=2, le=16, description="How many candidate answers are sampled")
     temperature: SampleTemperature = 0.7
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
-    confidence: bool = Field(
-        True,
-        description="Where the backend reports log-probabilities, a rating is the expected "
-        "score under them rather than the number written",
-    )
+    confidence: RatingConfidence = True
 
 
 class BestOfN:

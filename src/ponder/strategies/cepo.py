@@ -34,6 +34,7 @@ from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
+    RatingConfidence,
     SampleTemperature,
     helper_sampling,
     preview,
@@ -87,11 +88,7 @@ class PlanningOptimizationConfig(StrategyConfig):
     temperature: SampleTemperature = 0.7
     plan_tokens: int = Field(256, ge=16, le=8192, description="Token limit of each plan")
     score_tokens: int = Field(8, ge=1, description="Token limit of each rating call")
-    confidence: bool = Field(
-        True,
-        description="Where the backend reports log-probabilities, a rating is the expected "
-        "score under them rather than the number written",
-    )
+    confidence: RatingConfidence = True
 
 
 def split_refinement(text: str) -> tuple[str, str]:

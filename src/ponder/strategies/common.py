@@ -38,6 +38,16 @@ SampleTemperature = Annotated[
 ]
 """The type of a strategy Config's `temperature` knob for its samples."""
 
+RatingConfidence = Annotated[
+    bool,
+    Field(
+        description="Where the backend reports log-probabilities, a rating is the expected "
+        "score under them rather than the number written",
+    ),
+]
+"""The type of the `confidence` knob of a strategy whose model-written ratings may be read
+from log-probabilities."""
+
 
 def varied(sampling: Sampling, temperature: float) -> Sampling:
     """The client's sampling, with `temperature` when the client's would give identical

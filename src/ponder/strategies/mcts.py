@@ -60,6 +60,7 @@ from pydantic import Field
 from ponder.strategies import common
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
+    RatingConfidence,
     SampleTemperature,
     helper_sampling,
     preview,
@@ -100,11 +101,7 @@ class MCTSConfig(StrategyConfig):
     )
     temperature: SampleTemperature = 0.7
     value_tokens: int = Field(8, ge=1, description="Token limit of each rating call")
-    confidence: bool = Field(
-        True,
-        description="Where the backend reports log-probabilities, a rating is the expected "
-        "score under them rather than the number written",
-    )
+    confidence: RatingConfidence = True
 
 
 @dataclass(eq=False)

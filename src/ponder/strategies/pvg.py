@@ -31,6 +31,7 @@ from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
+    RatingConfidence,
     SampleTemperature,
     helper_sampling,
     preview,
@@ -73,11 +74,7 @@ class ProverVerifierConfig(StrategyConfig):
     )
     temperature: SampleTemperature = 0.7
     score_tokens: int = Field(8, ge=1, description="Token limit of each verifier call")
-    confidence: bool = Field(
-        True,
-        description="Where the backend reports log-probabilities, a rating is the expected "
-        "score under them rather than the number written",
-    )
+    confidence: RatingConfidence = True
 
 
 class ProverVerifierGame:

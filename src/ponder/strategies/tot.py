@@ -36,6 +36,7 @@ from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
+    RatingConfidence,
     SampleTemperature,
     cut_off,
     followup,
@@ -77,11 +78,7 @@ class TreeOfThoughtsConfig(StrategyConfig):
     temperature: SampleTemperature = 0.7
     thought_tokens: int = Field(128, ge=1, description="Token limit of each proposed step")
     score_tokens: int = Field(8, ge=1, description="Token limit of each scoring call")
-    confidence: bool = Field(
-        True,
-        description="Where the backend reports log-probabilities, a rating is the expected "
-        "score under them rather than the number written",
-    )
+    confidence: RatingConfidence = True
 
 
 def one_step(proposal: Completion) -> str:
