@@ -12,7 +12,7 @@ from ponder.errors import BackendError
 from ponder.plugins.chunks import cut
 from ponder.plugins.compact import BRIEF_SYSTEM, brief_prompt, recent, split_turns
 from ponder.testing import Call, Reply, ScriptedBackend
-from ponder.tokens import count_tokens
+from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import Message, ToolCall
 from tests.conftest import (
     MODEL,
@@ -248,6 +248,27 @@ async def test_a_brief_over_its_cap_is_cut_and_a_long_past_is_briefed_in_parts()
         "--- Earlier turns, part 2 of 2 ---\n"
     )
     assert answer.messages[1].text == summary(4, bounded)
+
+
+async def test_a_brief_cap_larger_than_the_window_holds_is_fitted_to_it() -> None:
+    """`brief_tokens` is an upper bound: in a window of 1000 tokens a brief of 8192 cannot be
+    carried in and written again beside the turns, so it is capped lower, and every brief call
+    fits in the window."""
+    long = " ".join(f"point{i}" for i in range(3000))
+    backend = windowed(lambda call, i: long if is_brief(call) else ANSWER)
+    response = await chat(
+        backend,
+        f"compact-{MODEL}",
+        messages=messages(),
+        ponder={"compact": {**OPTIONS, "brief_tokens": 8192}},
+    )
+    assert response.status_code == 200, response.text
+    *briefs, answer = backend.calls
+    caps = {int(c.messages[0].text.split("At most ")[1].split(" ")[0]) for c in briefs}
+    assert len(caps) == 1 and 32 <= (cap := caps.pop()) < 8192
+    assert all(is_brief(c) and c.sampling.max_tokens == cap for c in briefs)
+    assert all(count_prompt_tokens(c.messages) + cap <= WINDOW * 0.9 for c in briefs)
+    assert answer.messages[1].text == summary(4, cut(long, cap))
 
 
 async def test_a_failed_brief_call_fails_the_request_with_no_answer() -> None:
