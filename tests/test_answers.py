@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ponder.answers import extract_answer, majority_vote, normalize_number, same_answer
+from ponder.answers import (
+    extract_answer,
+    majority_vote,
+    normalize_number,
+    same_answer,
+    states_answer,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +52,23 @@ def test_extract_answer(text: str | None, key: str | None) -> None:
 )
 def test_normalize_number(raw: str, normal: str) -> None:
     assert normalize_number(raw) == normal
+
+
+@pytest.mark.parametrize(
+    ("text", "states"),
+    [
+        ("so 4 * 15 = 60.\nThe answer is 60.", True),
+        ("Total: \\boxed{720}", True),
+        ("48 + 22 = 70\n#### 70", True),
+        ("Final answer: Paris", True),
+        ("Step 1: Calculate the monthly cost of 4 washes.", False),
+        ("Mark completed 75 questions in 8 hours.", False),
+        ("The answer is", False),
+        ("", False),
+    ],
+)
+def test_states_answer_only_for_an_answer_said_in_words_or_marks(text: str, states: bool) -> None:
+    assert states_answer(text) is states
 
 
 def test_same_answer_compares_keys_not_text() -> None:

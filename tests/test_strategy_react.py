@@ -20,6 +20,7 @@ from ponder.strategies.react import (
     REACT_INSTRUCTIONS,
     REPEATED_CALL,
     SHAPE_FINAL,
+    SHORT_STEP,
     UNFORMATTED_STEP,
     ParsedStep,
     parse_step,
@@ -434,15 +435,41 @@ async def test_unknown_tool_gets_an_error_observation_listing_the_tools() -> Non
     )
 
 
-async def test_a_step_without_action_or_final_answer_is_the_answer() -> None:
-    backend = scripted(["Thought: It is simply Paris."])
+async def test_a_step_without_action_or_final_answer_that_states_one_is_the_answer() -> None:
+    backend = scripted(["Thought: It is the capital, so the answer is Paris."])
     response = await chat(backend, REACT)
-    assert response.json()["choices"][0]["message"]["content"] == "It is simply Paris."
+    content = response.json()["choices"][0]["message"]["content"]
+    assert content == "It is the capital, so the answer is Paris."
     assert len(backend.calls) == 1
 
-    response = await chat(scripted(["Paris, of course."]), REACT, stream=True)
-    assert streamed_text(response.text) == "Paris, of course."
+    response = await chat(scripted(["The answer is Paris."]), REACT, stream=True)
+    assert streamed_text(response.text) == "The answer is Paris."
     assert streamed_text(response.text, "reasoning_content") == UNFORMATTED_STEP
+
+
+async def test_a_step_that_stops_short_of_an_answer_goes_on_once() -> None:
+    plan = "Thought: Tom pays for 4 washes a month.\nStep 1: Calculate the monthly cost."
+    backend = scripted([plan, "Thought: 4 * 15 = 60 a month, 720 a year.\nFinal Answer: 720"])
+    response = await chat(backend, REACT, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "720"
+    assert len(backend.calls) == 2
+    assert [(m.role, m.text) for m in backend.calls[1].messages[-2:]] == [
+        ("assistant", plan),
+        ("user", CONTINUE),
+    ]
+    first, second = trace_steps(body, "react_step")
+    assert first["stated_no_answer"] is True and "final_answer" not in first
+    assert second["final_answer"] == "720"
+
+    # a model that answers in plain text is asked once, and its next step is the answer
+    backend = scripted(["Paris, of course.", "It is Paris.", "never asked"])
+    response = await chat(backend, REACT, stream=True)
+    assert len(backend.calls) == 2
+    assert streamed_text(response.text) == "It is Paris."
+    assert streamed_text(response.text, "reasoning_content") == (
+        f"Thought: Paris, of course.\n{SHORT_STEP}{UNFORMATTED_STEP}"
+    )
 
 
 async def test_a_step_cut_off_before_its_action_goes_on_in_the_next_step() -> None:

@@ -38,11 +38,24 @@ def extract_answer(text: str | None) -> str | None:
     """The normalized final answer in `text`, or None when there is no text at all."""
     if text is None or not text.strip():
         return None
-    for candidate in (_last_boxed(text), _last(_HASHES, text), _last(_ANSWER_PHRASE, text)):
-        if candidate is not None and candidate.strip(_END_PUNCT + " "):
-            return _normalize(candidate)
+    stated = _stated(text)
+    if stated is not None:
+        return _normalize(stated)
     lead = _LETTER_LEAD.match(text.strip())
     return lead.group(1) if lead else _normalize(text)
+
+
+def states_answer(text: str) -> bool:
+    """Whether `text` states its answer in so many words or marks (1-3 above: a `\\boxed{}`, a
+    `####` line, an "answer is" phrase), rather than leaving it to be read off its end."""
+    return _stated(text) is not None
+
+
+def _stated(text: str) -> str | None:
+    for candidate in (_last_boxed(text), _last(_HASHES, text), _last(_ANSWER_PHRASE, text)):
+        if candidate is not None and candidate.strip(_END_PUNCT + " "):
+            return candidate
+    return None
 
 
 def normalize_number(raw: str) -> str:

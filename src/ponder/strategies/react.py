@@ -29,6 +29,13 @@ Thought being taken for the answer. (The model is asked to reason in full in eac
 GSM8K the 1.5B otherwise wrote one-line Thoughts that set up the calculator's input without
 working out what the problem asks, and lost 44 points to its own answer without tools.)
 
+A step that stops with neither an Action nor a Final Answer is the answer when it states one
+("the answer is ...", `\\boxed{}`: `answers.states_answer`); when it states none, it goes on
+in the next step too, once a loop (on GSM8K the 1.5B sometimes stopped on a plan, "Step 1:
+Calculate the monthly cost of car washes.", which was taken for its answer). The step after
+that nudge is the answer however it is written, so a model that answers in plain text costs
+one more call, not `max_steps`.
+
 A built-in call made a third time with the same input ends the steps (the loop is going round
 in circles: at temperature 0 the 1.5B repeated one step until `max_steps`), and the answer is
 asked for.
@@ -51,6 +58,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from ponder.answers import states_answer
 from ponder.errors import PermissionDenied
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import cut_off, text_sampling, with_system
@@ -91,6 +99,7 @@ SHAPE_FINAL = "Now write only your final answer to my request, without Thought o
 OBSERVATION_STOP = "\nObservation:"
 UNFORMATTED_STEP = "No Action and no Final Answer in this step: it is taken as the answer.\n"
 CUT_STEP = "(This step was cut off at the token limit: it goes on in the next.)\n"
+SHORT_STEP = "(No Action, no Final Answer and no answer stated: it goes on in the next step.)\n"
 GOING_ROUND = "(The same call a third time: the steps end here.)\n"
 NO_STEPS_LEFT = "No final answer after the last step: asking for it.\n"
 REPEATED_CALL = "(you already called this tool with these arguments) "
@@ -163,18 +172,28 @@ class ReAct:
         shaped = ctx.sampling.response_format is not None or ctx.sampling.logprobs
         observed: dict[tuple[str, str], str] = {}  # this loop's built-in calls and results
         repeated: set[tuple[str, str]] = set()  # those called again already
+        nudged = False  # a step that stopped short of an answer was asked to go on
 
         for number in range(1, self.config.max_steps + 1):
             turns = asking(prompt, scratchpad, CONTINUE) if scratchpad else prompt
             (reply,) = await ctx.complete(turns, sampling)
             step = parse_step(reply.content or "")
 
-            if step.action is None and step.final is None and cut_off(reply):
-                # a Thought cut off at `step_tokens`: it goes on in the next step, not as the answer
-                ctx.reason(f"Thought: {step.thought}\n{CUT_STEP}")
-                ctx.step("react_step", number=number, thought=step.thought, cut_off=True)
-                scratchpad = [*scratchpad, Message("assistant", f"Thought: {step.thought}")]
-                continue
+            if step.action is None and step.final is None:
+                # a Thought cut off at `step_tokens`, or one that stopped short of an answer:
+                # it goes on in the next step, not as the answer
+                cut = cut_off(reply)
+                if cut or not (nudged or states_answer(step.thought)):
+                    nudged = nudged or not cut
+                    ctx.reason(f"Thought: {step.thought}\n{CUT_STEP if cut else SHORT_STEP}")
+                    ctx.step(
+                        "react_step",
+                        number=number,
+                        thought=step.thought,
+                        **({"cut_off": True} if cut else {"stated_no_answer": True}),
+                    )
+                    scratchpad = [*scratchpad, Message("assistant", f"Thought: {step.thought}")]
+                    continue
 
             if step.action is None:
                 if step.final is None:
