@@ -19,6 +19,7 @@ from ponder.strategies.react import (
     OBSERVATION_STOP,
     REACT_INSTRUCTIONS,
     REPEATED_CALL,
+    SAME_STEP,
     SHAPE_FINAL,
     SHORT_STEP,
     UNFORMATTED_STEP,
@@ -491,6 +492,26 @@ async def test_a_step_cut_off_before_its_action_goes_on_in_the_next_step() -> No
     assert streamed_text(response.text, "reasoning_content").startswith(
         f"Thought: 6 boxes of 4 pencils is 6 * 4, which\n{CUT_STEP}"
     )
+
+
+async def test_an_unfinished_step_repeated_word_for_word_ends_the_steps() -> None:
+    first = Completion("Thought: 20 feet take 16 seconds, so", finish_reason="length")
+    again = Completion("Thought: 64 seconds is 80 feet, and", finish_reason="length")
+    backend = scripted([first, again, again, "16 liters", "never asked"])
+    response = await chat(backend, REACT, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "16 liters"
+    assert len(backend.calls) == 4
+    assert [(m.role, m.text) for m in backend.calls[3].messages[-3:]] == [
+        ("assistant", "Thought: 20 feet take 16 seconds, so"),
+        ("assistant", "Thought: 64 seconds is 80 feet, and"),
+        ("user", FORCE_FINAL),
+    ]
+    steps = trace_steps(body, "react_step")
+    assert [s.get("repeated", False) for s in steps] == [False, False, True]
+
+    response = await chat(scripted([first, again, again, "16 liters"]), REACT, stream=True)
+    assert SAME_STEP in streamed_text(response.text, "reasoning_content")
 
 
 async def test_tool_choice_none_hides_the_client_tools() -> None:

@@ -38,7 +38,8 @@ one more call, not `max_steps`.
 
 A built-in call made a third time with the same input ends the steps (the loop is going round
 in circles: at temperature 0 the 1.5B repeated one step until `max_steps`), and the answer is
-asked for.
+asked for; so does an unfinished step that repeats the one before it word for word (the 1.5B,
+asked to go on from a cut-off step, wrote the same 256 tokens four times on GSM8K item 112).
 
 Backend calls: one per step, at most `max_steps`; when no step gave a final answer, one more
 call (streamed to a streaming client) asks for it. When the client asked for a
@@ -101,6 +102,7 @@ UNFORMATTED_STEP = "No Action and no Final Answer in this step: it is taken as t
 CUT_STEP = "(This step was cut off at the token limit: it goes on in the next.)\n"
 SHORT_STEP = "(No Action, no Final Answer and no answer stated: it goes on in the next step.)\n"
 GOING_ROUND = "(The same call a third time: the steps end here.)\n"
+SAME_STEP = "(The same unfinished step again: the steps end here.)\n"
 NO_STEPS_LEFT = "No final answer after the last step: asking for it.\n"
 REPEATED_CALL = "(you already called this tool with these arguments) "
 KNOWN_TOOLS = (*BUILTIN_TOOLS, *OPTIONAL_TOOLS)
@@ -184,6 +186,11 @@ class ReAct:
                 # it goes on in the next step, not as the answer
                 cut = cut_off(reply)
                 if cut or not (nudged or states_answer(step.thought)):
+                    thought = Message("assistant", f"Thought: {step.thought}")
+                    if scratchpad and scratchpad[-1] == thought:  # the same step again
+                        ctx.reason(SAME_STEP)
+                        ctx.step("react_step", number=number, thought=step.thought, repeated=True)
+                        break
                     nudged = nudged or not cut
                     ctx.reason(f"Thought: {step.thought}\n{CUT_STEP if cut else SHORT_STEP}")
                     ctx.step(
@@ -192,7 +199,7 @@ class ReAct:
                         thought=step.thought,
                         **({"cut_off": True} if cut else {"stated_no_answer": True}),
                     )
-                    scratchpad = [*scratchpad, Message("assistant", f"Thought: {step.thought}")]
+                    scratchpad = [*scratchpad, thought]
                     continue
 
             if step.action is None:
