@@ -8,7 +8,7 @@
 #
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
-#                                       # fixes fixes2 fixes3 fixes4 spl2 small more
+#                                       # fixes fixes2 fixes3 fixes4 fixes5 spl2 small more
 #   benchmarks/strategies.sh others fixes2 sc   # several, in the order given
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,6 +114,14 @@ if want "$target" fixes4; then
     $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon,cot_reflection,tot \
         --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes4
+fi
+if want "$target" fixes5; then
+    # The fifth round: react with a step that stops short of an answer going on once (the
+    # fourth round took "Step 1: Calculate the monthly cost." for two answers) and a repeated
+    # unfinished step ending the loop (one item wrote the same 256 tokens four times).
+    with_none $RUNS/gsm8k-1.5b-fixes5 101 150
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react --no-progress \
+        --out $RUNS/gsm8k-1.5b-fixes5
 fi
 if want "$target" spl2; then
     # SPL again on a fresh store, with the fixes its first run led to: learns on items 1-100,
