@@ -305,3 +305,28 @@ def test_parts_stay_within_their_tokens_and_overlap() -> None:
     assert parts[0].startswith("Section 1:") and parts[-1].endswith(QUESTION)
     assert cut(DOCUMENT, 20) == parts[0][: len(cut(DOCUMENT, 20))]
     assert count_tokens(cut(DOCUMENT, 20)) <= 20
+
+
+async def test_every_call_fits_the_window_when_a_large_cap_leaves_small_parts() -> None:
+    """A memory cap that leaves parts smaller than itself: an update reply counted over the cap
+    (a backend's tokenizer may count differently) is condensed from as much of it as the
+    window holds beside the condensed reply, not from twice the cap."""
+    long = " ".join(f"fact{i}" for i in range(600))
+
+    def verbose(call: Call, index: int) -> Reply:
+        return ANSWER if call.messages[0].text.startswith("### Memory") else long
+
+    backend = windowed(verbose)
+    response = await chat(
+        backend,
+        f"memory-{MODEL}",
+        messages=[user("\n\n".join([*SECTIONS, *SECTIONS, QUESTION]))],
+        ponder={"memory": {"memory_tokens": 330}, "trace": True},
+        max_tokens=64,
+    )
+    assert response.status_code == 200, response.text
+    assert any(s["condensed"] for s in trace_steps(response.json(), "memory_update"))
+    (memory,) = trace_steps(response.json(), "memory")
+    assert memory["memory_cap"] == 330 and memory["chunk_tokens"] < 330
+    for call in backend.calls:
+        assert count_prompt_tokens(call.messages) + (call.sampling.max_tokens or 0) <= WINDOW

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from ponder.plugins.base import Inner
 from ponder.plugins.chunks import (
+    SLACK,
     LongInputConfig,
     answer_messages,
     answer_tokens,
@@ -40,6 +41,7 @@ from ponder.plugins.chunks import (
     message_tokens,
     notes_room,
     split,
+    usable,
 )
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import helper_sampling
@@ -70,7 +72,8 @@ CONDENSE_SYSTEM = (
 )
 CONDENSE_USER = "Question: {question}\n\nNotes:\n{memory}"
 CONDENSE_INPUT = 2
-"""A reply more than this many times the cap is cut to it before being condensed."""
+"""A reply more than this many times the cap is cut to it before being condensed (to less where
+the window holds less)."""
 
 NOTES_TITLE = "Memory of the full input"
 NOTES_INTRO = (
@@ -114,10 +117,15 @@ class Memory:
         ctx.reason(f"The input is too long for one call: reading it in {len(parts)} parts.\n")
 
         sampling = helper_sampling(ctx.sampling, cap)
+        # what a reply counted over the cap is condensed from: twice the cap, at most what the
+        # window holds beside the condense prompt and its reply (a cap larger than the parts
+        # leaves less than twice itself)
+        condense_template = count_prompt_tokens(condense_prompt(long.question, "", cap))
+        condense_from = min(CONDENSE_INPUT * cap, usable(window) - condense_template - SLACK - cap)
         memory = ""
         for number, part in enumerate(parts, start=1):
             memory = await self._update(
-                ctx, sampling, cap, long.question, memory, part, number, len(parts)
+                ctx, sampling, cap, condense_from, long.question, memory, part, number, len(parts)
             )
         ctx.step(
             SLUG,
@@ -136,6 +144,7 @@ class Memory:
         ctx: RequestContext,
         sampling: Sampling,
         cap: int,
+        condense_from: int,
         question: str,
         memory: str,
         part: str,
@@ -150,7 +159,7 @@ class Memory:
         condensed = was_cut = False
         if count_tokens(new) > cap:
             condensed = True
-            prompt = condense_prompt(question, cut(new, CONDENSE_INPUT * cap), cap)
+            prompt = condense_prompt(question, cut(new, condense_from), cap)
             (reply,) = await ctx.complete(prompt, sampling)
             new = (reply.content or "").strip()
             if count_tokens(new) > cap:
