@@ -1,10 +1,10 @@
 """Replays adaptive `sc` on a recorded `sc` run: no model is run.
 
-Each item's recorded samples (the tally of a `--trace` run of `sc` with 8 samples, plus its
+Each item's recorded samples (the tally of a `--trace` run of `sc`, plus its
 cut-off samples, which have no answer) are drawn in random orders, and adaptive `sc`'s own rule
 (`ponder.strategies.confidence`: waves as large as the fewest samples that could settle the vote,
 stop once the leader's Beta posterior reaches `confidence`) decides after each wave whether to
-stop. Samples are independent draws, so a random order of the 8 recorded ones is what adaptive
+stop. Samples are independent draws, so a random order of the recorded ones is what adaptive
 sampling would have seen. A final tie goes to the greedy answer, with `none`'s recorded answer
 (temperature 0, the same request) standing in for that call, as `tie_break: greedy` does.
 
@@ -28,7 +28,8 @@ from ponder.answers import majority_vote, same_answer
 from ponder.strategies.confidence import majority_posterior, more_to_settle, top_two
 
 CONFIDENCES = (0.7, 0.8, 0.85, 0.9, 0.95, 0.999)
-"""0.999: no vote of 8 can reach it, so every sample is drawn: the recorded run, as a check."""
+"""0.999: no vote of 8 or fewer can reach it, so every sample is drawn (the recorded samples, with
+ties to the greedy answer)."""
 WAVE = 1
 """`sc`'s default `wave`."""
 
@@ -120,7 +121,9 @@ def main() -> None:
     n = len(recorded)
     base_output = sum(sc[i].output_tokens for i in recorded)
     print(f"{args.sc}: {n} items, {args.orders} random orders each")
-    print(f"recorded sc: {sum(sc[i].correct for i in recorded) / n:.1%}, 8 samples")
+    most = max(len(r.answers) for r in recorded.values())
+    right = sum(sc[i].correct for i in recorded) / n
+    print(f"recorded sc: {right:.1%}, {most} samples, ties as the run decided them")
     print("| confidence | Expected accuracy | Mean samples | Output tokens, share of sc's | Ties |")
     print("|---:|---:|---:|---:|---:|")
     for confidence in CONFIDENCES:

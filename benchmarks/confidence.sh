@@ -74,8 +74,10 @@ if want "$target" sc8; then
         --no-progress --out $OUT-sc8
 fi
 if want "$target" adaptive; then
-    # adaptive sc, at most 8 samples: waves until P(leader beats runner-up) >= 0.95
-    # (4 unanimous samples settle it)
+    # adaptive sc, at most 8 samples: waves until P(leader beats runner-up) >= `confidence`,
+    # which was 0.95 by default when this ran (4 unanimous samples settle it); the default is
+    # 0.9 since. The options stay as run, so that the committed run resumes (a run directory
+    # binds its options); to repeat it elsewhere, add "confidence": 0.95 and a new --out.
     with_none $OUT-adaptive
     $PONDER bench "${GSM[@]}" --approaches sc --ponder '{"sc": {"samples": 8, "adaptive": true}}' \
         --no-progress --out $OUT-adaptive

@@ -497,7 +497,8 @@ def settles_after(leader: int, runner_up: int, confidence: float = 0.95) -> int:
     return more
 
 
-ADAPTIVE = {"sc": {"adaptive": True, "samples": 8}}
+ADAPTIVE = {"sc": {"adaptive": True, "samples": 8, "confidence": 0.95}}
+"""At 0.95, the most the rule's arithmetic below is worked out for."""
 
 
 def test_the_exact_posterior_is_the_beta_integral() -> None:
@@ -607,7 +608,7 @@ async def test_adaptive_samples_cut_off_at_max_tokens_do_not_vote() -> None:
 async def test_adaptive_a_wave_the_budget_refuses_ends_the_sampling() -> None:
     answers = itertools.cycle(["41", "42"])
     backend = scripted(lambda call, i: f"The answer is {next(answers)}.")
-    adaptive = {"sc": {"adaptive": True, "samples": 16}}
+    adaptive = {"sc": {"adaptive": True, "samples": 16, "confidence": 0.95}}
     response = await chat(backend, SC, ponder={**adaptive, "max_backend_calls": 5, "trace": True})
     assert response.status_code == 200
     body = response.json()
@@ -638,6 +639,11 @@ async def test_a_larger_wave_and_a_lower_confidence_are_honoured() -> None:
     await chat(backend, SC, ponder={"sc": {"adaptive": True, "confidence": 0.8}})
     assert settles_after(0, 0, 0.8) == 2
     assert [c.n for c in backend.calls] == [2]
+    # the default, 0.9: three unanimous samples settle it (0.9375), two do not (0.875)
+    backend = scripted(lambda call, i: "42", capabilities=Capabilities(native_n=True))
+    await chat(backend, SC, ponder={"sc": {"adaptive": True, "samples": 8}})
+    assert settles_after(0, 0, 0.9) == 3
+    assert [c.n for c in backend.calls] == [3]
     # adaptive off (the default): every sample at once, as before
     backend = scripted(lambda call, i: "42", capabilities=Capabilities(native_n=True))
     await chat(backend, SC, ponder={"sc": {"adaptive": False, "samples": 8}})
