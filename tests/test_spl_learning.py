@@ -458,6 +458,40 @@ def test_a_strategy_about_this_one_problem_is_refused(
     assert (reason is None) if why is None else (reason is not None and why in reason)
 
 
+ROSES = (
+    "Mariah has 3 bushes with 25 roses on each, and every rose has 8 thorns. How many thorns "
+    "are there in total?"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        # seen in training: one problem's plan, in its own words (4 of its 7 words)
+        (
+            "1. Calculate the total number of roses.\n2. Calculate the total number of thorns "
+            "by multiplying the total number of roses by the number of thorns per rose.",
+            True,
+        ),
+        # a method shares a word or two at most
+        ("1. Restate what is asked in one sentence.\n2. List each quantity with its unit.", False),
+        ("1. Multiply the count of each group by its size.\n2. Add the groups.", False),
+        # two shared words are too few to tell (the share of a short text is noise)
+        ("1. Count the roses on each bush.\n2. Multiply.", False),
+    ],
+)
+def test_a_strategy_made_of_its_problems_words_is_that_problems_plan(
+    text: str, refused: bool
+) -> None:
+    lesson = Lesson("r1", "word_problem", ROSES, "600", "600", ())
+    reason = specific_to(text, lesson)
+    if refused:
+        assert reason is not None and "this problem's plan" in reason
+        assert "roses" in reason and "thorns" in reason
+    else:
+        assert reason is None
+
+
 @pytest.mark.parametrize(
     ("written", "why"),
     [("Think.", "too short or not prose"), ("The correct answer is 395.", "states an answer")],
