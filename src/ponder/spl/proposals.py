@@ -118,14 +118,19 @@ def specific_to(text: str, lesson: Lesson) -> str | None:
     names = _names_inside_sentences(text) & set(_CAPITALIZED.findall(lesson.query))
     if names:
         return f"it names this problem's people or things ({', '.join(sorted(names))})"
-    words = set(_CONTENT_WORD.findall(text.lower()))
-    shared = words & set(_CONTENT_WORD.findall(lesson.query.lower()))
+    words = content_words(text)
+    shared = words & content_words(lesson.query)
     if len(shared) >= MIN_SHARED and len(shared) > SHARED_WORDS * len(words):
         return (
             f"it is this problem's plan, not a method: {len(shared)} of its {len(words)} words "
             f"are the problem's ({', '.join(sorted(shared)[:6])})"
         )
     return None
+
+
+def content_words(text: str) -> set[str]:
+    """The distinct words of four letters or more in `text`, lower-cased."""
+    return set(_CONTENT_WORD.findall(text.lower()))
 
 
 def _names_inside_sentences(text: str) -> set[str]:
