@@ -8,7 +8,7 @@
 #
 #   benchmarks/strategies.sh            # everything
 #   benchmarks/strategies.sh spl        # one step: none arith types voting spl sc others
-#                                       # fixes fixes2 fixes3 fixes4 fixes5 spl2 small more
+#                                       # fixes fixes2 fixes3 fixes4 fixes5 spl2 spl3 small more
 #   benchmarks/strategies.sh others fixes2 sc   # several, in the order given
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,6 +128,12 @@ if want "$target" spl2; then
     # tested on 101-220 (the first run's store and table are kept)
     with_none $RUNS/gsm8k-1.5b-spl2 101 220
     $PONDER bench "${GSM[@]}" --limit 120 --approaches spl --no-progress --out $RUNS/gsm8k-1.5b-spl2
+fi
+if want "$target" spl3; then
+    # SPL a third time, on a fresh store, refusing proposals made of their problem's own words
+    # (every strategy the 1.5B wrote in the first two runs was one problem's plan)
+    with_none $RUNS/gsm8k-1.5b-spl3 101 220
+    $PONDER bench "${GSM[@]}" --limit 120 --approaches spl --no-progress --out $RUNS/gsm8k-1.5b-spl3
 fi
 if want "$target" small; then
     PONDER_MODEL=qwen2.5-coder-0.5b $PONDER bench "${GSM[@]}" --limit 120 --approaches none,sc \
