@@ -28,12 +28,12 @@ class Standing(NamedTuple):
 LATEST = [
     Standing("none", "none", 120, ("gsm8k-1.5b",)),
     Standing("sc", "sc", 120, ("gsm8k-1.5b",)),
-    Standing("spl", "spl", 120, ("gsm8k-1.5b-spl2", "gsm8k-1.5b")),
+    Standing("spl", "spl", 120, ("gsm8k-1.5b-spl3", "gsm8k-1.5b-spl2", "gsm8k-1.5b")),
     Standing("re2", "re2", 50, ("gsm8k-1.5b",)),
     Standing("bon", "bon", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
     Standing("tot", "tot", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
     Standing("cot_reflection", "cot_reflection", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes")),
-    Standing("react", "react", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes2")),
+    Standing("react", "react", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes2")),
     Standing("refine", "refine", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")),
     Standing("moa", "moa", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")),
     # the confidence methods, on items 101-160
