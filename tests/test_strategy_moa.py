@@ -144,9 +144,10 @@ async def test_a_draft_cut_off_at_the_token_limit_is_marked_for_the_critique() -
     response = await chat(backend, MOA, ponder={"moa": {"drafts": 2}, "trace": True})
     assert response.json()["choices"][0]["message"]["content"] == ANSWER
     (critique,) = calls_of(backend, "critique")
-    assert f"Draft 1{CUT_OFF_MARK}: Step 1: 12 * 4 = 48\n\nDraft 2: 70" in critique.prompt
+    # (shown after the draft that has an answer)
+    assert f"Draft 1: 70\n\nDraft 2{CUT_OFF_MARK}: Step 1: 12 * 4 = 48" in critique.prompt
     (step,) = trace_steps(response.json(), "drafts")
-    assert (step["drafts"], step["cut_off"]) == (["Step 1: 12 * 4 = 48", "70"], [1])
+    assert (step["drafts"], step["cut_off"]) == (["70", "Step 1: 12 * 4 = 48"], [2])
 
 
 async def test_a_conversation_without_a_user_turn_gets_the_drafts_in_one_of_its_own() -> None:
@@ -318,3 +319,32 @@ async def test_request_n_runs_independent_mixtures() -> None:
     body = response.json()
     assert [c["message"]["content"] for c in body["choices"]] == [ANSWER, ANSWER]
     assert len(backend.calls) == 2 * 4
+
+
+async def test_drafts_whose_answer_most_drafts_share_are_shown_first() -> None:
+    """The synthesis tends to follow the first draft: the drafts that agree come first, a
+    draft cut off before its answer last, the rest in the order drawn."""
+    drafts: list[Reply] = [
+        "6 * 7 = 40, so the answer is 40.",
+        Completion("First, 6 * 7 = 4", finish_reason="length"),
+        "6 * 7 = 42. The answer is 42.",
+        "The answer is 42.",
+    ]
+    replies = iter(drafts)
+
+    def model(call: Call, index: int) -> Reply:
+        return {"critique": CRITIQUE, "synthesis": ANSWER}.get(kind(call)) or next(replies)
+
+    backend = scripted(model)
+    response = await chat(backend, MOA, ponder={"moa": {"drafts": 4}, "trace": True})
+    assert response.status_code == 200, response.text
+    shown = [drafts[i] for i in (2, 3, 0, 1)]
+    listed = numbered("Draft", [d if isinstance(d, Completion) else Completion(d) for d in shown])
+    (critique,) = calls_of(backend, "critique")
+    assert listed in critique.prompt
+    (synthesis,) = calls_of(backend, "synthesis")
+    assert listed in synthesis.prompt
+    assert trace_steps(response.json(), "drafts")[0]["drafts"][:2] == [
+        "6 * 7 = 42. The answer is 42.",
+        "The answer is 42.",
+    ]

@@ -9,6 +9,12 @@ drafts: its critique asked for them to be provided, in 5 of 5 GSM8K items.) A dr
 the token limit is marked as such, so that the critique does not take its last line for its
 answer.
 
+The drafts are shown with those whose final answer most drafts share first (answers read as `sc`
+reads them; drafts cut off before an answer last; otherwise in the order drawn). The 1.5B's
+synthesis follows the first draft it is shown: on GSM8K its answer was Draft 1's in 20 of 26
+items, among them two where Drafts 2 and 3 agreed on the right answer and Draft 1 alone was
+wrong. Where no two drafts agree, as with free text, the order is the order drawn.
+
 Calls: `drafts` samples drawn concurrently (one call with a native-`n` backend), one critique,
 one synthesis: `drafts + 2` calls, or 3. A failed call fails the request. For the request's
 `n`, the engine runs `n` independent mixtures.
@@ -16,13 +22,14 @@ one synthesis: `drafts + 2` calls, or 3. A failed call fails the request. For th
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import SampleTemperature, helper_sampling, preview, varied
+from ponder.strategies.common import SampleTemperature, helper_sampling, preview, varied, voice
 from ponder.strategies.context import RequestContext
 from ponder.strategies.showing import REQUESTED_FORM, after_request, announce, numbered
 from ponder.types import Completion, Message
@@ -57,7 +64,7 @@ class MixtureOfAgents:
 
     async def run(self, ctx: RequestContext, messages: Sequence[Message]) -> list[Completion]:
         sampling = varied(ctx.sampling, self.config.temperature)
-        drafts = await ctx.sample(messages, self.config.drafts, sampling)
+        drafts = most_shared_first(await ctx.sample(messages, self.config.drafts, sampling))
         announce(ctx, "drafts", "Draft", drafts)
         listed = (DRAFTS_INTRO.format(count=len(drafts)), numbered("Draft", drafts))
         (critique,) = await ctx.complete(
@@ -69,3 +76,12 @@ class MixtureOfAgents:
         ctx.step("critique", critique=review)
         synthesis = after_request(messages, *listed, REVIEW_INTRO, review, SYNTHESIS_PROMPT)
         return await ctx.final(synthesis, ctx.sampling)
+
+
+def most_shared_first(drafts: Sequence[Completion]) -> list[Completion]:
+    """`drafts`, those whose final answer (`voice`) the most drafts share first, in the order
+    drawn otherwise; a draft without an answer (cut off before it) counts none."""
+    answers = [voice(d) for d in drafts]
+    shared = Counter(a for a in answers if a is not None)
+    counts = [shared[a] if a is not None else 0 for a in answers]
+    return [drafts[i] for i in sorted(range(len(drafts)), key=lambda i: -counts[i])]
