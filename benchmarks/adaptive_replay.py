@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from arms import load_arm
+from arms import load_arm, recorded_answers
 from ponder.answers import majority_vote, same_answer
 from ponder.strategies.confidence import majority_posterior, more_to_settle, top_two
 
@@ -70,39 +70,27 @@ def run_adaptive(
         ):
             break
     vote = majority_vote(drawn)
-    top = max(vote.tally.values(), default=0)
-    leaders = [a for a, c in vote.tally.items() if c == top]
-    tie = len(leaders) > 1
-    winner = vote.winner
-    if tie and greedy is not None and (top == 1 or greedy in leaders):
-        winner = greedy
+    tie = len(vote.leaders) > 1
+    winner = greedy if tie and vote.decided_by(greedy) else vote.winner
     correct = winner is not None and same_answer(winner, expected)
     return Outcome(correct, len(drawn), tie)
 
 
 def load(sc_run: Path, none_run: Path) -> dict[str, Recorded]:
     sc, none = load_arm(sc_run, "sc"), load_arm(none_run, "none")
-    greedy: dict[str, str | None] = {}
-    for line in (none_run / "items.jsonl").open():
-        r = json.loads(line)
-        if r["approach"] == "none":
-            greedy[r["item_id"]] = r["extracted"]
     recorded = {}
     for line in (sc_run / "traces.jsonl").open():
         t = json.loads(line)
         item_id = t["item_id"]
         if t["approach"] != "sc" or t["phase"] != "eval" or item_id not in sc.keys() & none.keys():
             continue
-        (vote,) = [s for s in t["trace"] if s["step"] == "vote"]
-        answers: list[str | None] = [a for a, c in vote["tally"].items() for _ in range(c)]
-        answers += [None] * (vote["samples"] - len(answers))
-        top = max(vote["tally"].values(), default=0)
-        tied = sum(c == top for c in vote["tally"].values()) > 1
+        answers = recorded_answers(t)
+        tied = len(majority_vote(answers).leaders) > 1
         greedy_tokens = none[item_id].output_tokens
         recorded[item_id] = Recorded(
             t["expected"],
             tuple(answers),
-            greedy[item_id],
+            none[item_id].extracted,
             sc[item_id].output_tokens - (greedy_tokens if tied else 0),
             greedy_tokens,
         )

@@ -9,7 +9,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
+from typing import Any
 
+from ponder.answers import Vote, majority_vote
 from ponder.intervals import paired_difference_interval, wilson
 
 
@@ -20,6 +22,8 @@ class Item:
     """Prompt and output tokens, as the bench counts them."""
     output_tokens: int
     calls: int
+    extracted: str | None
+    """The answer the bench read from the reply (a key as `extract_answer` gives it)."""
 
 
 Arm = dict[str, Item]
@@ -38,8 +42,23 @@ def load_arm(run: Path, approach: str) -> Arm:
         if r["approach"] != approach or r.get("phase", "eval") != "eval" or r.get("error"):
             continue
         prompt, output = int(r["prompt_tokens"]), int(r["completion_tokens"])
-        items[r["item_id"]] = Item(bool(r["correct"]), prompt + output, output, r["backend_calls"])
+        items[r["item_id"]] = Item(
+            bool(r["correct"]), prompt + output, output, r["backend_calls"], r["extracted"]
+        )
     return items
+
+
+def recorded_answers(trace: dict[str, Any]) -> list[str | None]:
+    """The answers of an `sc` request's samples, from its traced vote: each answer as often as
+    it was voted, in the order first given, then None for each sample cut off before one."""
+    (vote,) = [s for s in trace["trace"] if s["step"] == "vote"]
+    answers: list[str | None] = [a for a, c in vote["tally"].items() for _ in range(c)]
+    return answers + [None] * (vote["samples"] - len(answers))
+
+
+def recorded_vote(trace: dict[str, Any]) -> Vote:
+    """An `sc` request's vote, rebuilt from its trace."""
+    return majority_vote(recorded_answers(trace))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from arms import Arm, accuracy, compare, load_arm
+from arms import Arm, accuracy, compare, load_arm, recorded_vote
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,6 @@ class Replay:
 
 def replay(run: Path) -> Replay:
     none, sc = load_arm(run, "none"), load_arm(run, "sc")
-    extracted = {}
-    for line in (run / "items.jsonl").open():
-        r = json.loads(line)
-        if r["approach"] == "none":
-            extracted[r["item_id"]] = r["extracted"]
     sc_first: Arm = {}
     sc_greedy: Arm = {}
     ties = greedy_tokens = 0
@@ -48,14 +43,11 @@ def replay(run: Path) -> Replay:
         item_id = t["item_id"]
         if t["approach"] != "sc" or t["phase"] != "eval" or item_id not in none.keys() & sc.keys():
             continue
-        (vote,) = [s for s in t["trace"] if s["step"] == "vote"]
-        tally: dict[str, int] = vote["tally"]
-        top = max(tally.values(), default=0)
-        leaders = [a for a, c in tally.items() if c == top]
-        greedy = extracted[item_id]
+        vote = recorded_vote(t)
         # the answers are extract_answer's keys, as the vote compares them
-        decides = len(leaders) > 1 and greedy is not None and (top == 1 or greedy in leaders)
-        if len(leaders) > 1:
+        tie = len(vote.leaders) > 1
+        decides = tie and vote.decided_by(none[item_id].extracted)
+        if tie:
             ties += 1
             greedy_tokens += none[item_id].output_tokens
         sc_first[item_id] = sc[item_id]

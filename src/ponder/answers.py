@@ -88,6 +88,16 @@ class Vote:
     """Index of the first sample that gave the winner: the response to return."""
     tally: dict[str, int]
 
+    @property
+    def leaders(self) -> list[str]:
+        """The answers with the most votes: more than one is a tie."""
+        return [answer for answer, count in self.tally.items() if count == self.count]
+
+    def decided_by(self, greedy: str | None) -> bool:
+        """Whether a greedy answer decides this vote's tie (`sc`'s `tie_break: greedy`): it is
+        one of the tied answers, or no answer had two votes."""
+        return greedy is not None and (greedy in self.leaders or self.count == 1)
+
 
 def majority_vote(answers: Sequence[str | None]) -> Vote:
     """Plurality vote over answer keys; samples without an answer do not vote. A tie goes to

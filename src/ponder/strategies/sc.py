@@ -189,7 +189,7 @@ class SelfConsistency:
     ) -> Completion:
         """The answer the client gets: the first sample of the winning answer, unless answers
         tie for the most votes and `tie_break` is greedy (see the module's docstring)."""
-        leaders = [answer for answer, count in vote.tally.items() if count == vote.count]
+        leaders = vote.leaders
         if self.config.tie_break == "first" or len(leaders) < 2:
             return samples[vote.first]
         try:
@@ -198,7 +198,7 @@ class SelfConsistency:
             ctx.step("tie_break", leaders=leaders, error=str(exc))
             return samples[vote.first]
         answer = voice(greedy)
-        decides = answer is not None and (answer in leaders or vote.count == 1)
+        decides = vote.decided_by(answer)
         shown = CUT_OFF if cut_off(greedy) else (answer if answer is not None else NO_ANSWER)
         ctx.reason(
             f"Tie between {', '.join(leaders)}; the greedy answer, {shown}, "
