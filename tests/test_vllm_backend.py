@@ -4,6 +4,7 @@ real engine on a GPU (PONDER_TEST_VLLM_MODEL=path of a small chat model)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from ponder.backends.vllm import (
     finish_of,
     logprobs_content,
     sampling_kwargs,
+    structured_output,
 )
 from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
 from ponder.types import Delta, Message, Sampling, Usage
@@ -104,6 +106,25 @@ def test_sampling_kwargs_refuse_tools() -> None:
     with pytest.raises(Unsupported) as err:
         sampling_kwargs(Sampling(tools=(tool,)))
     assert err.value.param == "tools"
+
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "expected"),
+    [
+        (None, None),
+        ({"type": "text"}, None),
+        ({"type": "json_object"}, {"json_object": True}),
+        ({"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}, {"json": SCHEMA}),
+        ({"type": "json_schema", "json_schema": {"name": "any"}}, {"json_object": True}),
+    ],
+)
+def test_structured_output_follows_response_format(
+    response_format: dict[str, Any] | None, expected: dict[str, Any] | None
+) -> None:
+    assert structured_output(Sampling(response_format=response_format)) == expected
 
 
 def test_finish_reasons() -> None:
@@ -221,7 +242,22 @@ class FakeSamplingParams:
         self.kwargs = kwargs
 
 
+class FakeStructuredParams:
+    """vLLM's `StructuredOutputsParams` / `GuidedDecodingParams`: exactly one constraint."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if len(kwargs) != 1:
+            raise ValueError("You can only use one kind of structured outputs constraint")
+        self.kwargs = kwargs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FakeStructuredParams) and other.kwargs == self.kwargs
+
+
 class FakeTokenizer:
+    def __len__(self) -> int:
+        return 100  # the vocabulary
+
     def apply_chat_template(
         self, chat: list[dict[str, Any]], *, tokenize: bool, add_generation_prompt: bool
     ) -> str:
@@ -302,6 +338,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     vllm.SamplingParams = FakeSamplingParams  # type: ignore[attr-defined]
     sp = types.ModuleType("vllm.sampling_params")
     sp.RequestOutputKind = types.SimpleNamespace(FINAL_ONLY="FINAL_ONLY")  # type: ignore[attr-defined]
+    sp.StructuredOutputsParams = FakeStructuredParams  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.sampling_params", sp)
     yield
@@ -509,6 +546,11 @@ async def test_real_vllm_engine() -> None:
         await anext(stream)
         await stream.aclose()  # type: ignore[attr-defined]  # aborts; the engine stays usable
         assert await backend.complete(model, messages, Sampling(max_tokens=4))
+
+        ask = [Message("user", "Give an object with an integer a.")]
+        shaped = Sampling(max_tokens=40, response_format=JSON_SCHEMA)
+        (answer,) = await backend.complete(model, ask, shaped)
+        assert isinstance(json.loads(answer.content or "")["a"], int)
     finally:
         await backend.aclose()
 
@@ -537,3 +579,111 @@ async def test_count_tokens_on_vllm_is_its_own_count(backend: VLLMBackend) -> No
         response = await client.post("/v1/messages/count_tokens", json=body)
     assert response.status_code == 200, response.text
     assert response.json() == {"input_tokens": 7}
+
+
+# ---- response_format and logit_bias --------------------------------------------------------
+
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}
+
+
+async def test_response_format_constrains_decoding(backend: VLLMBackend) -> None:
+    assert backend.capabilities.json_schema
+    await backend.complete("tiny-chat", HELLO, Sampling(response_format=JSON_SCHEMA))
+    await backend.complete("tiny-chat", HELLO, Sampling(response_format={"type": "json_object"}))
+    _ = [d async for d in backend.stream("tiny-chat", HELLO, Sampling(response_format=JSON_SCHEMA))]
+    sent = [params.kwargs.get("structured_outputs") for _, _, params in engine_of(backend).requests]
+    assert sent == [
+        FakeStructuredParams(json=SCHEMA),
+        FakeStructuredParams(json_object=True),
+        FakeStructuredParams(json=SCHEMA),
+    ]
+    await backend.complete("tiny-chat", HELLO, Sampling(response_format={"type": "text"}))
+    assert "structured_outputs" not in engine_of(backend).requests[-1][2].kwargs
+
+
+async def test_response_format_before_vllm_0_11_is_guided_decoding(
+    fake_vllm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sp = sys.modules["vllm.sampling_params"]
+    monkeypatch.delattr(sp, "StructuredOutputsParams")
+    monkeypatch.setattr(sp, "GuidedDecodingParams", FakeStructuredParams, raising=False)
+    backend = VLLMBackend("Org/Tiny-Chat")
+    assert backend.capabilities.json_schema
+    await backend.complete("tiny-chat", HELLO, Sampling(response_format=JSON_SCHEMA))
+    ((_, _, params),) = engine_of(backend).requests
+    assert params.kwargs["guided_decoding"] == FakeStructuredParams(json=SCHEMA)
+    assert "structured_outputs" not in params.kwargs
+
+
+async def test_response_format_without_structured_outputs_is_refused(
+    fake_vllm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(sys.modules["vllm.sampling_params"], "StructuredOutputsParams")
+    backend = VLLMBackend("Org/Tiny-Chat")
+    assert not backend.capabilities.json_schema
+    with pytest.raises(Unsupported) as err:
+        await backend.complete("tiny-chat", HELLO, Sampling(response_format=JSON_SCHEMA))
+    assert err.value.param == "response_format"
+    assert engine_of(backend).requests == []
+    assert await backend.complete("tiny-chat", HELLO, Sampling())  # free text still works
+
+
+async def test_a_constraint_vllm_refuses_is_a_bad_request(
+    backend: VLLMBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend, "_structured", ("structured_outputs", lambda **_: 1 / 0.0))
+    with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as a bad request
+        await backend.complete("tiny-chat", HELLO, Sampling(response_format=JSON_SCHEMA))
+
+    def refuse(**_: Any) -> None:
+        raise ValueError("schema is not supported by xgrammar")
+
+    monkeypatch.setattr(backend, "_structured", ("structured_outputs", refuse))
+    with pytest.raises(InvalidRequest, match="xgrammar") as err:
+        await backend.complete("tiny-chat", HELLO, Sampling(response_format=JSON_SCHEMA))
+    assert err.value.param == "response_format"
+    assert engine_of(backend).requests == []
+
+
+async def test_logit_bias_reaches_the_sampler_as_token_ids(backend: VLLMBackend) -> None:
+    bias = {"logit_bias": {"7": -100, "42": 2.5}}
+    await backend.complete("tiny-chat", HELLO, Sampling(extra=bias))
+    ((_, _, params),) = engine_of(backend).requests
+    assert params.kwargs["logit_bias"] == {7: -100.0, 42: 2.5}
+
+
+@pytest.mark.parametrize(
+    ("bias", "message"),
+    [
+        ({"100": 1}, "not a token id of this model"),  # the vocabulary has 100 tokens
+        ({"x": 1}, "not a token id of this model"),
+        ({"7": 101}, "from -100 to 100"),
+        ([7], "must be an object"),
+    ],
+)
+async def test_a_bad_logit_bias_never_reaches_the_engine(
+    backend: VLLMBackend, bias: Any, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message) as err:
+        await backend.complete("tiny-chat", HELLO, Sampling(extra={"logit_bias": bias}))
+    assert err.value.param == "logit_bias"
+    assert engine_of(backend).requests == []
+
+
+async def test_response_format_over_http_reaches_vllm(backend: VLLMBackend) -> None:
+    from ponder.config import Settings
+    from ponder.proxy import create_app
+    from tests.conftest import asgi_client
+
+    body = {
+        "model": "tiny-chat",
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "response_format": JSON_SCHEMA,
+        "logit_bias": {"3": -100},
+    }
+    async with asgi_client(create_app(Settings(), backend=backend)) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    ((_, _, params),) = engine_of(backend).requests
+    assert params.kwargs["structured_outputs"] == FakeStructuredParams(json=SCHEMA)
+    assert params.kwargs["logit_bias"] == {3: -100.0}

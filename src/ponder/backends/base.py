@@ -7,7 +7,7 @@ can (`Capabilities.continuation`) read it back with `continued_prefix`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -97,6 +97,30 @@ def continued_prefix(messages: Sequence[Message], sampling: Sampling) -> str | N
             param="messages",
         )
     return messages[-1].text
+
+
+def logit_bias(sampling: Sampling, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """The request's `logit_bias` ({"token id": bias from -100 to 100}) as the sampler takes it."""
+    raw = sampling.extra.get("logit_bias")
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest("logit_bias must be an object", param="logit_bias")
+    out = []
+    for key, value in raw.items():
+        token = int(key) if isinstance(key, str) and key.isdigit() else -1
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"logit_bias: {key!r} is not a token id of this model (0 to {n_vocab - 1})",
+                param="logit_bias",
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > 100:
+            raise InvalidRequest(
+                f"logit_bias: the bias of token {key} must be a number from -100 to 100",
+                param="logit_bias",
+            )
+        out.append((token, float(value)))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,10 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
-from ponder.backends.base import Capabilities, continued_prefix
+from ponder.backends.base import Capabilities, continued_prefix, logit_bias
 from ponder.backends.wire import text_chat
 from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
 from ponder.types import Completion, Delta, FinishReason, Message, Sampling, Usage
@@ -47,6 +48,21 @@ def sampling_kwargs(
         "stop": list(s.stop) or None,
     }
     return {"n": n} | {k: v for k, v in optional.items() if v is not None}
+
+
+def structured_output(s: Sampling) -> dict[str, Any] | None:
+    """What `response_format` constrains the output to, as keywords of vLLM's structured-output
+    parameters (`StructuredOutputsParams`, `GuidedDecodingParams` before it); None: free text.
+    A `json_schema` without a schema asks for any JSON object, as `json_object` does."""
+    fmt = s.response_format or {}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            return {"json": dict(schema)}
+        return {"json_object": True}
+    if fmt.get("type") == "json_object":
+        return {"json_object": True}
+    return None
 
 
 def finish_of(reason: str | None) -> FinishReason:
@@ -129,6 +145,8 @@ class VLLMBackend:
         self.model_id = model_id or default_model_id(model)
         self._sampling_params: Any = SamplingParams
         self._final_only: Any = RequestOutputKind.FINAL_ONLY
+        self._structured = _structured_outputs()
+        self.capabilities = replace(self.capabilities, json_schema=self._structured is not None)
         log.info("starting vLLM for %s (%s)", self.model_id, model)
         args = AsyncEngineArgs(model=model, gpu_memory_utilization=gpu_memory_utilization)
         # AsyncLLMEngine is the v1 AsyncLLM in every recent release
@@ -241,6 +259,10 @@ class VLLMBackend:
     ) -> tuple[dict[str, list[int]], Any]:
         """The token prompt (`_prompt`) and `SamplingParams` of one call."""
         sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
+        structure = structured_output(sampling)
+        if structure is not None and self._structured is None:
+            message = "this vLLM cannot constrain the output to response_format"
+            raise Unsupported(message, param="response_format")
         ids = await self._prompt(messages, sampling)
         room = None if self._max_model_len is None else self._max_model_len - len(ids)
         if room is not None and room <= 0:
@@ -249,6 +271,14 @@ class VLLMBackend:
         kwargs = sampling_kwargs(sampling, n, default_max_tokens=room)
         if final_only:
             kwargs["output_kind"] = self._final_only
+        if biases := logit_bias(sampling, len(self._tokenizer)):
+            kwargs["logit_bias"] = dict(biases)
+        if structure is not None and self._structured is not None:
+            field_name, params = self._structured
+            try:
+                kwargs[field_name] = params(**structure)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="response_format") from exc
         try:
             params = self._sampling_params(**kwargs)
         except ValueError as exc:  # vLLM checks ranges and combinations
@@ -280,6 +310,20 @@ class VLLMBackend:
         finally:
             if not done:
                 await _abort(engine, generator, request_id)
+
+
+def _structured_outputs() -> tuple[str, Any] | None:
+    """The `SamplingParams` field and class that constrain decoding to a JSON schema in the
+    installed vLLM: `structured_outputs` (0.11 on), `guided_decoding` before; None: neither."""
+    import vllm.sampling_params as params
+
+    for field_name, name in (
+        ("structured_outputs", "StructuredOutputsParams"),
+        ("guided_decoding", "GuidedDecodingParams"),
+    ):
+        if (cls := getattr(params, name, None)) is not None:
+            return field_name, cls
+    return None
 
 
 async def _abort(engine: Any, generator: Any, request_id: str) -> None:

@@ -8,7 +8,8 @@ answer must be a JSON object. A schema that is not valid JSON Schema, or that re
 itself, is a 400 before any backend call.
 
 - A backend that constrains decoding (`Capabilities.json_schema`: the embedded engine turns the
-  schema into a grammar) is sent the `response_format`, and the conversation as it is.
+  schema into a grammar, vLLM into its structured outputs) is sent the `response_format`, and
+  the conversation as it is.
 - Any other backend is sent the client's sampling unchanged (an upstream may honour the
   client's `response_format`), and the schema as an instruction after the system prompt.
 

@@ -22,7 +22,13 @@ from pydantic import ValidationError
 
 from ponder import catalog
 from ponder.backends.assemble import Assembler
-from ponder.backends.base import ADAPTIVE_SAMPLING, AdaptiveSettings, Capabilities, continued_prefix
+from ponder.backends.base import (
+    ADAPTIVE_SAMPLING,
+    AdaptiveSettings,
+    Capabilities,
+    continued_prefix,
+    logit_bias,
+)
 from ponder.backends.chat_template import ChatTemplate, RenderedPrompt, offered_tools
 from ponder.backends.llamacpp.engine import Engine
 from ponder.backends.llamacpp.jobs import (
@@ -62,30 +68,6 @@ def sample_seeds(seed: int | None, n: int) -> list[int]:
     if seed is None:
         return [random.getrandbits(31) for _ in range(n)]
     return [(seed + i) % 2**31 for i in range(n)]
-
-
-def logit_bias(sampling: Sampling, n_vocab: int) -> tuple[tuple[int, float], ...]:
-    """The request's `logit_bias` ({"token id": bias from -100 to 100}) as the sampler takes it."""
-    raw = sampling.extra.get("logit_bias")
-    if raw is None:
-        return ()
-    if not isinstance(raw, Mapping):
-        raise InvalidRequest("logit_bias must be an object", param="logit_bias")
-    out = []
-    for key, value in raw.items():
-        token = int(key) if isinstance(key, str) and key.isdigit() else -1
-        if not 0 <= token < n_vocab:
-            raise InvalidRequest(
-                f"logit_bias: {key!r} is not a token id of this model (0 to {n_vocab - 1})",
-                param="logit_bias",
-            )
-        if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > 100:
-            raise InvalidRequest(
-                f"logit_bias: the bias of token {key} must be a number from -100 to 100",
-                param="logit_bias",
-            )
-        out.append((token, float(value)))
-    return tuple(out)
 
 
 def adaptive_settings(sampling: Sampling) -> AdaptiveSettings | None:
