@@ -27,7 +27,7 @@ from ponder.backends.vllm import (
     structured_output,
 )
 from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
-from ponder.types import Delta, Message, Sampling, Usage
+from ponder.types import Delta, Message, Sampling, ToolCall, Usage
 
 # ---- fakes of vLLM's output objects ---------------------------------------------------------
 
@@ -99,13 +99,6 @@ def test_sampling_kwargs_map_every_field() -> None:
 def test_sampling_kwargs_logprobs_without_top_asks_for_the_chosen_token_only() -> None:
     assert sampling_kwargs(Sampling(logprobs=True)) == {"n": 1, "logprobs": 0}
     assert sampling_kwargs(Sampling(top_logprobs=5)) == {"n": 1}  # logprobs off: nothing
-
-
-def test_sampling_kwargs_refuse_tools() -> None:
-    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
-    with pytest.raises(Unsupported) as err:
-        sampling_kwargs(Sampling(tools=(tool,)))
-    assert err.value.param == "tools"
 
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -254,17 +247,39 @@ class FakeStructuredParams:
         return isinstance(other, FakeStructuredParams) and other.kwargs == self.kwargs
 
 
+@dataclass
 class FakeTokenizer:
+    """A chat template of one word a token: `<role> content`, a call as `<call> name args`,
+    and where it shows tools (`shows_tools`), `<tools> name ...` first."""
+
+    shows_tools: bool = True
+    rendered: list[str] = field(default_factory=list)
+
     def __len__(self) -> int:
         return 100  # the vocabulary
 
     def apply_chat_template(
-        self, chat: list[dict[str, Any]], *, tokenize: bool, add_generation_prompt: bool
+        self,
+        chat: list[dict[str, Any]],
+        *,
+        tokenize: bool,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         assert tokenize is False and add_generation_prompt is True
         if any(m["role"] == "system" for m in chat[1:]):
             raise RuntimeError("System message must be first")  # as jinja's raise_exception
-        return " ".join(f"<{m['role']}> {m['content']}" for m in chat) + " <assistant>"
+        parts = [f"<tools> {' '.join(t['function']['name'] for t in tools)}"] if tools else []
+        if not self.shows_tools:
+            parts = []
+        for m in chat:
+            calls = [c["function"] for c in m.get("tool_calls", ())]
+            said = [m["content"]] if m["content"] is not None else []
+            said += [f"<call> {c['name']} {json.dumps(c['arguments'])}" for c in calls]
+            parts.append(f"<{m['role']}> {' '.join(said)}")
+        text = " ".join(parts) + " <assistant>"
+        self.rendered.append(text)
+        return text
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         assert add_special_tokens is False
@@ -278,6 +293,10 @@ class FakeEngine:
 
     args: Any
     words: int = 3
+    answers: list[str] | None = None
+    """Choice i's text, one word a token; else `w{i}-0 w{i}-1 ...`, `words` of them."""
+    chat_tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    tokenizer_at_hand: bool = True
     fail_with: Exception | None = None
     model_config: Any = field(default_factory=lambda: types.SimpleNamespace(max_model_len=40))
     requests: list[tuple[str, list[int], Any]] = field(default_factory=list)
@@ -289,8 +308,15 @@ class FakeEngine:
     def from_engine_args(cls, args: Any) -> FakeEngine:
         return cls(args)
 
+    @property
+    def tokenizer(self) -> Any:
+        """A TokenizerGroup, as vLLM before 0.10 has it; None where not at hand."""
+        return (
+            types.SimpleNamespace(tokenizer=self.chat_tokenizer) if self.tokenizer_at_hand else None
+        )
+
     async def get_tokenizer(self) -> FakeTokenizer:  # a coroutine, as before vLLM 0.11
-        return FakeTokenizer()
+        return self.chat_tokenizer
 
     async def generate(
         self, *, prompt: dict[str, list[int]], sampling_params: Any, request_id: str
@@ -303,9 +329,10 @@ class FakeEngine:
                 raise self.fail_with
             finals = []
             for i in range(n):
-                count = min(self.words, limit)
+                words = self.answers[i].split(" ") if self.answers else None
+                count = min(len(words) if words else self.words, limit)
                 for k in range(1, count + 1):
-                    text = " ".join(f"w{i}-{j}" for j in range(k))
+                    text = " ".join(words[:k] if words else (f"w{i}-{j}" for j in range(k)))
                     reason = None if k < count else ("length" if count == limit else "stop")
                     out = Out(i, text, list(range(k)), reason)
                     if k == count:
@@ -349,6 +376,11 @@ def backend(fake_vllm: None) -> VLLMBackend:
     return VLLMBackend("Org/Tiny-Chat", gpu_memory_utilization=0.5)
 
 
+def shown(backend: VLLMBackend) -> list[str]:
+    """The chats the backend rendered, the probe of its template's tools left out."""
+    return [r for r in engine_of(backend).chat_tokenizer.rendered if "ponder_probe" not in r]
+
+
 def engine_of(backend: VLLMBackend) -> FakeEngine:
     engine = backend._engine
     assert isinstance(engine, FakeEngine)
@@ -362,7 +394,8 @@ async def test_backend_identity(backend: VLLMBackend) -> None:
     assert isinstance(backend, Backend)
     assert backend.name == "vllm"
     assert backend.capabilities.native_n and backend.capabilities.logprobs
-    assert not backend.capabilities.tools and backend.capabilities.max_concurrency == 256
+    assert backend.capabilities.tools  # its chat template shows tools
+    assert backend.capabilities.json_schema and backend.capabilities.max_concurrency == 256
     assert await backend.models() == ["tiny-chat"]
     assert backend.serves("tiny-chat") and not backend.serves("Org/Tiny-Chat")
     assert engine_of(backend).args.model == "Org/Tiny-Chat"
@@ -480,9 +513,6 @@ async def test_engine_failures_become_ponder_errors(
 
 
 async def test_bad_requests_never_reach_the_engine(backend: VLLMBackend) -> None:
-    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
-    with pytest.raises(Unsupported):
-        await backend.complete("tiny-chat", HELLO, Sampling(tools=(tool,)))
     with pytest.raises(InvalidRequest, match="temperature"):
         await backend.complete("tiny-chat", HELLO, Sampling(temperature=-1))
     with pytest.raises(InvalidRequest, match="chat template"):
@@ -687,3 +717,150 @@ async def test_response_format_over_http_reaches_vllm(backend: VLLMBackend) -> N
     ((_, _, params),) = engine_of(backend).requests
     assert params.kwargs["structured_outputs"] == FakeStructuredParams(json=SCHEMA)
     assert params.kwargs["logit_bias"] == {3: -100.0}
+
+
+# ---- tools ------------------------------------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object"}},
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+CALL = '<tool_call> {"name": "get_weather", "arguments": {"city": "Paris"}} </tool_call>'
+
+
+async def test_tools_are_shown_and_the_calls_come_back(backend: VLLMBackend) -> None:
+    engine = engine_of(backend)
+    engine.answers = [f"Let me look. {CALL}", "It is sunny."]
+    sampling = Sampling(tools=(WEATHER, TIME))
+    first, second = await backend.complete("tiny-chat", HELLO, sampling, n=2)
+    assert shown(backend) == [
+        "<tools> get_weather get_time <system> Be kind. <user> Say hello <assistant>"
+    ]
+    assert (first.content, first.finish_reason) == ("Let me look.", "tool_calls")
+    ((call,),) = [first.tool_calls]
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+    assert (second.content, second.finish_reason, second.tool_calls) == ("It is sunny.", "stop", ())
+    assert first.usage == Usage(10, 10)  # the tools' words are prompt tokens
+
+
+async def test_a_streamed_call_comes_after_the_content_and_before_its_finish(
+    backend: VLLMBackend,
+) -> None:
+    engine_of(backend).answers = [CALL]
+    deltas = [d async for d in backend.stream("tiny-chat", HELLO, Sampling(tools=(WEATHER,)))]
+    assert not any(d.content for d in deltas)  # the call's text never went out as content
+    calls = [d for d in deltas if d.tool_calls]
+    finishes = [d for d in deltas if d.finish_reason]
+    assert len(calls) == 1 and deltas.index(calls[0]) < deltas.index(finishes[0])
+    assert [d.finish_reason for d in finishes] == ["tool_calls"]
+    assembler = Assembler(1)
+    for d in deltas:
+        assembler.add(d)
+    (choice,) = assembler.completions()
+    assert choice.content is None and choice.finish_reason == "tool_calls"
+    assert [(c.name, json.loads(c.arguments)) for c in choice.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    assert deltas[-1].usage == Usage(9, 7)  # the call is output tokens all the same
+
+
+async def test_a_complete_answer_matches_the_assembled_stream(backend: VLLMBackend) -> None:
+    engine_of(backend).answers = [f"Checking. {CALL} Done."]
+    sampling = Sampling(tools=(WEATHER,))
+    (whole,) = await backend.complete("tiny-chat", HELLO, sampling)
+    assembler = Assembler(1)
+    async for d in backend.stream("tiny-chat", HELLO, sampling):
+        assembler.add(d)
+    (streamed,) = assembler.completions()
+    assert whole.content == streamed.content == "Checking.Done."
+    assert whole.finish_reason == streamed.finish_reason == "tool_calls"
+    assert [c.name for c in whole.tool_calls] == [c.name for c in streamed.tool_calls]
+
+
+async def test_tool_choice_decides_what_the_model_is_shown(backend: VLLMBackend) -> None:
+    engine = engine_of(backend)
+    engine.answers = [CALL]
+    named = {"type": "function", "function": {"name": "get_time"}}
+    await backend.complete("tiny-chat", HELLO, Sampling(tools=(WEATHER, TIME), tool_choice=named))
+    (answer,) = await backend.complete(
+        "tiny-chat", HELLO, Sampling(tools=(WEATHER, TIME), tool_choice="none")
+    )
+    rendered = shown(backend)
+    assert rendered[0].startswith("<tools> get_time <system>")
+    assert not rendered[1].startswith("<tools>")
+    assert answer.tool_calls == () and answer.content == CALL  # no tool offered, no call read
+    with pytest.raises(InvalidRequest) as err:
+        missing = {"type": "function", "function": {"name": "nope"}}
+        await backend.complete("tiny-chat", HELLO, Sampling(tools=(WEATHER,), tool_choice=missing))
+    assert err.value.param == "tool_choice"
+    assert len(engine.requests) == 2
+
+
+async def test_a_tool_conversation_renders_natively(backend: VLLMBackend) -> None:
+    call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
+    turns = [
+        *HELLO,
+        Message("assistant", None, tool_calls=(call,)),
+        Message("tool", "sunny", tool_call_id="call_1"),
+    ]
+    await backend.complete("tiny-chat", turns, Sampling(tools=(WEATHER,)))
+    assert shown(backend)[-1] == (
+        "<tools> get_weather <system> Be kind. <user> Say hello <assistant> <call> get_weather "
+        '{"city": "Paris"} <tool> sunny <assistant>'
+    )
+
+
+async def test_a_template_without_tools_refuses_them(
+    fake_vllm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = FakeTokenizer(shows_tools=False)
+    monkeypatch.setattr(
+        FakeEngine,
+        "from_engine_args",
+        classmethod(lambda cls, args: cls(args, chat_tokenizer=plain)),
+    )
+    backend = VLLMBackend("Org/Plain-Chat")
+    assert not backend.capabilities.tools  # probed at start
+    with pytest.raises(Unsupported, match="no tool-calling chat template") as err:
+        await backend.complete("plain-chat", HELLO, Sampling(tools=(WEATHER,)))
+    assert err.value.param == "tools"
+    assert engine_of(backend).requests == []
+    (answer,) = await backend.complete("plain-chat", HELLO, Sampling())
+    assert answer.content == "w0-0 w0-1 w0-2"
+
+
+async def test_the_template_is_probed_on_first_use_when_the_tokenizer_is_not_at_hand(
+    fake_vllm: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        FakeEngine,
+        "from_engine_args",
+        classmethod(lambda cls, args: cls(args, tokenizer_at_hand=False)),
+    )
+    backend = VLLMBackend("Org/Tiny-Chat")
+    assert not backend.capabilities.tools  # not known yet
+    engine_of(backend).answers = [CALL]
+    (answer,) = await backend.complete("tiny-chat", HELLO, Sampling(tools=(WEATHER,)))
+    assert answer.finish_reason == "tool_calls" and backend.capabilities.tools
+
+
+async def test_tools_over_http_reach_vllm_and_come_back(backend: VLLMBackend) -> None:
+    from ponder.config import Settings
+    from ponder.proxy import create_app
+    from tests.conftest import asgi_client
+
+    engine_of(backend).answers = [CALL]
+    body = {
+        "model": "tiny-chat",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER],
+    }
+    async with asgi_client(create_app(Settings(), backend=backend)) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}

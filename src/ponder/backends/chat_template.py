@@ -41,6 +41,27 @@ _FALLBACK_FORMAT = "format_llama2"
 _PROBE_TOOL = "ponder_probe_tool_7f3a"
 
 
+def renders_tools(
+    render: Callable[[list[dict[str, Any]], list[dict[str, Any]]], object],
+    errors: tuple[type[Exception], ...],
+) -> bool:
+    """Whether a chat template shows the model the tools it is given: `render(chat, tools)`
+    renders a chat with a tool no template knows (in a chat with a system message too, which
+    some templates require); `errors` are its refusals."""
+    tool = {
+        "type": "function",
+        "function": {"name": _PROBE_TOOL, "description": "", "parameters": {}},
+    }
+    user = {"role": "user", "content": "ping"}
+    for chat in ([user], [{"role": "system", "content": "sys"}, user]):
+        try:
+            text = render(chat, [tool])
+        except errors:
+            continue
+        return _PROBE_TOOL in str(text)
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedPrompt:
     """A chat rendered to prompt text.
@@ -80,14 +101,14 @@ def _arguments(arguments: str) -> Any:
     return parsed if isinstance(parsed, dict) else arguments
 
 
-def template_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def template_messages(messages: Sequence[Message], backend: str = BACKEND) -> list[dict[str, Any]]:
     """Messages as a tool-calling chat template reads them: `developer` as `system`, text
     only, tool calls with their arguments as objects, tool results as `tool` messages.
     Raises Unsupported for image, audio or file parts."""
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.has_non_text_parts:
-            raise Unsupported(f"the {BACKEND} backend reads text only", param="messages")
+            raise Unsupported(f"the {backend} backend reads text only", param="messages")
         d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
         if m.tool_calls:
             d["content"] = m.text if m.content is not None else None
@@ -183,22 +204,9 @@ class ChatTemplate:
         except jinja2.TemplateError as exc:
             raise BackendError(f"the chat template of {model_id} does not compile: {exc}") from exc
         self.format_name = "chat_template.default"
-        self.supports_tools = self._renders_tools()
-
-    def _renders_tools(self) -> bool:
-        """Whether the template shows the model the tools it is given."""
-        tool = {
-            "type": "function",
-            "function": {"name": _PROBE_TOOL, "description": "", "parameters": {}},
-        }
-        user = {"role": "user", "content": "ping"}
-        for chat in ([user], [{"role": "system", "content": "sys"}, user]):
-            try:
-                text = self._formatter(messages=chat, tools=[tool]).prompt
-            except self._errors:
-                continue
-            return _PROBE_TOOL in str(text)
-        return False
+        self.supports_tools = renders_tools(
+            lambda chat, tools: self._formatter(messages=chat, tools=tools).prompt, self._errors
+        )
 
     def render(
         self,

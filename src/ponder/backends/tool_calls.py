@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Collection
 
-from ponder.types import ToolCall
+from ponder.types import Delta, ToolCall, tool_call_deltas
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -162,3 +162,21 @@ def bare_calls(text: str, names: Collection[str]) -> tuple[ToolCall, ...]:
         return ()
     calls = [parse_tool_call(json.dumps(i)) for i in items]
     return tuple(c for c in calls if c is not None) if all(calls) else ()
+
+
+def split_calls(text: str, names: Collection[str]) -> tuple[str, tuple[ToolCall, ...]]:
+    """A whole answer's content and the calls in it (see `ToolCallParser`)."""
+    parser = ToolCallParser(names)
+    content = parser.feed(text)
+    rest, calls = parser.finish()
+    return content + rest, calls
+
+
+def closing_deltas(parser: ToolCallParser, index: int) -> tuple[list[Delta], bool]:
+    """When choice `index` ends: the deltas of what its parser held back (content, then the
+    calls), and whether the choice called a tool (its finish reason is then `tool_calls`)."""
+    rest, calls = parser.finish()
+    deltas = [Delta(index=index, content=rest)] if rest else []
+    if calls:
+        deltas.append(Delta(index=index, tool_calls=tool_call_deltas(calls)))
+    return deltas, bool(calls)

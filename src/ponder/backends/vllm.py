@@ -8,12 +8,21 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
 from ponder.backends.base import Capabilities, continued_prefix, logit_bias
+from ponder.backends.chat_template import offered_tools, renders_tools, template_messages
+from ponder.backends.tool_calls import ToolCallParser, closing_deltas, split_calls
 from ponder.backends.wire import text_chat
 from ponder.errors import BackendError, BackendUnavailable, InvalidRequest, Unsupported
 from ponder.types import Completion, Delta, FinishReason, Message, Sampling, Usage
@@ -34,9 +43,8 @@ def sampling_kwargs(
     s: Sampling, n: int = 1, default_max_tokens: int | None = None
 ) -> dict[str, Any]:
     """`SamplingParams` keywords for `s`. What `s` leaves unset keeps vLLM's default, except
-    `max_tokens`: vLLM's default is 16, so it falls back to `default_max_tokens`."""
-    if s.tools:
-        raise Unsupported("the vllm backend does not support tools", param="tools")
+    `max_tokens`: vLLM's default is 16, so it falls back to `default_max_tokens`. Tools are
+    the prompt's (the chat template shows them), not the sampler's."""
     optional = {
         "temperature": s.temperature,
         "top_p": s.top_p,
@@ -128,11 +136,32 @@ class CumulativeDeltas:
         return [Delta(index=i, finish_reason="stop") for i in range(n) if i not in self._finished]
 
 
+class ToolCallDeltas:
+    """Takes the tool calls out of a stream's deltas, choice by choice (`ToolCallParser`):
+    content goes on as the parser lets it, and a choice's finish comes after what the parser
+    held back and its calls, as `tool_calls` where it made any."""
+
+    def __init__(self, names: Collection[str]) -> None:
+        self._names = names
+        self._parsers: dict[int, ToolCallParser] = {}
+
+    def feed(self, delta: Delta) -> list[Delta]:
+        parser = self._parsers.setdefault(delta.index, ToolCallParser(self._names))
+        if delta.finish_reason is None:
+            text = parser.feed(delta.content or "")
+            if not text and not delta.logprobs:
+                return []
+            return [replace(delta, content=text or None)]
+        closing, called = closing_deltas(parser, delta.index)
+        return [*closing, replace(delta, finish_reason="tool_calls") if called else delta]
+
+
 class VLLMBackend:
     name = "vllm"
     capabilities = Capabilities(
         native_n=True, logprobs=True, tools=False, max_concurrency=256, continuation=True
     )
+    """`tools` is the model's chat template's, known once its tokenizer is (`_renders_tools`)."""
 
     def __init__(
         self, model: str, *, model_id: str | None = None, gpu_memory_utilization: float = 0.85
@@ -152,6 +181,12 @@ class VLLMBackend:
         # AsyncLLMEngine is the v1 AsyncLLM in every recent release
         self._engine: Any = AsyncLLMEngine.from_engine_args(args)
         self._tokenizer: Any = None
+        self._tools: bool | None = None
+        tokenizer = getattr(self._engine, "tokenizer", None)  # where the engine has it at hand
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a TokenizerGroup's (vLLM < 0.10)
+        if hasattr(tokenizer, "apply_chat_template"):
+            self._tokenizer = tokenizer
+            self._renders_tools(tokenizer)
         config = getattr(self._engine, "model_config", None) or getattr(
             getattr(self._engine, "engine", None), "model_config", None
         )
@@ -184,7 +219,7 @@ class VLLMBackend:
     async def complete(
         self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
     ) -> list[Completion]:
-        prompt, params = await self._prepare(messages, sampling, n, final_only=True)
+        prompt, params, names = await self._prepare(messages, sampling, n, final_only=True)
         final: dict[int, Any] = {}
         cached = 0
         async with aclosing(self._outputs(prompt, params)) as outputs:
@@ -204,66 +239,105 @@ class VLLMBackend:
                 len(c.token_ids),
                 cached if first else 0,
             )
-            choices.append(Completion(c.text, finish_of(c.finish_reason), usage=usage, logprobs=lp))
+            text, calls = split_calls(c.text, names) if names else (c.text, ())
+            content = text if text or not calls else None  # as an assembled stream has it
+            reason = "tool_calls" if calls else finish_of(c.finish_reason)
+            choices.append(Completion(content, reason, calls, usage=usage, logprobs=lp))
         return choices
 
     async def stream(
         self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
     ) -> AsyncIterator[Delta]:
-        prompt, params = await self._prepare(messages, sampling, n, final_only=False)
+        prompt, params, names = await self._prepare(messages, sampling, n, final_only=False)
         tracker = CumulativeDeltas(top_logprobs(sampling))
+        calls = ToolCallDeltas(names) if names else None
         cached = 0
         async with aclosing(self._outputs(prompt, params)) as outputs:
             async for out in outputs:
                 cached = cached_tokens(out)
                 for delta in tracker.feed(out.outputs):
-                    yield delta
+                    for sent in calls.feed(delta) if calls else (delta,):
+                        yield sent
         for delta in tracker.finish(n):
-            yield delta
+            for sent in calls.feed(delta) if calls else (delta,):
+                yield sent
         prompt_tokens = len(prompt["prompt_token_ids"])
         yield Delta(usage=Usage(prompt_tokens, tracker.completion_tokens, cached))
 
     async def prompt_tokens(self, messages: Sequence[Message], sampling: Sampling) -> int:
         """How many tokens this prompt takes on this model, rendered and tokenized as a call
         sends it (for the Messages API's count_tokens); not refused when over the context."""
-        return len(await self._prompt(messages, sampling))
+        return len((await self._prompt(messages, sampling))[0])
 
     # ---- internals -------------------------------------------------------------------------
 
-    async def _prompt(self, messages: Sequence[Message], sampling: Sampling) -> list[int]:
-        """The prompt's token ids: the chat rendered with the model's template. A continuation
-        (`continued_prefix`) is the chat before its last message with the generation prompt,
-        then the tokens of that assistant message's text, with no end of turn."""
+    async def _prompt(
+        self, messages: Sequence[Message], sampling: Sampling
+    ) -> tuple[list[int], list[str]]:
+        """The prompt's token ids, and the names of the tools it offers (the answer may call
+        them). The chat is rendered with the model's template, with the tools `tool_choice`
+        leaves where the template shows tools (else a request with tools is refused). A
+        continuation (`continued_prefix`) is the chat before its last message with the
+        generation prompt, then the tokens of that assistant message's text, with no end of
+        turn."""
         prefix = continued_prefix(messages, sampling)
-        chat = text_chat(messages if prefix is None else messages[:-1], "vllm")
-        if self._engine is None:
-            raise BackendUnavailable("the vllm backend is closed")
-        if self._tokenizer is None:
-            tokenizer = self._engine.get_tokenizer()  # a coroutine before vLLM 0.11
-            self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        turns = messages if prefix is None else messages[:-1]
+        tokenizer = await self._loaded_tokenizer()
+        offered = offered_tools(sampling.tools, sampling.tool_choice)
+        native = self._renders_tools(tokenizer)
+        if offered and not native:
+            message = f"the model {self.model_id} has no tool-calling chat template"
+            raise Unsupported(message, param="tools")
+        chat = template_messages(turns, self.name) if native else text_chat(turns, self.name)
         try:
-            text = self._tokenizer.apply_chat_template(
-                chat, tokenize=False, add_generation_prompt=True
+            text = tokenizer.apply_chat_template(
+                chat,
+                tokenize=False,
+                add_generation_prompt=True,
+                **({"tools": offered} if offered else {}),
             )
         except Exception as exc:  # jinja errors: a role the template refuses, a bad order...
             message = f"the chat template refused the messages: {exc}"
             raise InvalidRequest(message, param="messages") from exc
         # the template already wrote the special tokens (BOS...): do not add them twice
-        ids = list(self._tokenizer.encode(text, add_special_tokens=False))
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
         if prefix:
-            ids += self._tokenizer.encode(prefix, add_special_tokens=False)
-        return ids
+            ids += tokenizer.encode(prefix, add_special_tokens=False)
+        return ids, [str(t["function"]["name"]) for t in offered]
+
+    async def _loaded_tokenizer(self) -> Any:
+        if self._engine is None:
+            raise BackendUnavailable("the vllm backend is closed")
+        if self._tokenizer is None:
+            tokenizer = self._engine.get_tokenizer()  # a coroutine before vLLM 0.11
+            self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        return self._tokenizer
+
+    def _renders_tools(self, tokenizer: Any) -> bool:
+        """Whether the model's chat template shows it tools (probed once; `capabilities`
+        says so from then on)."""
+        if self._tools is None:
+
+            def render(chat: list[dict[str, Any]], tools: list[dict[str, Any]]) -> object:
+                return tokenizer.apply_chat_template(
+                    chat, tools=tools, tokenize=False, add_generation_prompt=True
+                )
+
+            # any failure to render the probe means the template cannot be relied on for tools
+            self._tools = renders_tools(render, (Exception,))
+            self.capabilities = replace(self.capabilities, tools=self._tools)
+        return self._tools
 
     async def _prepare(
         self, messages: Sequence[Message], sampling: Sampling, n: int, *, final_only: bool
-    ) -> tuple[dict[str, list[int]], Any]:
-        """The token prompt (`_prompt`) and `SamplingParams` of one call."""
+    ) -> tuple[dict[str, list[int]], Any, list[str]]:
+        """The token prompt and tools offered (`_prompt`), and `SamplingParams`, of one call."""
         sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
         structure = structured_output(sampling)
         if structure is not None and self._structured is None:
             message = "this vLLM cannot constrain the output to response_format"
             raise Unsupported(message, param="response_format")
-        ids = await self._prompt(messages, sampling)
+        ids, names = await self._prompt(messages, sampling)
         room = None if self._max_model_len is None else self._max_model_len - len(ids)
         if room is not None and room <= 0:
             message = f"the prompt has {len(ids)} tokens, the context {self._max_model_len}"
@@ -283,7 +357,7 @@ class VLLMBackend:
             params = self._sampling_params(**kwargs)
         except ValueError as exc:  # vLLM checks ranges and combinations
             raise InvalidRequest(str(exc)) from exc
-        return {"prompt_token_ids": ids}, params
+        return {"prompt_token_ids": ids}, params, names
 
     async def _outputs(
         self, prompt: dict[str, list[int]], params: Any

@@ -41,7 +41,7 @@ from ponder.backends.llamacpp.jobs import (
     TokenLogprob,
 )
 from ponder.backends.llamacpp.native import Model, NativeError, SamplerSettings
-from ponder.backends.tool_calls import ToolCallParser
+from ponder.backends.tool_calls import ToolCallParser, closing_deltas
 from ponder.errors import BackendError, BackendUnavailable, InvalidRequest
 from ponder.types import (
     Completion,
@@ -49,7 +49,6 @@ from ponder.types import (
     FinishReason,
     Message,
     Sampling,
-    ToolCallDelta,
     Usage,
 )
 
@@ -235,18 +234,11 @@ class EmbeddedBackend:
                 assert isinstance(event, Finished)
                 reason: FinishReason = event.reason
                 if parser is not None:
-                    rest, calls = parser.finish()
-                    if rest:
-                        yield Delta(index=event.index, content=rest)
-                    if calls:
+                    closing, called = closing_deltas(parser, event.index)
+                    for delta in closing:
+                        yield delta
+                    if called:
                         reason = "tool_calls"
-                        yield Delta(
-                            index=event.index,
-                            tool_calls=tuple(
-                                ToolCallDelta(i, c.id, c.name, c.arguments, c.type)
-                                for i, c in enumerate(calls)
-                            ),
-                        )
                 yield Delta(
                     index=event.index,
                     finish_reason=reason,
