@@ -396,6 +396,7 @@ async def test_backend_identity(backend: VLLMBackend) -> None:
     assert backend.capabilities.native_n and backend.capabilities.logprobs
     assert backend.capabilities.tools  # its chat template shows tools
     assert backend.capabilities.json_schema and backend.capabilities.max_concurrency == 256
+    assert backend.capabilities.context_window == 40  # the engine's max_model_len
     assert await backend.models() == ["tiny-chat"]
     assert backend.serves("tiny-chat") and not backend.serves("Org/Tiny-Chat")
     assert engine_of(backend).args.model == "Org/Tiny-Chat"

@@ -191,6 +191,7 @@ class VLLMBackend:
             getattr(self._engine, "engine", None), "model_config", None
         )
         self._max_model_len: int | None = getattr(config, "max_model_len", None)
+        self.capabilities = replace(self.capabilities, context_window=self._max_model_len)
 
     # ---- Backend protocol ------------------------------------------------------------------
 
