@@ -812,16 +812,17 @@ async def test_a_tool_conversation_renders_natively(backend: VLLMBackend) -> Non
     )
 
 
+def backend_over(monkeypatch: pytest.MonkeyPatch, model: str, **engine: Any) -> VLLMBackend:
+    """A backend whose fake engine is built with `engine`'s fields."""
+    build = classmethod(lambda cls, args: cls(args, **engine))
+    monkeypatch.setattr(FakeEngine, "from_engine_args", build)
+    return VLLMBackend(model)
+
+
 async def test_a_template_without_tools_refuses_them(
     fake_vllm: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plain = FakeTokenizer(shows_tools=False)
-    monkeypatch.setattr(
-        FakeEngine,
-        "from_engine_args",
-        classmethod(lambda cls, args: cls(args, chat_tokenizer=plain)),
-    )
-    backend = VLLMBackend("Org/Plain-Chat")
+    backend = backend_over(monkeypatch, "Org/Plain-Chat", chat_tokenizer=FakeTokenizer(False))
     assert not backend.capabilities.tools  # probed at start
     with pytest.raises(Unsupported, match="no tool-calling chat template") as err:
         await backend.complete("plain-chat", HELLO, Sampling(tools=(WEATHER,)))
@@ -834,12 +835,7 @@ async def test_a_template_without_tools_refuses_them(
 async def test_the_template_is_probed_on_first_use_when_the_tokenizer_is_not_at_hand(
     fake_vllm: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        FakeEngine,
-        "from_engine_args",
-        classmethod(lambda cls, args: cls(args, tokenizer_at_hand=False)),
-    )
-    backend = VLLMBackend("Org/Tiny-Chat")
+    backend = backend_over(monkeypatch, "Org/Tiny-Chat", tokenizer_at_hand=False)
     assert not backend.capabilities.tools  # not known yet
     engine_of(backend).answers = [CALL]
     (answer,) = await backend.complete("tiny-chat", HELLO, Sampling(tools=(WEATHER,)))
