@@ -1,5 +1,11 @@
 """`vllm` backend: a model served in-process by vLLM's async engine (vLLM >= 0.8, a GPU).
 
+A request's `n` samples are one engine request. The chat is rendered with the model's own
+template, with the request's tools where the template shows tools; tool calls are read back
+from the text as the embedded engine reads them (`tool_calls.ToolCallParser`).
+`response_format` becomes vLLM's structured outputs, `logit_bias` its sampler's, and the
+engine's `max_model_len` the backend's context window.
+
 vLLM is imported only when the backend is built; the pure functions below need no vLLM.
 """
 
