@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from ponder.backends import build_backend
 from ponder.backends.llamacpp import EmbeddedBackend
 from ponder.config import Settings
 from ponder.proxy import create_app
 from ponder.testing import running_server
+from ponder.types import Message, Sampling
 from tests.conftest import MODEL, reference_greedy, sse_events
 
 pytestmark = pytest.mark.integration
@@ -337,3 +339,36 @@ async def test_a_logit_bias_for_no_token_of_the_model_is_a_400(http: httpx.Async
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "logit_bias"
+
+
+def test_one_sequence_without_the_prefix_cache_repeats_greedy_replies() -> None:
+    """PONDER_EMBEDDED_SEQUENCES=1 and PONDER_EMBEDDED_PREFIX_CACHE=false: every prompt is
+    evaluated whole, alone in its batch, so a greedy request asked alone and asked again among
+    others (which wait their turn) gets the same text, and no prompt token comes from the cache."""
+    settings = Settings(
+        model=MODEL, embedded_sequences=1, embedded_prefix_cache=False, embedded_ctx=1024
+    )
+    backend = build_backend(settings)
+    assert isinstance(backend, EmbeddedBackend)
+    greedy = Sampling(temperature=0.0, max_tokens=48)
+    question = [Message("system", SYSTEM["content"]), Message("user", "Why is the sky blue?")]
+    others = [
+        [Message("system", SYSTEM["content"]), Message("user", f"Count from {i} to {i + 9}.")]
+        for i in (1, 20)
+    ]
+
+    async def replies() -> tuple[str | None, str | None]:
+        (alone,) = await backend.complete(MODEL, question, greedy)
+        *_, (again,) = await asyncio.gather(
+            *(backend.complete(MODEL, messages, greedy) for messages in [*others, question])
+        )
+        return alone.content, again.content
+
+    try:
+        alone, again = asyncio.run(replies())
+        assert alone and again == alone
+        stats = backend.engine_stats()
+        assert stats is not None and stats.sequences == 1
+        assert stats.prompt_tokens_reused == 0 and stats.prompt_tokens > 0
+    finally:
+        asyncio.run(backend.aclose())

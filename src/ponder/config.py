@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     embedded_ctx: int = Field(
         4096, ge=256, description="embedded: context of each sequence, prompt and answer, in tokens"
     )
+    embedded_prefix_cache: bool = Field(
+        True,
+        description="embedded: start a prompt from the longest prefix of it the KV cache holds "
+        "(off, with embedded_sequences 1, greedy replies repeat exactly)",
+    )
     model_cache_dir: Path | None = Field(
         None,
         description="embedded: where catalog models are assembled and verified "

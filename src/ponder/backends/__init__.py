@@ -31,6 +31,7 @@ def build_backend(settings: Settings) -> Backend:
         n_threads=settings.n_threads,
         n_ctx=settings.embedded_ctx,
         sequences=settings.embedded_sequences,
+        prefix_cache=settings.embedded_prefix_cache,
         cache_dir=settings.model_cache_dir,
     )
 
