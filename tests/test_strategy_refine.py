@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ponder.errors import BackendUnavailable
+from ponder.strategies.common import preview
 from ponder.strategies.refine import CRITIQUE_PROMPT, NO_ISSUES, REVISE_PROMPT, needs_fix
 from ponder.types import Completion
 from tests.conftest import (
@@ -32,9 +33,9 @@ CONVERSATION = conversation(
 TURNS = [(m["role"], m["content"]) for m in CONVERSATION]
 
 DRAFT = "You have 8 apples."
-CRITIQUE_1 = "You forgot the apple that was eaten: 3 - 1 + 5."
+CRITIQUE_1 = "You forgot the apple that was eaten: 3 - 1 + 5.\nVERDICT: FIX"
 REVISION_1 = "3 - 1 + 5 = 7, so you have 7 apples."
-CRITIQUE_2 = "Say the final number on its own line."
+CRITIQUE_2 = "Say the final number on its own line.\nVERDICT: FIX"
 REVISION_2 = "3 - 1 + 5 = 7.\nYou have 7 apples now."
 FULL = [DRAFT, CRITIQUE_1, REVISION_1, CRITIQUE_2, REVISION_2]
 
@@ -103,26 +104,36 @@ CHECK = "Step 1 says 3 - 1 = 2: it holds.\nStep 2 says 2 + 5 = 8: 2 + 5 is 7, so
 
 
 @pytest.mark.parametrize(
-    ("critique", "cut", "fix"),
+    ("critique", "fix"),
     [
-        ("NO ISSUES", False, False),
-        ("**No issues.**", False, False),
-        ("There are no issues with the units, but step 2 adds wrongly.", False, True),
-        ("No issues in the method; the final sum is wrong.", False, True),
-        (f"{CHECK}\n- Step 2: use 7.\nVERDICT: FIX", False, True),
-        (f"{CHECK}\n**Verdict:** fix.", False, True),
-        ("Step 1 holds. Step 2 holds.\nVERDICT: NO ISSUES", False, False),
-        ("Step 1 holds.\n`VERDICT: NO ISSUES`", False, False),
+        (f"{CHECK}\n- Step 2: use 7.\nVERDICT: FIX", True),
+        (f"{CHECK}\n**Verdict:** fix.", True),
+        ("Step 1 holds. Step 2 holds.\nVERDICT: NO ISSUES", False),
+        ("Step 1 holds.\n`VERDICT: NO ISSUES`", False),
         # the last verdict line rules, not one quoted earlier
-        ("I could write VERDICT: NO ISSUES, but step 2 is wrong.\nVERDICT: FIX", False, True),
-        # no verdict: a check cut off by the token limit changes nothing, a finished list of
-        # problems is acted on
-        (CHECK, True, False),
-        (CHECK, False, True),
+        ("I could write VERDICT: NO ISSUES, but step 2 is wrong.\nVERDICT: FIX", True),
+        ("VERDICT: FIX, I thought, but it holds.\nVERDICT: NO ISSUES", False),
+        # no verdict line, whatever the critique says: no revision (the 1.5B approves in its
+        # own words, and its revisions of such critiques only ever made answers worse)
+        ("NO ISSUES", False),
+        ("Step 1 holds. Step 2 holds.\n\nThe answer is \\(\\boxed{7}\\).", False),
+        ("There are no issues with the units, but step 2 adds wrongly.", False),
+        (CHECK, False),
+        ("VERDICT: maybe", False),
     ],
 )
-def test_the_verdict_line_decides_whether_to_revise(critique: str, cut: bool, fix: bool) -> None:
-    assert needs_fix(critique, cut=cut) is fix
+def test_only_a_fix_verdict_asks_for_a_revision(critique: str, fix: bool) -> None:
+    assert needs_fix(critique) is fix
+
+
+async def test_a_critique_without_a_verdict_keeps_the_draft() -> None:
+    backend = scripted([DRAFT, CHECK])
+    response = await chat(backend, REFINE, messages=CONVERSATION, ponder={"trace": True})
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == DRAFT
+    assert len(backend.calls) == 2
+    (step,) = trace_steps(body, "critique")
+    assert (step["critique"], step["verdict"], step["revise"]) == (CHECK, None, False)
 
 
 async def test_a_check_that_ends_with_no_issues_keeps_the_draft() -> None:
@@ -222,9 +233,9 @@ async def test_streams_reasoning_then_the_last_revision_token_by_token() -> None
     reasoning = streamed_text(response.text, "reasoning_content")
     assert reasoning == (
         f"Draft: {DRAFT}\n"
-        f"Critique 1: {CRITIQUE_1}\n"
+        f"Critique 1: {preview(CRITIQUE_1, 200)}\n"  # on one line
         "Revision 1\n"
-        f"Critique 2: {CRITIQUE_2}\n"
+        f"Critique 2: {preview(CRITIQUE_2, 200)}\n"
         "Revision 2\n"
     )
     assert streamed_text(response.text) == REVISION_2

@@ -4,9 +4,11 @@ redoing its calculations, and ends with a verdict line: `VERDICT: NO ISSUES` end
 with the current answer, `VERDICT: FIX` asks for a revision. (A critique asked only for its
 problems, or for a bare "NO ISSUES", said NO ISSUES to all of 50 GSM8K answers of
 Qwen2.5-Coder 1.5B, 21 of them wrong; the check now comes first, so that the verdict rests on
-it.) The last verdict line counts. Without one that names NO ISSUES or FIX, a critique that is
-the bare marker or was cut off by its token limit changes nothing, and any other is read as a
-list of problems.
+it.) The last verdict line counts, and only `VERDICT: FIX` asks for a revision: a critique
+without a verdict line changes nothing. (On the 1.5B, 38 of 100 first critiques had none, and
+nearly all of them approved in their own words, "This step holds. The answer is 25."; read as
+lists of problems, their revisions changed 10 answers, 4 of them right ones and none to a
+right one.)
 
 Backend calls, one after another (each depends on the previous one): the draft, then per round
 a critique and a revision, so `1 + 2 * rounds` when every critique finds something, and `2k`
@@ -24,7 +26,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from ponder.strategies.base import StrategyConfig
-from ponder.strategies.common import cut_off, followup, helper_sampling, preview
+from ponder.strategies.common import followup, helper_sampling, preview
 from ponder.strategies.context import RequestContext
 from ponder.strategies.showing import REQUESTED_FORM, verdict
 from ponder.types import Completion, Message
@@ -83,7 +85,7 @@ class SelfRefine:
             )
             notes = (critique.content or "").strip()
             ctx.reason(f"Critique {r}: {preview(notes, PREVIEW_CHARS)}\n")
-            revise = needs_fix(notes, cut=cut_off(critique))
+            revise = needs_fix(notes)
             ctx.step(
                 "critique",
                 round=r,
@@ -104,12 +106,6 @@ class SelfRefine:
         return [current]
 
 
-def needs_fix(critique: str, *, cut: bool = False) -> bool:
-    """Whether a critique asks for a revision: its last verdict line when that names NO ISSUES or
-    FIX; else not when it is the bare NO_ISSUES marker (not merely "no issues with X") or was
-    cut off before it finished, and yes otherwise (a list of problems)."""
-    said = verdict(critique, VERDICTS, VERDICT)
-    if said is not None:
-        return said == FIX
-    bare = critique.upper().strip(" .!*`\"'\n").startswith(NO_ISSUES) and len(critique) < 40
-    return not (bare or cut)
+def needs_fix(critique: str) -> bool:
+    """Whether a critique asks for a revision: its last verdict line names FIX."""
+    return verdict(critique, VERDICTS, VERDICT) == FIX
