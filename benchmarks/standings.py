@@ -35,7 +35,9 @@ LATEST = [
     Standing("tot", "tot", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
     Standing("cot_reflection", "cot_reflection", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes")),
     Standing("react", "react", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes2")),
-    Standing("refine", "refine", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")),
+    Standing(
+        "refine", "refine", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")
+    ),
     Standing("moa", "moa", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes3")),
     # the confidence methods, on items 101-160
     Standing("sc, 8 samples", "sc", 60, ("confidence-1.5b-sc8",)),

@@ -119,9 +119,11 @@ if want "$target" fixes5; then
     # The fifth round: react with a step that stops short of an answer going on once (the
     # fourth round took "Step 1: Calculate the monthly cost." for two answers) and a repeated
     # unfinished step ending the loop (one item wrote the same 256 tokens four times); moa with
-    # the drafts that agree shown first (its synthesis took Draft 1's answer in 20 of 26 items).
+    # the drafts that agree shown first (its synthesis took Draft 1's answer in 20 of 26 items);
+    # refine revising only on VERDICT: FIX (a check without a verdict line approved in its own
+    # words, and revising on it changed 4 right answers and no wrong one to right).
     with_none $RUNS/gsm8k-1.5b-fixes5 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes5
 fi
 if want "$target" spl2; then
