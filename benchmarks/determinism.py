@@ -4,7 +4,7 @@ For each GSM8K question, the same request (temperature 0) is asked three ways on
 alone; alone again, when its prompt's cells come from the prefix cache; and beside other
 questions in the same batch. Prints, for the second and third, where the reply's text first
 differs from the first's (`same` when it does not). This is what `replication.py` reads in the
-recorded runs, made on purpose, with nothing else running.
+recorded runs, made on purpose, with no other request in the engine.
 
     .venv/bin/python benchmarks/determinism.py [--model qwen2.5-coder-0.5b] [--questions 3]
         [--sequences 8] [--threads 2] [--max-tokens 200] [--no-prefix-cache]
