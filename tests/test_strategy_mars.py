@@ -249,17 +249,36 @@ async def test_each_round_improves_what_still_fails() -> None:
     assert body["usage"] == usage_for(backend, model.replies, answer=AGREE[0.3])
 
 
-async def test_a_review_without_a_verdict_line_does_not_verify() -> None:
-    vague = "Looks fine to me, mostly."
-    model = Agents(
-        AGREE, reviews={AGREE[1.0]: [vague, CORRECT]}, improved={AGREE[1.0]: "Answer: 42"}
-    )
-    backend = scripted(model)
-    response = await chat(backend, MARS, stream=True)
-    reasoning = streamed_text(response.text, "reasoning_content")
+async def test_a_review_without_a_verdict_line_neither_verifies_nor_asks_for_a_fix() -> None:
+    """The 1.5B often approves in its own words and leaves the verdict line out: such a pass
+    keeps its solution out of the verified vote, but is no reason to rewrite it."""
+    vague = "Every step holds. The answer is 42."
+    reviews = {AGREE[1.0]: [vague, CORRECT]}
+    backend = scripted(Agents(AGREE, reviews=reviews))
+    body = (await chat(backend, MARS, ponder={"trace": True})).json()
+    assert len(backend.calls) == 9 and not calls_of(backend, "improve")
+    (check,) = trace_steps(body, "verification")
+    assert check["verdicts"] == [["CORRECT", "CORRECT"]] * 2 + [[None, "CORRECT"]]
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["verified"], vote["tally"]) == ([1, 2], {"42": 1, "43": 1})
+    assert content(body) == AGREE[0.3]
+
+    streamed = await chat(scripted(Agents(AGREE, reviews=reviews)), MARS, stream=True)
+    reasoning = streamed_text(streamed.text, "reasoning_content")
     assert "Check 3: no verdict, CORRECT\n" in reasoning
+
+
+async def test_only_the_passes_that_said_incorrect_are_the_issues() -> None:
+    wrong = AGREE[0.65]
+    better = "Tom has 40 + 2 = 42 apples. The answer is 42."
+    vague = "Step 1 holds."
+    model = Agents(AGREE, reviews={wrong: [vague, WRONG, CORRECT]}, improved={wrong: better})
+    backend = scripted(model)
+    response = await chat(backend, MARS)
+    assert content(response.json()) == AGREE[0.3]
     (improve,) = calls_of(backend, "improve")
-    assert f"{ISSUES_INTRO}\n\n{vague}\n\n{IMPROVE_PROMPT}" in improve.prompt
+    assert f"{ISSUES_INTRO}\n\n{WRONG}\n\n{IMPROVE_PROMPT}" in improve.prompt
+    assert vague not in improve.prompt
 
 
 async def test_solutions_without_an_answer_return_the_first_as_it_is() -> None:

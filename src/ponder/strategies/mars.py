@@ -4,18 +4,21 @@ conversation at once, each at its own temperature (spread evenly from `min_tempe
 by the model in two independent verification passes (two samples of the same check, at
 `verify_temperature`), each ending in a `VERDICT: CORRECT` or `VERDICT: INCORRECT` line; a
 solution counts as verified only when both passes say CORRECT (a pass without a verdict line
-does not). For up to `rounds` rounds, every solution that failed is improved, one call each and
-all at once, with the failing passes' reviews in view, and the improved solutions are verified
-again (two passes). The final answer is the majority answer (`voice`, then `majority_vote`)
-among the verified solutions that have one, else among all; the client gets the full text of
-the first solution that gave it, as it came back (no fresh generation, so nothing more streams).
+does not). For up to `rounds` rounds, every solution that a pass judged INCORRECT is improved,
+one call each and all at once, with those passes' reviews in view, and the improved solutions
+are verified again (two passes). A pass without a verdict line asks for no improvement: on
+Qwen2.5-Coder 1.5B such reviews mostly approve in their own words ("This step holds."), and
+`refine`'s revisions on them only made answers worse. The final answer is the majority answer
+(`voice`, then `majority_vote`) among the verified solutions that have one, else among all; the
+client gets the full text of the first solution that gave it, as it came back (no fresh
+generation, so nothing more streams).
 
 The solution under check, and then the reviews, go to the model inside the client's last user
 turn, after its request; the rest of the conversation is kept as it is.
 
 Calls at the defaults (3 agents, 1 round), on a backend without native `n`: 3 answers, then
-2 verification passes per solution, all 6 at once: 9 when every solution is verified; when
-all fail, 3 improvements and 6 more passes: 18. In general `3 * agents` to
+2 verification passes per solution, all 6 at once: 9 when no solution is judged INCORRECT;
+when every one is, 3 improvements and 6 more passes: 18. In general `3 * agents` to
 `3 * agents * (1 + rounds)`. With native `n`, the two passes of a solution are one call: 6 to
 12. A failed call fails the request. For the request's `n`, the engine runs `n` independent
 runs.
@@ -69,7 +72,10 @@ class MultiAgentReasoningConfig(StrategyConfig):
         1.0, gt=0, le=2, description="Temperature of the last agent (the most varied)"
     )
     rounds: int = Field(
-        1, ge=0, le=3, description="Rounds of improving the solutions that failed verification"
+        1,
+        ge=0,
+        le=3,
+        description="Rounds of improving the solutions a verification pass judged INCORRECT",
     )
     verify_temperature: float = Field(
         0.7, gt=0, le=2, description="Temperature of the two independent verification passes"
@@ -94,9 +100,14 @@ class Check:
         return all(self.correct)
 
     @property
+    def rejected(self) -> bool:
+        """Whether a pass said INCORRECT (what asks for an improvement)."""
+        return INCORRECT in self.verdicts
+
+    @property
     def issues(self) -> str:
-        """The reviews of the passes that did not say CORRECT, a paragraph each."""
-        failed = [r for r, ok in zip(self.reviews, self.correct, strict=True) if not ok]
+        """The reviews of the passes that said INCORRECT, a paragraph each."""
+        failed = [r for r, v in zip(self.reviews, self.verdicts, strict=True) if v == INCORRECT]
         return "\n\n".join(r.strip() or "(the reviewer gave no details)" for r in failed)
 
 
@@ -129,7 +140,7 @@ class MultiAgentReasoning:
         checks = await self.verify(ctx, messages, current, list(range(len(current))), 0)
 
         for r in range(1, self.config.rounds + 1):
-            failing = [i for i, check in enumerate(checks) if not check.verified]
+            failing = [i for i, check in enumerate(checks) if check.rejected]
             if not failing:
                 break
             improved = await gather(
