@@ -121,9 +121,10 @@ if want "$target" fixes5; then
     # unfinished step ending the loop (one item wrote the same 256 tokens four times); moa with
     # the drafts that agree shown first (its synthesis took Draft 1's answer in 20 of 26 items);
     # refine revising only on VERDICT: FIX (a check without a verdict line approved in its own
-    # words, and revising on it changed 4 right answers and no wrong one to right).
+    # words, and revising on it changed 4 right answers and no wrong one to right); bon with the
+    # shared answer before the rating (its judge alone chose worse than one sample).
     with_none $RUNS/gsm8k-1.5b-fixes5 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes5
 fi
 if want "$target" spl2; then

@@ -141,6 +141,21 @@ def test_best_breaks_ties_by_shared_answer_then_order() -> None:
     assert best(shared_with_cut, [0.0] * 3) == 0
 
 
+def test_best_with_agreement_first_lets_the_score_choose_only_among_equal_support() -> None:
+    lone, shared_low, shared_high = (
+        Completion("The answer is 12."),
+        Completion("So 15."),
+        Completion("The answer is 15."),
+    )
+    trio = [lone, shared_low, shared_high]
+    assert best(trio, [9.0, 5.0, 6.0]) == 0  # the rating first
+    assert best(trio, [9.0, 5.0, 6.0], agreement_first=True) == 2
+    apart = [Completion("It is 1."), Completion("It is 2."), Completion("It is 3.")]
+    assert best(apart, [1.0, 7.0, 3.0], agreement_first=True) == 1
+    cut = Completion("The answer is 15.", finish_reason="length")
+    assert best([lone, cut, cut], [0.0, 9.0, 9.0], agreement_first=True) == 0  # finished first
+
+
 def test_parse_list() -> None:
     assert parse_list("Ideas:\n1. a\n2) b c\n- d\n* e\n\u2022 f\n3: g\nnot an item") == [
         "a",

@@ -104,6 +104,18 @@ async def test_a_tie_goes_to_the_answer_most_candidates_share() -> None:
     assert (steps["scores"]["scores"], steps["scores"]["best"]) == ([10.0, 10.0, 10.0], 1)
 
 
+async def test_a_shared_answer_beats_a_higher_rating_and_the_rating_chooses_within_it() -> None:
+    """On the 1.5B the judge chose worse than the candidates' agreement (44% against 60%)."""
+    candidates = ["Each box holds 4, so 12.", "3 boxes of 5: 15.", "The answer is 15."]
+    scores = {candidates[0]: "9", candidates[1]: "5", candidates[2]: "6"}
+    reply, _ = judge(candidates, scores)
+    backend = scripted(reply)
+    body = (await chat(backend, BON, ponder={"trace": True})).json()
+    assert body["choices"][0]["message"]["content"] == candidates[2]
+    steps = {s["step"]: s for s in body["ponder"]["trace"]}
+    assert (steps["scores"]["scores"], steps["scores"]["best"]) == ([9.0, 5.0, 6.0], 2)
+
+
 async def test_a_candidate_cut_off_at_max_tokens_loses_to_a_finished_one() -> None:
     cut = Completion("First 6 * 7 = 42, then 42 + 8 = 50, and", finish_reason="length")
     candidates: list[Reply] = [cut, "It is 48.", "It is 49."]

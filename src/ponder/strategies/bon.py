@@ -1,12 +1,16 @@
 """`bon`: best-of-n. Several candidate answers are sampled from the client's conversation, the
-model rates each one from 0 to 10, and the client gets the best candidate (`showing.best`): one that
-finished before `max_tokens` over one cut off, then the best-rated. A tie goes to the candidate
-whose final answer most candidates share, then to the first. The model's own rating is a weak
-judge: on GSM8K the 1.5B rated all three candidates 10 in 15 of 20 problems, where a tie to
-the first candidate made best-of-3 one sample. Where the backend reports log-probabilities, a
-rating is read as its expected value under them (a judge that writes 8 or 10 for nearly
-everything is still more or less sure of it), so equal written ratings need not tie; where
-ratings still tie, the candidates' agreement is what is left to tell them apart.
+model rates each one from 0 to 10, and the client gets the best candidate (`showing.best`, with
+agreement first): one that finished before `max_tokens` over one cut off, then one whose final
+answer more candidates share, then the best-rated, then the first. Where the backend reports
+log-probabilities, a rating is read as its expected value under them, so equal written ratings
+need not tie.
+
+The model's own rating is a weak judge, weaker than the candidates' agreement. On GSM8K the
+1.5B wrote 10 for all three candidates in every one of 50 problems, so the shared answer chose
+(60.0%, -2.0 points against `none`); when the ratings were read from log-probabilities, with
+the rating first, nothing tied and the judge chose: 44.0%, -18.0 [-31.7, -3.0], worse than one
+sample. So the rating only chooses among candidates whose answers are equally shared (all
+different, or two pairs).
 
 Calls: `candidates` samples drawn concurrently (one call with a native-`n` backend), then one
 scoring call per candidate, all at once: `2 * candidates` calls, or `1 + candidates`. A failed
@@ -74,6 +78,6 @@ class BestOfN:
         scores = [read_score(r[0], 0, 10) or 0.0 for r in ratings]
         for i, score in enumerate(scores, start=1):
             ctx.reason(f"Candidate {i} scored {score:g}\n")
-        chosen = best(candidates, scores)
+        chosen = best(candidates, scores, agreement_first=True)
         ctx.step("scores", scores=scores, best=chosen)
         return [candidates[chosen]]

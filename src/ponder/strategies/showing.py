@@ -102,15 +102,21 @@ def verdict(text: str, words: Sequence[str], prefix: str = "VERDICT:") -> str | 
     return None
 
 
-def best(candidates: Sequence[Completion], scores: Sequence[float]) -> int:
+def best(
+    candidates: Sequence[Completion], scores: Sequence[float], *, agreement_first: bool = False
+) -> int:
     """The index of the best candidate: finished over cut off at `max_tokens`, then the higher
-    score, then the final answer more candidates share, then the earlier."""
+    score, then the final answer more candidates share, then the earlier. With
+    `agreement_first`, the shared answer comes before the score (the score then chooses among
+    the candidates whose answers are equally shared)."""
     answers = [voice(c) for c in candidates]
     support = Counter(a for a in answers if a is not None)
 
-    def rank(i: int) -> tuple[bool, float, int, int]:
+    def rank(i: int) -> tuple[bool, float, float, int]:
         answer = answers[i]
-        return (not cut_off(candidates[i]), scores[i], support[answer] if answer else 0, -i)
+        shared = support[answer] if answer else 0
+        first, second = (shared, scores[i]) if agreement_first else (scores[i], shared)
+        return (not cut_off(candidates[i]), first, second, -i)
 
     return max(range(len(candidates)), key=rank)
 
