@@ -52,11 +52,11 @@ async def run(args: argparse.Namespace) -> None:
     label = "Again" if args.no_prefix_cache else "Again, prompt cached"
     print(f"| Question | {label} | Beside others |")
     print("| ---: | --- | --- |")
+    others = questions[args.questions + 1 : args.questions + args.sequences]  # sequences - 1
     try:
         for i, question in enumerate(questions[: args.questions]):
             first = await reply(backend, question, sampling)
             again = await reply(backend, question, sampling)
-            others = questions[args.questions + 1 : args.questions + args.sequences]
             *_, beside = await asyncio.gather(
                 *(reply(backend, q, sampling) for q in [*others, question])
             )

@@ -340,10 +340,7 @@ class VLLMBackend:
     ) -> tuple[dict[str, list[int]], Any, list[str]]:
         """The token prompt and tools offered (`_prompt`), and `SamplingParams`, of one call."""
         sampling_kwargs(sampling, n)  # refuse what is unsupported before any work
-        structure = structured_output(sampling)
-        if structure is not None and self._structured is None:
-            message = "this vLLM cannot constrain the output to response_format"
-            raise Unsupported(message, param="response_format")
+        constraint = self._constraint(sampling)
         ids, names = await self._prompt(messages, sampling)
         room = None if self._max_model_len is None else self._max_model_len - len(ids)
         if room is not None and room <= 0:
@@ -354,17 +351,27 @@ class VLLMBackend:
             kwargs["output_kind"] = self._final_only
         if biases := logit_bias(sampling, len(self._tokenizer)):
             kwargs["logit_bias"] = dict(biases)
-        if structure is not None and self._structured is not None:
-            field_name, params = self._structured
-            try:
-                kwargs[field_name] = params(**structure)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), param="response_format") from exc
+        kwargs.update(constraint)
         try:
             params = self._sampling_params(**kwargs)
         except ValueError as exc:  # vLLM checks ranges and combinations
             raise InvalidRequest(str(exc)) from exc
         return {"prompt_token_ids": ids}, params, names
+
+    def _constraint(self, sampling: Sampling) -> dict[str, Any]:
+        """The `SamplingParams` keyword that constrains decoding to `response_format` (none for
+        free text); refuses a format this vLLM cannot constrain to, or a constraint it rejects."""
+        structure = structured_output(sampling)
+        if structure is None:
+            return {}
+        if self._structured is None:
+            message = "this vLLM cannot constrain the output to response_format"
+            raise Unsupported(message, param="response_format")
+        field_name, params = self._structured
+        try:
+            return {field_name: params(**structure)}
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="response_format") from exc
 
     async def _outputs(
         self, prompt: dict[str, list[int]], params: Any
