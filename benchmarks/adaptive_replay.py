@@ -18,12 +18,11 @@ plus the greedy call's tokens on ties), averaged over `--orders` random orders p
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from arms import load_arm, recorded_answers
+from arms import load_arm, recorded_answers, traces
 from ponder.answers import majority_vote, same_answer
 from ponder.strategies.confidence import majority_posterior, more_to_settle, top_two
 
@@ -79,10 +78,9 @@ def run_adaptive(
 def load(sc_run: Path, none_run: Path) -> dict[str, Recorded]:
     sc, none = load_arm(sc_run, "sc"), load_arm(none_run, "none")
     recorded = {}
-    for line in (sc_run / "traces.jsonl").open():
-        t = json.loads(line)
+    for t in traces(sc_run, "sc"):
         item_id = t["item_id"]
-        if t["approach"] != "sc" or t["phase"] != "eval" or item_id not in sc.keys() & none.keys():
+        if item_id not in sc.keys() & none.keys():
             continue
         answers = recorded_answers(t)
         tied = len(majority_vote(answers).leaders) > 1

@@ -1,11 +1,13 @@
 """Arms of a comparison read from bench run directories: what `standings.py`,
-`confidence_report.py` and `tie_break_replay.py` share. An arm is one approach's evaluated items
-in one run directory; two arms are compared item by item on the items both answered, with
-Newcombe's paired 95% interval, as the bench's own report compares an approach with `none`."""
+`confidence_report.py` and the replays share (`traces` reads their requests' traces). An arm is
+one approach's evaluated items in one run directory; two arms are compared item by item on the
+items both answered, with Newcombe's paired 95% interval, as the bench's own report compares an
+approach with `none`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -46,6 +48,17 @@ def load_arm(run: Path, approach: str) -> Arm:
             bool(r["correct"]), prompt + output, output, r["backend_calls"], r["extracted"]
         )
     return items
+
+
+def traces(run: Path, approach: str) -> Iterator[dict[str, Any]]:
+    """`approach`'s evaluated requests' traces in `run` (none where the run kept none)."""
+    path = run / "traces.jsonl"
+    if not path.exists():
+        return
+    for line in path.open():
+        t = json.loads(line)
+        if t["approach"] == approach and t.get("phase", "eval") == "eval":
+            yield t
 
 
 def recorded_answers(trace: dict[str, Any]) -> list[str | None]:

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from arms import Arm, Item, compare, load_arm, row
+from arms import Arm, Item, compare, load_arm, row, traces
 from ponder.answers import extract_answer, same_answer
 
 RUNS = Path(__file__).parent / "runs"
@@ -32,11 +32,7 @@ DEFAULT_RUNS = ("gsm8k-1.5b", "gsm8k-1.5b-fixes3", "gsm8k-1.5b-fixes4")
 def drafts(run: Path) -> dict[str, tuple[str, str]]:
     """Each traced `refine` item's draft and expected answer, by item id."""
     out = {}
-    path = run / "traces.jsonl"
-    for line in path.open() if path.exists() else ():
-        r = json.loads(line)
-        if r["approach"] != "refine" or r.get("phase", "eval") != "eval":
-            continue
+    for r in traces(run, "refine"):
         steps = [s for s in r["trace"] if s["step"] == "draft"]
         if steps:
             out[r["item_id"]] = (steps[0]["answer"] or "", str(r["expected"]))

@@ -13,12 +13,11 @@ ties would have cost (the `none` call's tokens on those items).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from arms import Arm, accuracy, compare, load_arm, recorded_vote
+from arms import Arm, accuracy, compare, load_arm, recorded_vote, traces
 
 
 @dataclass(frozen=True)
@@ -38,10 +37,9 @@ def replay(run: Path) -> Replay:
     sc_first: Arm = {}
     sc_greedy: Arm = {}
     ties = greedy_tokens = 0
-    for line in (run / "traces.jsonl").open():
-        t = json.loads(line)
+    for t in traces(run, "sc"):
         item_id = t["item_id"]
-        if t["approach"] != "sc" or t["phase"] != "eval" or item_id not in none.keys() & sc.keys():
+        if item_id not in none.keys() & sc.keys():
             continue
         vote = recorded_vote(t)
         # the answers are extract_answer's keys, as the vote compares them
