@@ -22,6 +22,7 @@ from tests.conftest import (
     rated_eight,
     scripted,
     streamed_text,
+    trace_steps,
     usage_for,
 )
 
@@ -114,6 +115,8 @@ async def test_a_shared_answer_beats_a_higher_rating_and_the_rating_chooses_with
     assert body["choices"][0]["message"]["content"] == candidates[2]
     steps = {s["step"]: s for s in body["ponder"]["trace"]}
     assert (steps["scores"]["scores"], steps["scores"]["best"]) == ([9.0, 5.0, 6.0], 2)
+    # what the choice was made from, for a replay in the rating's order
+    assert (steps["scores"]["answers"], steps["scores"]["cut_off"]) == (["12", "15", "15"], [])
 
 
 async def test_a_candidate_cut_off_at_max_tokens_loses_to_a_finished_one() -> None:
@@ -127,11 +130,13 @@ async def test_a_candidate_cut_off_at_max_tokens_loses_to_a_finished_one() -> No
         return next(drawn)
 
     backend = scripted(reply)
-    response = await chat(backend, BON, max_tokens=16)
+    response = await chat(backend, BON, max_tokens=16, ponder={"trace": True})
     body = response.json()
     assert body["choices"][0]["message"]["content"] == "It is 48."
     assert body["choices"][0]["finish_reason"] == "stop"
     assert len(backend.calls) == 6
+    (scores,) = trace_steps(body, "scores")
+    assert (scores["answers"], scores["cut_off"], scores["best"]) == ([None, "48", "49"], [1], 1)
 
 
 async def test_ties_go_to_the_first_and_unparseable_scores_count_as_zero() -> None:

@@ -153,6 +153,7 @@ async def test_the_best_rated_refined_answer_wins_with_exact_calls_and_usage() -
     assert attempts[1]["answer"] == "answer 2"
     (scores,) = trace_steps(body, "scores")
     assert (scores["scores"], scores["best"]) == ([4.0, 9.0, 7.0], 1)
+    assert (scores["answers"], scores["cut_off"]) == (["1", "2", "3"], [])
 
 
 async def test_prompts_keep_the_conversation_and_put_the_material_after_the_request() -> None:

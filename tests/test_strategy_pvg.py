@@ -120,7 +120,9 @@ async def test_the_best_rated_helpful_solution_wins_with_exact_calls_and_usage()
     assert first["sneaky_scores"] == [10.0, 5.0, 5.0]
     assert second["helpful"] == ["helpful 4", "helpful 5", "helpful 6"]
     assert second["helpful_scores"] == [5.0, 9.0, 5.0]
-    assert trace_steps(body, "best")[0]["best"] == 4
+    (chosen,) = trace_steps(body, "best")
+    assert (chosen["best"], chosen["scores"]) == (4, [5.0, 8.0, 5.0, 5.0, 9.0, 5.0])
+    assert chosen["answers"] == ["1", "2", "3", "4", "5", "6"]
 
 
 async def test_prompts_keep_the_conversation_and_put_solutions_after_the_request() -> None:

@@ -35,7 +35,7 @@ from ponder.strategies.common import (
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import best
+from ponder.strategies.showing import choose
 from ponder.types import Completion, Message
 
 SCORE_PROMPT = (
@@ -78,6 +78,5 @@ class BestOfN:
         scores = [read_score(r[0], 0, 10) or 0.0 for r in ratings]
         for i, score in enumerate(scores, start=1):
             ctx.reason(f"Candidate {i} scored {score:g}\n")
-        chosen = best(candidates, scores, agreement_first=True)
-        ctx.step("scores", scores=scores, best=chosen)
+        chosen = choose(ctx, "scores", candidates, scores, agreement_first=True)
         return [candidates[chosen]]

@@ -43,7 +43,7 @@ from ponder.strategies.common import (
     varied,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import REQUESTED_FORM, after_request, best, marked, numbered
+from ponder.strategies.showing import REQUESTED_FORM, after_request, choose, marked, numbered
 from ponder.types import Completion, Message
 
 PLAN_PROMPT = (
@@ -123,8 +123,7 @@ class PlanningOptimization:
         scores = await self.rate(ctx, messages, answers)
         for a, score in zip(numbers, scores, strict=True):
             ctx.reason(f"Attempt {a} rated {score:g}\n")
-        chosen = best(answers, scores)
-        ctx.step("scores", scores=scores, best=chosen)
+        chosen = choose(ctx, "scores", answers, scores)
         return [answers[chosen]]
 
     async def attempt(

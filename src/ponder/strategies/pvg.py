@@ -41,7 +41,7 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.showing import REQUESTED_FORM, after_request, best, marked
+from ponder.strategies.showing import REQUESTED_FORM, after_request, best, choose, marked
 from ponder.types import Completion, Message
 
 HELPFUL_INSTRUCTIONS = (
@@ -126,9 +126,8 @@ class ProverVerifierGame:
                 sneaky=[s.content or "" for s in sneaky],
                 sneaky_scores=sneaky_scores,
             )
-        chosen = best(helpful, scores)
+        chosen = choose(ctx, "best", helpful, scores)
         ctx.reason(f"Chose helpful solution {chosen + 1} (scored {scores[chosen]:g})\n")
-        ctx.step("best", scores=scores, best=chosen)
         return [helpful[chosen]]
 
     async def verify(

@@ -11,7 +11,7 @@ reviews) and reads the model's judgement of them back.
 - The model's judgement comes back on a last line: `Selected: N` (`selection`) or a verdict
   such as `VERDICT: FIX` (`verdict`).
 - When the model's judgement cannot tell outputs apart, `best` ranks them by what is known
-  without it.
+  without it; `choose` does the same and keeps in the trace what it chose from.
 - A list the model writes (observations, principles) is read back item by item (`parse_list`),
   and a list of short items is shown to it numbered, one a line (`listing`).
 """
@@ -119,6 +119,28 @@ def best(
         return (not cut_off(candidates[i]), first, second, -i)
 
     return max(range(len(candidates)), key=rank)
+
+
+def choose(
+    ctx: RequestContext,
+    step: str,
+    candidates: Sequence[Completion],
+    scores: Sequence[float],
+    *,
+    agreement_first: bool = False,
+) -> int:
+    """`best` of the candidates, kept as the trace step `step`: each candidate's score, final
+    answer and whether it was cut off (by number, from 1), and the choice, so that a replay can
+    rank the same candidates in the other order."""
+    chosen = best(candidates, scores, agreement_first=agreement_first)
+    ctx.step(
+        step,
+        scores=list(scores),
+        answers=[voice(c) for c in candidates],
+        cut_off=[i for i, c in enumerate(candidates, start=1) if cut_off(c)],
+        best=chosen,
+    )
+    return chosen
 
 
 def parse_list(text: str | None) -> list[str]:
