@@ -109,16 +109,32 @@ def best(
     score, then the final answer more candidates share, then the earlier. With
     `agreement_first`, the shared answer comes before the score (the score then chooses among
     the candidates whose answers are equally shared)."""
-    answers = [voice(c) for c in candidates]
+    return ranked_best(
+        [voice(c) for c in candidates],
+        [cut_off(c) for c in candidates],
+        scores,
+        agreement_first=agreement_first,
+    )
+
+
+def ranked_best(
+    answers: Sequence[str | None],
+    cut: Sequence[bool],
+    scores: Sequence[float],
+    *,
+    agreement_first: bool = False,
+) -> int:
+    """`best` from what it reads of each candidate: its final answer (None when it has none),
+    whether it was cut off, and its score; what a replay has from a `choose` trace step."""
     support = Counter(a for a in answers if a is not None)
 
     def rank(i: int) -> tuple[bool, float, float, int]:
         answer = answers[i]
         shared = support[answer] if answer else 0
         first, second = (shared, scores[i]) if agreement_first else (scores[i], shared)
-        return (not cut_off(candidates[i]), first, second, -i)
+        return (not cut[i], first, second, -i)
 
-    return max(range(len(candidates)), key=rank)
+    return max(range(len(answers)), key=rank)
 
 
 def choose(
