@@ -32,7 +32,7 @@ LATEST = [
     Standing("spl", "spl", 120, ("gsm8k-1.5b-spl2", "gsm8k-1.5b")),
     Standing("re2", "re2", 50, ("gsm8k-1.5b",)),
     Standing("bon", "bon", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
-    Standing("tot", "tot", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
+    Standing("tot", "tot", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b")),
     Standing("cot_reflection", "cot_reflection", 50, ("gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes")),
     Standing("react", "react", 50, ("gsm8k-1.5b-fixes5", "gsm8k-1.5b-fixes4", "gsm8k-1.5b-fixes2")),
     Standing(

@@ -122,9 +122,11 @@ if want "$target" fixes5; then
     # the drafts that agree shown first (its synthesis took Draft 1's answer in 20 of 26 items);
     # refine revising only on VERDICT: FIX (a check without a verdict line approved in its own
     # words, and revising on it changed 4 right answers and no wrong one to right); bon with the
-    # shared answer before the rating (its judge alone chose worse than one sample).
+    # shared answer before the rating (its judge alone chose worse than one sample); tot with
+    # its last call asking for the actual result in place of a placeholder (a path that ended
+    # "The answer is N." was copied in 1 of 16 items).
     with_none $RUNS/gsm8k-1.5b-fixes5 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon,tot --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes5
 fi
 if want "$target" spl2; then

@@ -229,6 +229,8 @@ async def test_prompts_keep_the_system_prompt_and_the_earlier_turns() -> None:
     system, *rest = final.messages
     assert system.text == f"Be careful.\n\n{FINAL_INSTRUCTIONS}{final_path(final)}"
     assert final_path(final).startswith("Step 1: ")
+    # a path that ends "The answer is N." was copied, placeholder and all
+    assert "the actual result in place of any placeholder (such as N)" in FINAL_INSTRUCTIONS
     assert [(m.role, m.text) for m in rest] == CLIENT_TURNS
     for call in calls_of(backend, "score"):
         turns = [(m.role, m.text) for m in call.messages]

@@ -26,14 +26,18 @@ from ponder.strategies.common import cut_off, last_user_index, preview, rewrite_
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
 
-REQUESTED_FORM = (
-    "in the form my request asks for, with the actual result in place of any placeholder "
-    "(such as N) in that form"
+_FORM = (
+    "in the form {} asks for, with the actual result in place of any placeholder (such as N) in "
+    "that form"
 )
+REQUESTED_FORM = _FORM.format("my request")
 """How a call that writes the answer again asks for the client's form: told only "in the form
 my request asks for", Qwen2.5-Coder 1.5B answered a GSM8K request (which ends `"The answer is
 N." where N is the final number`) with that line alone, N and all, in 4 of 37 moa syntheses
 and 3 of 50 refine revisions."""
+REQUESTED_FORM_OF_USER = _FORM.format("the user's request")
+"""The same, for a system prompt speaking of the user's request (`tot`'s last call: its path
+said "The answer is N." and the answer copied it, 1 of 16 items in the fourth round)."""
 
 CUT_OFF_MARK = " (cut off at the length limit before it finished)"
 CUT_OFF_NOTE = "(Cut off at the length limit before it finished.)"

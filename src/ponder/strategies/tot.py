@@ -17,7 +17,10 @@ Asked to "continue" a path whose steps had already reached the answer, it applie
 step once more, so 1000 pieces less a quarter, less a third of the rest, became 334 instead
 of 500; and asked for the answer by a prompt of Ponder's, it wrote "The answer is N." with
 the request's placeholder. The last call is the request itself, as `none` sends it, with the
-path beside it: on four probe items, two right instead of one.)
+path beside it: on four probe items, two right instead of one. A path can still end "The answer
+is N." (a step that answered with the placeholder), and the answer copied it in 1 of 16 items
+of the fourth round: the path's instructions ask for the actual result in place of any
+placeholder, as the other strategies' answer-writing calls do.)
 
 Calls: at each level, one sampling of `breadth` next steps per node in the beam (`breadth`
 calls, or one with a native-`n` backend), all nodes at once; then one scoring call per new
@@ -48,6 +51,7 @@ from ponder.strategies.common import (
     without_step_label,
 )
 from ponder.strategies.context import RequestContext, gather
+from ponder.strategies.showing import REQUESTED_FORM_OF_USER
 from ponder.types import Completion, Message
 
 TOT_INSTRUCTIONS = (
@@ -65,7 +69,7 @@ FINAL_INSTRUCTIONS = (
     "Below are steps towards solving the user's latest request, chosen by proposing and rating "
     "possible steps. They may contain mistakes. Reply to the request with the complete "
     "solution: check each of these steps, use those that are right, finish the solution, and "
-    "give the final answer in the form the request asks for.\n\nSteps:\n"
+    f"give the final answer {REQUESTED_FORM_OF_USER}.\n\nSteps:\n"
 )
 _NEXT_STEP = re.compile(r"\n\s*\**\s*step\s*\d+\s*[:.)]", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
