@@ -70,7 +70,13 @@ PARSE_CASES = [
         "plan",
     ),
     ("no tags at all <b>bold</b> <outp", "no tags at all <b>bold</b> <outp", ""),
-    ("<thinking>only thoughts</thinking>", "<thinking>only thoughts</thinking>", "only thoughts"),
+    ("<thinking>only thoughts</thinking>", "only thoughts", "only thoughts"),
+    (
+        "<thinking>\n3 * 10 = 30.\nThe answer is 30.",
+        "3 * 10 = 30.\nThe answer is 30.",
+        "3 * 10 = 30.\nThe answer is 30.",
+    ),
+    ("<thinking></thinking>", "<thinking></thinking>", ""),
     ("<output>first</output><output>second</output><thinking>late</thinking>", "first", ""),
     ("<thinking>unclosed thought <output>7</output>", "7", "unclosed thought"),
     ("<output>a <thinking> inside</output>", "a <thinking> inside", ""),
@@ -222,6 +228,18 @@ async def test_streamed_reply_without_an_output_section_sends_the_fallback_as_co
     response = await chat(backend, COT, stream=True)
     assert streamed_text(response.text) == "Seven apples."
     assert streamed_text(response.text, "reasoning_content") == "plan it"
+
+
+async def test_a_reply_that_never_leaves_its_thinking_answers_with_it_without_the_tag() -> None:
+    """The 1.5B's usual reply on GSM8K (28 of 50): `<thinking>`, the solution, and nothing else."""
+    reply = "<thinking>\nEach of 6 boxes holds 4: 6 * 4 = 24.\nThe answer is 24."
+    body = (await chat(scripted([reply]), COT)).json()
+    message = body["choices"][0]["message"]
+    assert message["content"] == "Each of 6 boxes holds 4: 6 * 4 = 24.\nThe answer is 24."
+    assert message["reasoning_content"] == message["content"]
+    response = await chat(scripted([reply]), COT, stream=True)
+    assert streamed_text(response.text) == message["content"]
+    assert streamed_text(response.text, "reasoning_content") == message["content"]
 
 
 async def test_reasoning_off_streams_only_the_answer() -> None:
