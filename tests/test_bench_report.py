@@ -13,6 +13,7 @@ import pytest
 
 from ponder.bench.report import (
     against_baseline,
+    code_versions,
     render_markdown,
     spl_curve,
     summarize,
@@ -293,6 +294,21 @@ def test_markdown_header_for_an_upstream_and_unknown_backend_calls() -> None:
     assert "\n- Server: http://upstream:8000/v1\n" in md
     assert "\n- approaches: none\n" in md and "path" not in md
     assert "| none | 50.0% [9.5, 90.5] | 15.0 | - | 0.50 | 0.50 | 0.50 | 0 |" in md
+
+
+def test_the_header_says_which_commits_answered_and_how_many_results_each(
+    tmp_path: Path,
+) -> None:
+    earlier = [replace(result("none", i, True), code="78409c8") for i in range(3)]
+    later = [replace(result("sc", i, True), code="be3b6f3+changes") for i in range(2)]
+    results = [*earlier, result("none", 9, False), *later]  # one result from an older run
+    assert code_versions(results) == "78409c8 (3), be3b6f3+changes (2)"
+    assert code_versions(hand_made()) is None
+    write_report(tmp_path, summarize(results), META, results)
+    md = (tmp_path / "summary.md").read_text()
+    assert "\n- Code (commit, items): 78409c8 (3), be3b6f3+changes (2)\n" in md
+    meta = json.loads((tmp_path / "summary.json").read_text())["meta"]
+    assert meta == {**META, "code": "78409c8 (3), be3b6f3+changes (2)"}
 
 
 def test_write_report_includes_the_spl_curve_and_fills_the_date(tmp_path: Path) -> None:

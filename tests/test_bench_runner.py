@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from ponder.bench.results import JsonLines, read_results
-from ponder.bench.runner import BenchConfig, run
+from ponder.bench.runner import BenchConfig, run, source_code
 from ponder.bench.suites import ArithSuite
 from ponder.bench.types import Item
 from ponder.cli import main
@@ -44,6 +46,7 @@ RESULT_KEYS = {
     "latency_s",
     "error",
     "phase",
+    "code",
 }
 
 
@@ -149,6 +152,7 @@ async def test_each_item_is_one_line_with_its_answer_tokens_and_backend_calls(
             "latency_s": result["latency_s"],
             "error": None,
             "phase": "eval",
+            "code": None,  # another server answered: its code is not this process's
         }
         assert 0 < result["latency_s"] < 10
 
@@ -268,6 +272,7 @@ async def test_a_failed_request_is_the_items_error_and_the_run_goes_on(tmp_path:
             "latency_s": failed[0]["latency_s"],
             "error": "502: the upstream broke",
             "phase": "eval",
+            "code": None,
         }
     ]
     assert [(s.items, s.correct, s.errors) for s in summaries] == [(3, 2, 1)]
@@ -375,6 +380,46 @@ async def test_spl_train_in_process_learns_from_the_training_split_in_the_run_da
         ("train", "spl", ITEMS[1].id),
         *(("eval", a, item.id) for a in ("none", "spl") for item in ITEMS[2:4]),
     }
+
+
+async def test_an_in_process_run_stamps_each_result_with_the_commit_that_answered(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    await run(bench(out, None, limit=2, model=MODEL), progress=False, backend=scripted(solve))
+    code = source_code()
+    assert [r["code"] for r in lines(out)] == [code, code]
+    if code is not None:  # run from a git checkout, as the tests are
+        assert f"\n- Code (commit, items): {code} (2)\n" in (out / "summary.md").read_text()
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_source_code_is_the_checkouts_commit_and_says_when_its_source_changed(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "ponder"
+    (root / "src" / "ponder").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[project]\n")
+    (root / "src" / "ponder" / "x.py").write_text("A = 1\n")
+    (root / "README.md").write_text("Ponder\n")
+    assert source_code(root) is None  # not a checkout yet
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head = git(root, "rev-parse", "--short=7", "HEAD")
+    assert source_code(root) == head
+    (root / "README.md").write_text("Ponder, changed\n")  # outside src: the code is the same
+    (root / "src" / "ponder" / "new.py").write_text("B = 2\n")  # untracked: not the code run
+    assert source_code(root) == head
+    (root / "src" / "ponder" / "x.py").write_text("A = 2\n")
+    assert source_code(root) == f"{head}+changes"
+    assert source_code(root / "src") is None  # not the top of the checkout
 
 
 async def test_spl_train_needs_items_left_to_test_on(tmp_path: Path) -> None:

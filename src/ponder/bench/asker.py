@@ -56,6 +56,8 @@ class Asker:
     results: list[ItemResult]
     progress: bool
     traces: JsonLines | None = None
+    code: str | None = None
+    """Stamped on every result (`ItemResult.code`)."""
 
     async def ask(
         self, approach: str, item: Item, phase: str, ponder: dict[str, Any] | None
@@ -77,12 +79,13 @@ class Asker:
             ponder = {**(ponder or {}), "trace": True}
         if ponder is not None:
             request["extra_body"] = {"ponder": ponder}
-        base = {
+        base: dict[str, Any] = {
             "approach": approach,
             "item_id": item.id,
             "question": item.question,
             "expected": item.expected,
             "phase": phase,
+            "code": self.code,
         }
         started = time.perf_counter()
         try:

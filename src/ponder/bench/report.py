@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ _META_LABELS = {
     "seed": "Seed",
     "date": "Date",
     "base_url": "Server",
+    "code": "Code (commit, items)",
 }
 
 
@@ -225,6 +227,13 @@ def _full_meta(meta: dict[str, Any], summaries: list[Summary]) -> dict[str, Any]
     return full
 
 
+def code_versions(results: Iterable[ItemResult]) -> str | None:
+    """The commits the results were answered at, each with its number of results, in the order
+    first met ("78409c8 (120), be3b6f3 (30)"); None when no result says."""
+    counts = Counter(r.code for r in results if r.code)
+    return ", ".join(f"{code} ({n})" for code, n in counts.items()) or None
+
+
 def _meta_value(value: object) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
@@ -340,6 +349,9 @@ def write_report(
     (the SPL comparison joins the first two on `--spl-train` runs); return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     full = _full_meta(meta, summaries)
+    code = code_versions(results)
+    if code is not None:
+        full.setdefault("code", code)
     curve = spl_curve(results)
     compared = against_baseline(results)
     paths = [

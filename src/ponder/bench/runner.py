@@ -21,6 +21,7 @@ learning off.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +53,31 @@ from ponder.errors import InvalidRequest
 
 DB_FILE = "ponder.db"
 RESULTS_DIR = Path("results")
+SOURCE_ROOT = Path(__file__).resolve().parents[3]
+"""Where this Ponder's source sits when it runs from a checkout: the folder holding `src/`."""
+
+
+def source_code(root: Path = SOURCE_ROOT) -> str | None:
+    """The commit of the Ponder source under `root`, with "+changes" when `src/` differs from
+    it; None when `root` is not the top of a git checkout of Ponder (an installed package, or
+    no git)."""
+    if not ((root / "pyproject.toml").is_file() and (root / "src" / "ponder").is_dir()):
+        return None
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return None
+        head = git("rev-parse", "--short=7", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "src")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+changes" if changed else head
 
 
 def default_out(suite: str) -> Path:
@@ -248,7 +274,8 @@ async def run(
 
         writer = ResultWriter(out / ITEMS_FILE)
         traces = JsonLines(out / TRACES_FILE) if config.trace else None
-        asker = Asker(client, suite, config, model, writer, done, unique, progress, traces)
+        code = source_code() if config.base_url is None else None
+        asker = Asker(client, suite, config, model, writer, done, unique, progress, traces, code)
         try:
             if config.trains():
                 await asker.phase("train", SPL, train, concurrency=1, truth=True)

@@ -59,6 +59,10 @@ class ItemResult:
     """The request failed (an OpenAI-shaped error's message): scored as wrong."""
     phase: str = "eval"
     """"eval", or "train" for the SPL learning requests of `--spl-train`."""
+    code: str | None = None
+    """The commit of the Ponder source that answered, for an in-process run from a git
+    checkout ("+changes" after it when that source differed from the commit); else None. A
+    run resumed over several sessions may span commits: each item says its own."""
 
     @property
     def total_tokens(self) -> int:
