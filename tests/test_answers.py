@@ -10,6 +10,7 @@ from ponder.answers import (
     normalize_number,
     same_answer,
     states_answer,
+    states_placeholder,
 )
 
 
@@ -69,6 +70,28 @@ def test_normalize_number(raw: str, normal: str) -> None:
 )
 def test_states_answer_only_for_an_answer_said_in_words_or_marks(text: str, states: bool) -> None:
     assert states_answer(text) is states
+
+
+@pytest.mark.parametrize(
+    ("text", "placeholder"),
+    [
+        ("$30 - $2 = $28.\n\nThe answer is N.", True),
+        ("So it is \\boxed{N}", True),
+        ("The answer is $N$.", True),
+        ("Adding them: 7. The answer is <answer>.", True),
+        ("Answer: [the final number]", True),
+        ("The answer is 28.", False),
+        ("The answer is N = 28.", False),
+        ("The answer is n.", False),
+        ("The answer is B.", False),
+        ("N is 28, and nothing is stated", False),
+        ("", False),
+    ],
+)
+def test_states_placeholder_only_for_a_format_copied_in_place_of_the_answer(
+    text: str, placeholder: bool
+) -> None:
+    assert states_placeholder(text) is placeholder
 
 
 def test_same_answer_compares_keys_not_text() -> None:

@@ -346,6 +346,26 @@ async def test_a_sample_cut_off_at_max_tokens_does_not_vote() -> None:
     assert (vote["winner"], vote["cut_off"], vote["survivors"]) == ("20", 4, 5)
 
 
+async def test_a_sample_that_states_a_placeholder_does_not_vote() -> None:
+    """The 1.5B copied a GSM8K request's format, "The answer is N.", in place of its result;
+    "n" then took votes (and two such samples would have won here)."""
+    replies: list[Reply] = [
+        "5 boxes of 4: 20 pens.\n\nThe answer is N.",
+        "5 * 4 = 20. The answer is 20.",
+        "4 + 4 = 8.\nThe answer is N.",
+        "5 * 3 = 15. The answer is 15.",
+        "Each of 5 boxes holds 4. The answer is <answer>.",
+        "Greedy: 5 * 4 = 20. The answer is 20.",  # the tie-break's answer
+    ]
+    backend = scripted(replies)
+    body = (await chat(backend, SC, ponder={"trace": True})).json()
+    (vote,) = trace_steps(body, "vote")
+    assert vote["tally"] == {"20": 1, "15": 1}
+    # a tie of 20 and 15: one greedy call decides, and its reply is the answer
+    assert len(backend.calls) == 6
+    assert body["choices"][0]["message"]["content"] == replies[5]
+
+
 async def test_when_every_sample_is_cut_off_the_first_is_returned_as_it_is() -> None:
     replies = [Completion(f"Step {i}: 7 * 6 = 4", finish_reason="length") for i in range(5)]
     backend = scripted(replies)

@@ -32,6 +32,7 @@ _LETTER_ALONE = re.compile(r"^\(?([A-J])\)?[.:)]?$")
 _LETTER_LEAD = re.compile(r"^\(?([A-J])[).:]\s")
 _FRAC = re.compile(r"\\d?frac\{\s*(-?\d+)\s*\}\{\s*(\d+)\s*\}")
 _END_PUNCT = ".,;:!?\"'` *"
+_PLACEHOLDER = re.compile(r"\$?N\$?|<[^<>\n]*>|\[[^\[\]\n]*\]")
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -49,6 +50,14 @@ def states_answer(text: str) -> bool:
     """Whether `text` states its answer in so many words or marks (1-3 above: a `\\boxed{}`, a
     `####` line, an "answer is" phrase), rather than leaving it to be read off its end."""
     return _stated(text) is not None
+
+
+def states_placeholder(text: str | None) -> bool:
+    """Whether the answer `text` states (1-3 above) is a placeholder copied from a format it was
+    shown, not a result: a lone "N" ("The answer is N.", from a request that ends `where N is
+    the final number`), or words in angle or square brackets ("The answer is <answer>.")."""
+    stated = _stated(text or "")
+    return stated is not None and _PLACEHOLDER.fullmatch(stated.strip(_END_PUNCT)) is not None
 
 
 def _stated(text: str) -> str | None:

@@ -21,7 +21,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from ponder.answers import extract_answer
+from ponder.answers import extract_answer, states_placeholder
 from ponder.types import Completion, ContentPart, Message, Sampling
 
 _FIRST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -213,8 +213,12 @@ def cut_off(sample: Completion) -> bool:
 
 def voice(sample: Completion) -> str | None:
     """The final answer a sample stands for: None for a sample cut off before it finished (its
-    last number is a step of the working, not a result)."""
-    return None if cut_off(sample) else extract_answer(sample.content)
+    last number is a step of the working, not a result), and for one whose stated answer is a
+    placeholder ("The answer is N.": on GSM8K the 1.5B copied the request's format so, and "n"
+    took votes in `majority_voting`)."""
+    if cut_off(sample) or states_placeholder(sample.content):
+        return None
+    return extract_answer(sample.content)
 
 
 def uct(mean: float, visits: int, parent_visits: int, exploration: float) -> float:
