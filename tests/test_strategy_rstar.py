@@ -328,6 +328,19 @@ async def test_a_step_that_states_its_answer_is_terminal() -> None:
     assert (choice["chosen"], choice["answer"]) == (3, "10")
 
 
+async def test_a_step_that_states_the_formats_placeholder_is_not_terminal() -> None:
+    """The prompts show `"The answer is <answer>."`; a small model may copy it as it is."""
+    step = "3 * 4 - 2 = 10. The answer is <answer>."
+    backend = scripted(Model(step=step))
+    response = await chat(backend, RSTAR, ponder={"trace": True, "rstar": {"rollouts": 2}})
+    rollouts = trace_steps(response.json(), "rollout")
+    # as with a step that states nothing: only the root's A2 finishes, and the second rollout
+    # expands the A1 node, whose A2 finishes
+    assert rollouts[0]["answers"] == ["14"]
+    assert (rollouts[1]["path"], rollouts[1]["answers"]) == (["root", "one_step"], ["10"])
+    assert kinds(backend)[:7] == [*["step", "rest", "sub", "rephrase"], *["step", "rest", "sub"]]
+
+
 async def test_without_an_answer_the_rollout_goes_deeper_until_max_depth() -> None:
     cut = Completion("3 * 4 = 12, then", finish_reason="length")
     model = Model(rests={"": cut, AFTER_STEP: cut})

@@ -10,7 +10,8 @@ sub-question and its answer; A4, only after an A3 node whose reply came in the `
 sub-answer); A5, at the root only, the request rephrased with each of its conditions listed
 (its subtree works from the rephrasing). A child that states its final answer ("The answer
 is ...", `\\boxed{}`, `####`), or an A2 child that finished, is terminal; an A2 child cut off at
-its token limit, or a non-terminal child at `max_depth`, is a dead end. Each of `rollouts` rollouts:
+its token limit or stating a placeholder ("The answer is <answer>.", the prompts' format
+copied), or a non-terminal child at `max_depth`, is a dead end. Each of `rollouts` rollouts:
 
 1. selects from the root by UCT (`c`): an unvisited child first, else the highest
    `value / visits + c * sqrt(ln(parent visits) / visits)` (ties to the earlier action; dead
@@ -66,7 +67,6 @@ from ponder.strategies import common
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
     SampleTemperature,
-    cut_off,
     followup,
     helper_sampling,
     voice,
@@ -319,7 +319,11 @@ class Search:
         else:
             steps += (Step(action, without_step_label(text)),)
         node = Node(action, steps, rephrasing, parent.depth + 1)
-        if action != REPHRASE and not cut_off(reply) and (action == REST or states_answer(text)):
+        if (
+            voice(reply) is not None
+            and action != REPHRASE
+            and (action == REST or states_answer(text))
+        ):
             node.answer = extract_answer(text)
         if not node.terminal and (action == REST or node.depth >= self.config.max_depth):
             node.dead = True
