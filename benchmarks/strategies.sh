@@ -124,9 +124,11 @@ if want "$target" fixes5; then
     # words, and revising on it changed 4 right answers and no wrong one to right); bon with the
     # shared answer before the rating (its judge alone chose worse than one sample); tot with
     # its last call asking for the actual result in place of a placeholder (a path that ended
-    # "The answer is N." was copied in 1 of 16 items).
+    # "The answer is N." was copied in 1 of 16 items); leap with a worked example's answer
+    # written after its question (it learned from the request's own question, "answered" with a
+    # number from the problem above it).
     with_none $RUNS/gsm8k-1.5b-fixes5 101 150
-    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon,tot --no-progress \
+    $PONDER bench "${GSM[@]}" --limit 50 --approaches react,moa,refine,bon,tot,leap --no-progress \
         --out $RUNS/gsm8k-1.5b-fixes5
 fi
 if want "$target" spl2; then

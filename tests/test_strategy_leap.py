@@ -404,3 +404,13 @@ def test_parsing_the_examples() -> None:
         ],
         messages,
     ) == [Example("what is 1+1?", "It is 2.")]
+    # the request's own question, with a number from the problem above it (the 1.5B, GSM8K)
+    problem = (
+        "She bought a package of spoons, got 5 more and used 3, leaving 12 spoons. How many "
+        'spoons were in the package?\n\nEnd your reply with "The answer is N."'
+    )
+    asked = [*messages[:1], Message("user", problem)]
+    assert grounded(
+        [Example("How many spoons were in the package?", "12"), Example("What is 1+1?", "2")],
+        asked,
+    ) == [Example("What is 1+1?", "2")]

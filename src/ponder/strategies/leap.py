@@ -3,10 +3,10 @@ Zhang et al. 2024 ("In-context principle learning from mistakes"):
 
 1. the model lists the worked examples of the conversation (few-shot questions given with their
    answers, in the system prompt, earlier turns or the request), as `Question:` / `Answer:`
-   blocks (a JSON list of `{"question", "answer"}` is read too). An example whose question or
-   answer is not in the conversation word for word (spacing and case aside) is dropped, as the
-   model made it up; so is one whose question is the whole request. At most `max_examples` are
-   kept;
+   blocks (a JSON list of `{"question", "answer"}` is read too). An example whose question is
+   not in the conversation word for word (spacing and case aside), or whose answer is not
+   written after it, is dropped, as the model made it up; so is one whose question is the whole
+   request. At most `max_examples` are kept;
 2. the model answers each example's question itself, at `temperature`, all at once. Each is a
    one-turn conversation of its own: the client's conversation holds the example's answer;
 3. an attempt whose final answer differs from the given one is a mistake (an attempt cut off at
@@ -131,17 +131,19 @@ def _squeezed(text: str) -> str:
 
 
 def grounded(examples: Sequence[Example], messages: Sequence[Message]) -> list[Example]:
-    """The examples whose question and answer are both in the conversation (spacing and case
-    aside) and whose question is not the whole of the client's request."""
+    """The examples whose question is in the conversation with their answer written after it
+    (spacing and case aside), and whose question is not the whole of the client's request. (On
+    GSM8K the 1.5B listed the request's own question with a number from the problem above it,
+    "How many spoons were in the package?" and "12", and learned from that "mistake".)"""
     shown = _squeezed("\n".join(m.text for m in messages))
     request = _squeezed(last_user_text(messages))
-    return [
-        e
-        for e in examples
-        if _squeezed(e.question) in shown
-        and _squeezed(e.answer) in shown
-        and _squeezed(e.question) != request
-    ]
+
+    def found(e: Example) -> bool:
+        question = _squeezed(e.question)
+        at = shown.find(question)
+        return at >= 0 and shown.find(_squeezed(e.answer), at + len(question)) >= 0
+
+    return [e for e in examples if found(e) and _squeezed(e.question) != request]
 
 
 def attempt_prompt(example: Example) -> list[Message]:
