@@ -62,7 +62,6 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ponder.answers import extract_answer
 from ponder.strategies import common
 from ponder.strategies.base import StrategyConfig
 from ponder.strategies.common import (
@@ -319,12 +318,8 @@ class Search:
         else:
             steps += (Step(action, without_step_label(text)),)
         node = Node(action, steps, rephrasing, parent.depth + 1)
-        if (
-            voice(reply) is not None
-            and action != REPHRASE
-            and (action == REST or states_answer(text))
-        ):
-            node.answer = extract_answer(text)
+        if action != REPHRASE and (action == REST or states_answer(text)):
+            node.answer = voice(reply)  # none when cut off or a placeholder: not terminal
         if not node.terminal and (action == REST or node.depth >= self.config.max_depth):
             node.dead = True
         return node
