@@ -17,6 +17,7 @@ from ponder.strategies.leap import (
     PRINCIPLE_PROMPT,
     PRINCIPLES_INTRO,
     Example,
+    asked_question,
     grounded,
     parse_examples,
 )
@@ -414,3 +415,19 @@ def test_parsing_the_examples() -> None:
         [Example("How many spoons were in the package?", "12"), Example("What is 1+1?", "2")],
         asked,
     ) == [Example("What is 1+1?", "2")]
+    # the request's last question, "answered" with the start of the format line after it
+    # (item 110); a worked example before it in the same message still counts
+    gas = (
+        "Q: What is 2+2?\nA: 4\n\nGas is $3.00 a gallon, with $.20 back a gallon. If someone buys "
+        '10 gallons, what do they pay?\n\nEnd your reply with "The answer is N."'
+    )
+    assert grounded(
+        [
+            Example("If someone buys 10 gallons, what do they pay?", "The answer is"),
+            Example("What do they pay?", "The answer is"),
+            Example("What is 2+2?", "4"),
+        ],
+        [Message("user", gas)],
+    ) == [Example("What is 2+2?", "4")]
+    assert asked_question(gas) == "If someone buys 10 gallons, what do they pay?"
+    assert asked_question("Add 2 and 3.") == ""

@@ -130,20 +130,38 @@ def _squeezed(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def asked_question(request: str) -> str:
+    """The question a request asks: the sentence that ends at its last question mark, from the
+    sentence end or line break before it ("" when the request has no question mark)."""
+    end = request.rfind("?")
+    if end < 0:
+        return ""
+    start = max(request.rfind(mark, 0, end) for mark in ".!?\n") + 1
+    return request[start : end + 1].strip()
+
+
 def grounded(examples: Sequence[Example], messages: Sequence[Message]) -> list[Example]:
     """The examples whose question is in the conversation with their answer written after it
-    (spacing and case aside), and whose question is not the whole of the client's request. (On
-    GSM8K the 1.5B listed the request's own question with a number from the problem above it,
-    "How many spoons were in the package?" and "12", and learned from that "mistake".)"""
+    (spacing and case aside), and which are worked before the question the client asks: not
+    the whole request, and not overlapping the request's last question. (On GSM8K the 1.5B
+    listed the request's own question with a number from the problem above it, "How many
+    spoons were in the package?" and "12", or with the start of the format line after it, "The
+    answer is", and learned from those "mistakes".)"""
     shown = _squeezed("\n".join(m.text for m in messages))
     request = _squeezed(last_user_text(messages))
+    asked = _squeezed(asked_question(request))
+    asked_at = shown.rfind(asked) if asked else -1
 
     def found(e: Example) -> bool:
         question = _squeezed(e.question)
         at = shown.find(question)
-        return at >= 0 and shown.find(_squeezed(e.answer), at + len(question)) >= 0
+        if at < 0 or question == request:
+            return False
+        if asked_at >= 0 and at + len(question) > asked_at and at < asked_at + len(asked):
+            return False
+        return shown.find(_squeezed(e.answer), at + len(question)) >= 0
 
-    return [e for e in examples if found(e) and _squeezed(e.question) != request]
+    return [e for e in examples if found(e)]
 
 
 def attempt_prompt(example: Example) -> list[Message]:
