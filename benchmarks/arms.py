@@ -88,6 +88,11 @@ class Comparison:
     output_share: float
 
     @property
+    def span(self) -> str:
+        """The difference and its interval, in points: "+3.3 [-12.0, +18.3]"."""
+        return f"{self.difference:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+
+    @property
     def verdict(self) -> str:
         if self.low > 0:
             return "helps"
@@ -117,6 +122,12 @@ def compare(a: Arm, b: Arm) -> Comparison:
         token_share=sum(b[i].tokens for i in shared) / tokens_a,
         output_share=sum(b[i].output_tokens for i in shared) / output_a,
     )
+
+
+def paired(a: Arm, b: Arm) -> str:
+    """b against a: the difference, its interval, and (only a right/only b right)."""
+    c = compare(a, b)
+    return f"{c.span} ({c.only_a}/{c.only_b})"
 
 
 def accuracy(arm: Arm) -> tuple[float, float, float]:

@@ -53,8 +53,8 @@ def render(arms: dict[str, Arm]) -> str:
                 continue
             c = compare(arms[other], arm)
             lines.append(
-                row([label, other, str(c.items), f"{c.difference:+.1f} [{c.low:+.1f}, "
-                     f"{c.high:+.1f}]", f"{c.token_share:.0%}", f"{c.output_share:.0%}"])
+                row([label, other, str(c.items), c.span, f"{c.token_share:.0%}",
+                     f"{c.output_share:.0%}"])
             )  # fmt: skip
             if other == BASELINE and label in CHALLENGERS:
                 same = c.low <= 0 <= c.high

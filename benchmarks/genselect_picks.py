@@ -18,16 +18,11 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from arms import Arm, accuracy, compare, load_arm, row, traces
+from arms import Arm, accuracy, load_arm, paired, row, traces
 from ponder.answers import extract_answer, majority_vote, same_answer
 
 RUNS = Path(__file__).parent / "runs"
 DEFAULT_RUNS = ("gsm8k-1.5b-more",)
-
-
-def interval(a: Arm, b: Arm) -> str:
-    c = compare(a, b)
-    return f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] ({c.only_a}/{c.only_b})"
 
 
 def main() -> None:
@@ -71,8 +66,8 @@ def main() -> None:
         print(row(["---", "---", "---"]))
         for label, chosen in (("the model's pick", picks), ("a vote over the candidates", voted)):
             cells = "{:.1%} [{:.1%}, {:.1%}]".format(*accuracy(chosen))
-            print(row([label, cells, interval(none, chosen)]))
-        print(f"\nthe vote against the pick: {interval(picks, voted)}")
+            print(row([label, cells, paired(none, chosen)]))
+        print(f"\nthe vote against the pick: {paired(picks, voted)}")
     print("\n(a/b): items only the first arm got right / only the second; differences in points.")
 
 

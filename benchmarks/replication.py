@@ -87,8 +87,7 @@ def main() -> None:
                     str(answer_differs),
                     str(sum(none[i].correct for i in found)),
                     str(sum(arm[i].correct for i in found)),
-                    f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}]"
-                    f" ({c.only_a} only none, {c.only_b} only the draft)",
+                    f"{c.span} ({c.only_a} only none, {c.only_b} only the draft)",
                 ]
             )
         )

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from arms import Arm, accuracy, compare, load_arm, row, traces
+from arms import Arm, accuracy, load_arm, paired, row, traces
 from ponder.answers import same_answer
 from ponder.strategies.showing import ranked_best
 
@@ -58,11 +58,6 @@ def replayed(arm: Arm, found: dict[str, tuple[dict[str, Any], str]], first: bool
         chosen = step["answers"][again(step, first)]
         out[item] = replace(arm[item], correct=same_answer(chosen, expected), extracted=chosen)
     return out
-
-
-def interval(a: Arm, b: Arm) -> str:
-    c = compare(a, b)
-    return f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] ({c.only_a}/{c.only_b})"
 
 
 def main() -> None:
@@ -103,9 +98,9 @@ def main() -> None:
                 f"{recorded}/{len(found)}",
                 "{:.1%} [{:.1%}, {:.1%}]".format(*accuracy(rating)),
                 "{:.1%} [{:.1%}, {:.1%}]".format(*accuracy(agreement)),
-                interval(rating, agreement),
-                interval(none, rating) if none else "",
-                interval(none, agreement) if none else "",
+                paired(rating, agreement),
+                paired(none, rating) if none else "",
+                paired(none, agreement) if none else "",
             ]
             print(row(cells))
     print("\n(a/b): items only the first arm got right / only the second; differences in points.")

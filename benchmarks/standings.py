@@ -88,7 +88,7 @@ def render(arms: dict[str, tuple[str, Arm]]) -> str:
             versus, verdict = "", ""
         else:
             c = compare(none, arm)
-            versus = f"{c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] on {c.items}"
+            versus = f"{c.span} on {c.items}"
             verdict = c.verdict
         lines.append(row([approach, f"`{run}`", *summary_cells(arm), versus, verdict]))
     return "\n".join(lines) + "\n"

@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
         for name, base in (("replay_minus_none", r.none), ("replay_minus_sc_first", r.sc_first)):
             c = compare(base, r.sc_greedy)
             counts = f"only the other right {c.only_a}, only the replay right {c.only_b}"
-            print(f"  {name:<22} {c.difference:+.1f} [{c.low:+.1f}, {c.high:+.1f}] ({counts})")
+            print(f"  {name:<22} {c.span} ({counts})")
         print(f"  greedy tokens per item {r.greedy_output_tokens / n:.1f}")
 
 
