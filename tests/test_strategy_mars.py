@@ -219,6 +219,31 @@ async def test_only_verified_solutions_vote_when_there_are_any() -> None:
     assert (vote["verified"], vote["tally"], vote["chosen"]) == ([1], {"41": 1}, 1)
 
 
+async def test_a_tie_among_the_verified_goes_to_the_answer_more_solutions_give() -> None:
+    # item 113 of the GSM8K run: 24, 6, 24, with the first 24 not verified
+    solutions = {0.3: "The answer is 24.", 0.65: "The answer is 6.", 1.0: "So 24."}
+    model = Agents(solutions, reviews={solutions[0.3]: [CORRECT, "Looks fine."]})
+    backend = scripted(model)
+    response = await chat(backend, MARS, ponder={"trace": True})
+    body = response.json()
+    assert content(body) == "So 24."
+    assert len(backend.calls) == 9
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["verified"], vote["tally"], vote["winner"], vote["chosen"]) == (
+        [2, 3],
+        {"6": 1, "24": 1},
+        "24",
+        3,
+    )
+    # with no other solution to decide it, the tie still goes to the earlier
+    even = {0.3: "The answer is 5.", 0.65: "The answer is 6.", 1.0: "So 24."}
+    model = Agents(even, reviews={even[0.3]: [CORRECT, "Looks fine."]})
+    body = (await chat(scripted(model), MARS, ponder={"trace": True})).json()
+    assert content(body) == "The answer is 6."
+    (vote,) = trace_steps(body, "vote")
+    assert (vote["winner"], vote["chosen"]) == ("6", 2)
+
+
 async def test_with_nothing_verified_all_solutions_vote() -> None:
     model = Agents(AGREE, reviews={s: [WRONG] for s in AGREE.values()})
     backend = scripted(model)
