@@ -192,12 +192,13 @@ async def test_a_failed_solution_is_improved_and_verified_again() -> None:
     assert kinds == ["agent"] * 3 + ["verify"] * 6 + ["improve"] + ["verify"] * 2
     assert [solution_in(c) for c in backend.calls[-2:]] == [better, better]
     (improvement,) = trace_steps(body, "improvement")
-    assert improvement == {**improvement, "round": 1, "improved": [2]}
+    assert improvement == {**improvement, "round": 1, "improved": [2], "solutions": [better]}
     rechecks = trace_steps(body, "verification")
     assert [(c["round"], c["solutions"]) for c in rechecks] == [(0, [1, 2, 3]), (1, [2])]
     assert rechecks[1]["verdicts"] == [["CORRECT", "CORRECT"]]
     (vote,) = trace_steps(body, "vote")
     assert (vote["verified"], vote["tally"]) == ([1, 2, 3], {"42": 3})
+    assert vote["answers"] == ["42", "42", "42"]
     assert body["usage"] == usage_for(backend, model.replies, answer=AGREE[0.3])
 
 

@@ -165,7 +165,12 @@ class MultiAgentReasoning:
             for i, (solution,) in zip(failing, improved, strict=True):
                 current[i] = solution
                 ctx.reason(f"Improved {i + 1}: {preview(solution.content, PREVIEW_CHARS)}\n")
-            ctx.step("improvement", round=r, improved=[i + 1 for i in failing])
+            ctx.step(
+                "improvement",
+                round=r,
+                improved=[i + 1 for i in failing],
+                solutions=[current[i].content or "" for i in failing],
+            )
             rechecked = await self.verify(ctx, messages, current, failing, r)
             for i, check in zip(failing, rechecked, strict=True):
                 checks[i] = check
@@ -220,6 +225,7 @@ class MultiAgentReasoning:
         )
         ctx.step(
             "vote",
+            answers=answers,
             verified=[i + 1 for i in verified],
             tally=vote.tally,
             winner=winner,
