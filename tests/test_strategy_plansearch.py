@@ -238,6 +238,42 @@ async def test_without_a_usable_selection_the_most_shared_answer_wins(verdict: s
     assert (step["selected"], step["chosen"]) == (None, 1)
 
 
+async def test_a_solution_stating_the_placeholder_is_not_shown_for_selection() -> None:
+    # GSM8K item 107: a solution copied its plan, uncomputed, and ended with the request's form
+    copied = "Multiply, then subtract. The answer is N."
+    solutions: dict[str, Reply] = {
+        "Plan from 1+2": copied,
+        "Plan from 1+3": "4 - 2 = 2. The answer is 2.",
+        "Plan from 2+3": "12 - 2 = 10. The answer is 10.",
+    }
+    backend = scripted(Search(solutions=solutions, verdict="Selected: 2"))
+    response = await chat(backend, PLANSEARCH, ponder={"trace": True})
+    (select,) = calls_of(backend, "select")
+    assert copied not in select.prompt
+    assert SOLUTIONS_INTRO.format(count=2) in select.prompt
+    shown = [Completion(str(solutions[p])) for p in ("Plan from 1+3", "Plan from 2+3")]
+    assert numbered("Solution", shown) in select.prompt
+    # "Selected: 2" names the second solution shown: the third written
+    assert answer(response) == "12 - 2 = 10. The answer is 10."
+    (step,) = trace_steps(response.json(), "selection")
+    assert (step["shown"], step["selected"], step["chosen"]) == ([2, 3], 2, 2)
+
+    # one solution left: it is the answer, with no selection call
+    solutions["Plan from 1+3"] = "Count them. The answer is $N$."
+    backend = scripted(Search(solutions=solutions))
+    response = await chat(backend, PLANSEARCH)
+    assert answer(response) == "12 - 2 = 10. The answer is 10."
+    assert len(backend.calls) == 10 and not calls_of(backend, "select")
+
+    # every solution states it: all are shown, as before
+    everyone = dict.fromkeys(solutions, copied)
+    backend = scripted(Search(solutions=everyone, verdict="Selected: 3"))
+    response = await chat(backend, PLANSEARCH)
+    (select,) = calls_of(backend, "select")
+    assert SOLUTIONS_INTRO.format(count=3) in select.prompt
+    assert answer(response) == copied
+
+
 async def test_with_no_usable_selection_and_no_shared_answer_the_first_wins() -> None:
     backend = scripted(Search(verdict="They all look fine."))
     response = await chat(backend, PLANSEARCH)

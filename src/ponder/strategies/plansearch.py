@@ -8,10 +8,12 @@ many answers that tend to repeat one idea, the search varies the idea first:
    into one new, second-order observation, all at once;
 3. each subset, with its combined observation, becomes a plan in plain words, all at once;
 4. a solution is written from each plan, all at once, with the client's sampling;
-5. the model compares the solutions and ends with a line `Selected: k`. Without a usable line,
-   the solution is chosen as `showing.best` chooses with no scores: one that finished over one
-   cut off at the token limit, then the one whose final answer most solutions share, then the
-   first.
+5. the model compares the solutions and ends with a line `Selected: k`. A solution that states
+   a placeholder as its answer ("The answer is N.", a plan copied, not carried out) is not
+   shown, unless all do; when one solution is left, it is the answer with no selection call.
+   Without a usable line, the solution is chosen as `showing.best` chooses with no scores
+   among those shown: one that finished over one cut off at the token limit, then the one
+   whose final answer most solutions share, then the first.
 
 The client gets the chosen solution's full text, as written. The observations, the plans and
 the material of each step go to the model inside the client's last user turn, after its request;
@@ -20,7 +22,8 @@ choice stream as reasoning lines.
 
 Calls: with the defaults (3 observations, 3 plans): 1 observation list + 3 combinations +
 3 plans + 3 solutions + 1 selection = 11. A list of one observation needs no combination and
-gives one plan and one solution, with nothing to select: 3 calls. A failed call fails the
+gives one plan and one solution, with nothing to select: 3 calls; so does a search where all
+solutions but one state a placeholder: 10 calls. A failed call fails the
 request. For the request's `n`, the engine runs `n` independent searches.
 """
 
@@ -43,6 +46,7 @@ from ponder.strategies.showing import (
     numbered,
     parse_list,
     selection,
+    worked_out,
 )
 from ponder.types import Completion, Message
 
@@ -175,20 +179,29 @@ class PlanSearch:
     ) -> int:
         """The index of the solution the model selects, else the best by `showing.best` with no
         scores (finished first, then the most shared answer, then the first)."""
-        if len(solutions) == 1:
-            return 0
+        shown = worked_out(solutions)
+        if len(shown) == 1:
+            return shown[0]
+        candidates = [solutions[i] for i in shown]
         prompt = after_request(
             messages,
-            SOLUTIONS_INTRO.format(count=len(solutions)),
-            numbered("Solution", solutions),
+            SOLUTIONS_INTRO.format(count=len(candidates)),
+            numbered("Solution", candidates),
             SELECT_PROMPT,
         )
         (verdict,) = await ctx.complete(
             prompt, helper_sampling(ctx.sampling, self.config.select_tokens, 0.0)
         )
-        selected = selection(verdict.content, len(solutions))
-        chosen = best(solutions, [0.0] * len(solutions)) if selected is None else selected
+        picked = selection(verdict.content, len(candidates))
+        at = best(candidates, [0.0] * len(candidates)) if picked is None else picked
+        selected, chosen = None if picked is None else shown[picked], shown[at]
         how = "by the model" if selected is not None else "by shared answer"
         ctx.reason(f"Selected solution {chosen + 1} ({how})\n")
-        ctx.step("selection", verdict=verdict.content or "", selected=selected, chosen=chosen)
+        ctx.step(
+            "selection",
+            shown=[i + 1 for i in shown],
+            verdict=verdict.content or "",
+            selected=selected,
+            chosen=chosen,
+        )
         return chosen

@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from ponder.answers import states_placeholder
 from ponder.strategies.common import cut_off, last_user_index, preview, rewrite_last_user, voice
 from ponder.strategies.context import RequestContext
 from ponder.types import Completion, Message
@@ -81,6 +82,15 @@ def marked(output: Completion) -> str:
     """One output as the model is shown it: its text, after a note when it was cut off."""
     text = output.content or ""
     return f"{CUT_OFF_NOTE}\n\n{text}" if cut_off(output) else text
+
+
+def worked_out(candidates: Sequence[Completion]) -> list[int]:
+    """The indices of the candidates that do not state a placeholder as their answer ("The
+    answer is N.": they stopped before the result), or all of them when every one does. (On
+    GSM8K the 1.5B's plansearch solutions copied their plan, uncomputed, and ended "The answer
+    is N." in 4 of 39, and the selection picked one.)"""
+    kept = [i for i, c in enumerate(candidates) if not states_placeholder(c.content)]
+    return kept or list(range(len(candidates)))
 
 
 def selection(text: str | None, count: int) -> int | None:
