@@ -213,10 +213,11 @@ class MultiAgentReasoning:
         answers = [voice(s) for s in solutions]
         verified = [i for i, c in enumerate(checks) if c.verified and answers[i] is not None]
         pool = verified or list(range(len(solutions)))
-        vote = majority_vote([answers[i] for i in pool])
+        pooled = [answers[i] for i in pool]
+        vote = majority_vote(pooled)
         support = Counter(a for a in answers if a is not None)
         winner = max(vote.leaders, key=lambda a: support[a], default=None)
-        chosen = pool[[answers[i] for i in pool].index(winner)] if winner is not None else pool[0]
+        chosen = pool[pooled.index(winner)] if winner is not None else pool[0]
         ctx.reason(
             f"Vote among {'verified' if verified else 'all'} solutions: "
             f"{winner if winner is not None else NO_ANSWER} "

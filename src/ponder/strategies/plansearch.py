@@ -194,7 +194,8 @@ class PlanSearch:
         )
         picked = selection(verdict.content, len(candidates))
         at = best(candidates, [0.0] * len(candidates)) if picked is None else picked
-        selected, chosen = None if picked is None else shown[picked], shown[at]
+        selected = None if picked is None else shown[picked]
+        chosen = shown[at]
         how = "by the model" if selected is not None else "by shared answer"
         ctx.reason(f"Selected solution {chosen + 1} ({how})\n")
         ctx.step(

@@ -88,7 +88,7 @@ def worked_out(candidates: Sequence[Completion]) -> list[int]:
     """The indices of the candidates that do not state a placeholder as their answer ("The
     answer is N.": they stopped before the result), or all of them when every one does. (On
     GSM8K the 1.5B's plansearch solutions copied their plan, uncomputed, and ended "The answer
-    is N." in 4 of 39, and the selection picked one.)"""
+    is N." in 8 of 30 items, and the selection picked one.)"""
     kept = [i for i, c in enumerate(candidates) if not states_placeholder(c.content)]
     return kept or list(range(len(candidates)))
 
