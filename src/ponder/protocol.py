@@ -3,75 +3,54 @@
 Requests are validated strictly where the OpenAI API is strict (types, ranges, roles, required
 fields, rules between fields) and leniently elsewhere: unknown fields are kept, so they can be
 forwarded to a remote backend. Every rule the server enforces is also in the OpenAPI schema (the
-rules between fields as `anyOf`s; the strategy names and options from the strategy registry), so a
-request the schema allows is accepted and one it forbids is a 400.
+rules between fields as `anyOf`s; the strategy names and options from the strategy registry, by
+`ponder.protocol_schema`), so a request the schema allows is accepted and one it forbids is a 400.
 Responses are built as plain dicts by `ponder.proxy.convert` for speed; the response models here
 document the shape in the OpenAPI schema.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:
-    from ponder.strategies.registry import Registry
-
-
-class _Open(BaseModel):
-    # strict: a value of another JSON type is refused, as OpenAI does ("2" is no integer, 1 no
-    # boolean), so what the schema forbids is a 400 rather than quietly converted.
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-def _absent_or(name: str, *allowed: dict[str, Any]) -> dict[str, Any]:
-    """Schema: `name` is absent, null or matches one of `allowed`."""
-    return {"properties": {name: {"anyOf": [{"type": "null"}, *allowed]}}}
-
-
-def _present(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """Schema: `name` is given and matches `schema`."""
-    return {"required": [name], "properties": {name: schema}}
-
+from ponder.protocol_schema import Open, absent_or, approach_schema, ponder_schema, present, whole
 
 # ---- content parts -----------------------------------------------------------------------
 
 
-class TextPart(_Open):
+class TextPart(Open):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Open):
+class ImageURL(Open):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(_Open):
+class ImagePart(Open):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class InputAudio(_Open):
+class InputAudio(Open):
     data: str
     format: str
 
 
-class AudioPart(_Open):
+class AudioPart(Open):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class FilePart(_Open):
+class FilePart(Open):
     type: Literal["file"]
     file: dict[str, Any]
 
 
-class RefusalPart(_Open):
+class RefusalPart(Open):
     type: Literal["refusal"]
     refusal: str
 
@@ -83,42 +62,42 @@ AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
 # ---- messages ----------------------------------------------------------------------------
 
 
-class FunctionCall(_Open):
+class FunctionCall(Open):
     name: str
     arguments: str
 
 
-class ToolCall(_Open):
+class ToolCall(Open):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class SystemMessage(_Open):
+class SystemMessage(Open):
     role: Literal["system"]
     content: str | list[TextPart]
     name: str | None = None
 
 
-class DeveloperMessage(_Open):
+class DeveloperMessage(Open):
     role: Literal["developer"]
     content: str | list[TextPart]
     name: str | None = None
 
 
-class UserMessage(_Open):
+class UserMessage(Open):
     role: Literal["user"]
     content: str | list[UserPart]
     name: str | None = None
 
 
-class AssistantMessage(_Open):
+class AssistantMessage(Open):
     model_config = ConfigDict(
         json_schema_extra={
             "anyOf": [
-                _present("content", {"type": ["string", "array"]}),
-                _present("tool_calls", {"type": "array", "minItems": 1}),
-                _present("function_call", {"type": "object"}),
+                present("content", {"type": ["string", "array"]}),
+                present("tool_calls", {"type": "array", "minItems": 1}),
+                present("function_call", {"type": "object"}),
             ]
         }
     )
@@ -137,7 +116,7 @@ class AssistantMessage(_Open):
         return self
 
 
-class ToolMessage(_Open):
+class ToolMessage(Open):
     role: Literal["tool"]
     content: str | list[TextPart]
     tool_call_id: str
@@ -152,38 +131,38 @@ ChatMessage = Annotated[
 # ---- tools -------------------------------------------------------------------------------
 
 
-class FunctionDefinition(_Open):
+class FunctionDefinition(Open):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Open):
+class Tool(Open):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Open):
+class NamedFunction(Open):
     name: str
 
 
-class NamedToolChoice(_Open):
+class NamedToolChoice(Open):
     type: Literal["function"]
     function: NamedFunction
 
 
-class StreamOptions(_Open):
+class StreamOptions(Open):
     include_usage: bool = False
     include_obfuscation: bool | None = None
 
 
-class ResponseFormat(_Open):
+class ResponseFormat(Open):
     model_config = ConfigDict(
         json_schema_extra={
             "anyOf": [
                 {"properties": {"type": {"enum": ["text", "json_object"]}}},
-                _present("json_schema", {"type": "object"}),
+                present("json_schema", {"type": "object"}),
             ]
         }
     )
@@ -198,111 +177,10 @@ class ResponseFormat(_Open):
         return self
 
 
-# ---- the parts of the request schema that come from the strategy registry ----------------
-
-PONDER_FLAGS: dict[str, dict[str, Any]] = {
-    "trace": {"type": "boolean", "description": "Return the strategy's steps in `ponder.trace`"},
-    "reasoning": {
-        "type": "boolean",
-        "description": "Stream the strategy's working as reasoning (default true)",
-    },
-    "max_backend_calls": {
-        "type": "integer",
-        "minimum": 1,
-        "description": "Fewer backend calls than the server allows",
-    },
-    "deadline_s": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "description": "A shorter deadline than the server's, in seconds (504 past it)",
-    },
-}
-"""The `ponder` keys that are not strategies (`ChatService.options` checks them)."""
-
-
-@cache
-def _registry() -> Registry:
-    # Imported when the schema is first built: the registry pulls in every strategy, which the
-    # wire models do not otherwise need. The default registry is what `create_app` serves.
-    from ponder.strategies.registry import default_registry
-
-    return default_registry()
-
-
-def _names(registry: Registry) -> dict[str, str]:
-    """Every name a client may give a strategy (slugs and aliases) -> its slug."""
-    return {
-        name: slug for slug in registry.slugs for name in (slug, *registry.factory(slug).aliases)
-    }
-
-
-def approach_pattern(*, side_by_side: bool) -> str:
-    """The pattern of `optillm_approach`: plugins first, joined by `&`, around strategies
-    joined by `&` (or a plugin that picks the strategy itself, last); with `side_by_side`, or
-    strategies joined by `|`; or `auto` (the model name decides); or empty."""
-    from ponder.strategies.resolve import AUTO
-
-    registry = _registry()
-    names = _names(registry)
-
-    def either(kind: Callable[[str], bool]) -> str:
-        chosen = sorted((n for n, slug in names.items() if kind(slug)), key=len, reverse=True)
-        return "|".join(re.escape(n) for n in chosen) or "(?!)"
-
-    def picks(slug: str) -> bool:
-        return bool(getattr(registry.factory(slug), "picks_strategy", False))
-
-    strategy = either(lambda slug: not registry.is_plugin(slug))
-    plugin = either(lambda slug: registry.is_plugin(slug) and not picks(slug))
-    picker = either(lambda slug: registry.is_plugin(slug) and picks(slug))
-    chain = rf"(?:(?:{plugin})&)*(?:(?:{picker})|(?:{plugin})|(?:{strategy})(?:&(?:{strategy}))*)"
-    if side_by_side:
-        return rf"^(?:{AUTO}|{chain}|(?:{strategy})(?:\|(?:{strategy}))*)?$"
-    return rf"^(?:{AUTO}|{chain})?$"
-
-
-def _approach_schema(schema: dict[str, Any]) -> None:
-    """`optillm_approach` (`approach_pattern`), or null."""
-    pattern = approach_pattern(side_by_side=True)
-    schema["anyOf"] = [{"type": "string", "pattern": pattern}, {"type": "null"}]
-
-
-def _inline(schema: Any, defs: dict[str, Any]) -> Any:
-    """`schema` with its `$ref`s into `defs` replaced by what they name."""
-    if isinstance(schema, dict):
-        ref = schema.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
-        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
-    if isinstance(schema, list):
-        return [_inline(v, defs) for v in schema]
-    return schema
-
-
-def _ponder_schema(schema: dict[str, Any]) -> None:
-    """`ponder`: the flags and limits, and each strategy's options as its Config has them."""
-    registry = _registry()
-    names = _names(registry)
-    properties = dict(PONDER_FLAGS)
-    for name, slug in names.items():
-        config = registry.factory(slug).Config.model_json_schema()
-        properties[name] = _inline(config, config.get("$defs", {}))
-    options: dict[str, Any] = {
-        "type": "object",
-        "properties": properties,
-        "additionalProperties": False,
-    }
-    # A strategy's options go under one of its names only.
-    twice = [{"required": [a, b]} for a in names for b in names if a < b and names[a] == names[b]]
-    if twice:
-        options["not"] = {"anyOf": twice}
-    schema["anyOf"] = [options, {"type": "null"}]
-
-
 # ---- the request -------------------------------------------------------------------------
 
 
-class ChatCompletionRequest(_Open):
+class ChatCompletionRequest(Open):
     """POST /v1/chat/completions. Unknown fields are accepted and forwarded."""
 
     model_config = ConfigDict(
@@ -310,20 +188,20 @@ class ChatCompletionRequest(_Open):
             "allOf": [
                 {
                     "anyOf": [
-                        _absent_or("top_logprobs"),
-                        _present("logprobs", {"const": True}),
+                        absent_or("top_logprobs"),
+                        present("logprobs", {"const": True}),
                     ]
                 },
                 {
                     "anyOf": [
-                        _absent_or("stream_options"),
-                        _present("stream", {"const": True}),
+                        absent_or("stream_options"),
+                        present("stream", {"const": True}),
                     ]
                 },
                 {
                     "anyOf": [
-                        _absent_or("tool_choice", {"const": "none"}),
-                        _present("tools", {"type": "array", "minItems": 1}),
+                        absent_or("tool_choice", {"const": "none"}),
+                        present("tools", {"type": "array", "minItems": 1}),
                     ]
                 },
             ]
@@ -375,12 +253,12 @@ class ChatCompletionRequest(_Open):
         None,
         description="Strategies to run, as an alternative to the model-name prefix: names "
         "joined by `&` or `|` (not both). Empty: none given.",
-        json_schema_extra=_approach_schema,
+        json_schema_extra=approach_schema,
     )
     ponder: dict[str, Any] | None = Field(
         None,
         description='Per-request options: flags, limits and strategy options {"<slug>": {...}}.',
-        json_schema_extra=_ponder_schema,
+        json_schema_extra=ponder_schema,
     )
 
     @field_validator(
@@ -388,8 +266,7 @@ class ChatCompletionRequest(_Open):
     )
     @classmethod
     def _whole(cls, value: object) -> object:
-        """4.0 -> 4: JSON Schema counts 4.0 as an integer (4.5, "4" and true stay refused)."""
-        return int(value) if isinstance(value, float) and value.is_integer() else value
+        return whole(value)
 
     @field_validator("stop")
     @classmethod

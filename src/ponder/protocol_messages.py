@@ -15,39 +15,40 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ponder.protocol import _absent_or, _Open, _ponder_schema, _present, approach_pattern
-
-
-def _whole(value: object) -> object:
-    """4.0 -> 4: JSON Schema counts 4.0 as an integer (4.5, "4" and true stay refused)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
+from ponder.protocol_schema import (
+    Open,
+    absent_or,
+    one_answer_approach_schema,
+    ponder_schema,
+    present,
+    whole,
+)
 
 # ---- content blocks ------------------------------------------------------------------------
 
 
-class TextBlock(_Open):
+class TextBlock(Open):
     type: Literal["text"]
     text: str
 
 
-class Base64ImageSource(_Open):
+class Base64ImageSource(Open):
     type: Literal["base64"]
     media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
     data: str
 
 
-class URLImageSource(_Open):
+class URLImageSource(Open):
     type: Literal["url"]
     url: str
 
 
-class ImageBlock(_Open):
+class ImageBlock(Open):
     type: Literal["image"]
     source: Annotated[Base64ImageSource | URLImageSource, Field(discriminator="type")]
 
 
-class ToolUseBlock(_Open):
+class ToolUseBlock(Open):
     type: Literal["tool_use"]
     id: str
     name: str
@@ -57,20 +58,20 @@ class ToolUseBlock(_Open):
 ToolResultPart = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
 
 
-class ToolResultBlock(_Open):
+class ToolResultBlock(Open):
     type: Literal["tool_result"]
     tool_use_id: str
     content: list[ToolResultPart] | str | None = None
     is_error: bool | None = None
 
 
-class ThinkingBlock(_Open):
+class ThinkingBlock(Open):
     type: Literal["thinking"]
     thinking: str
     signature: str | None = None
 
 
-class RedactedThinkingBlock(_Open):
+class RedactedThinkingBlock(Open):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -84,17 +85,17 @@ AssistantBlock = Annotated[
 # ---- turns -----------------------------------------------------------------------------------
 
 
-class UserTurn(_Open):
+class UserTurn(Open):
     role: Literal["user"]
     content: list[UserBlock] | str
 
 
-class AssistantTurn(_Open):
+class AssistantTurn(Open):
     role: Literal["assistant"]
     content: list[AssistantBlock] | str
 
 
-class SystemTurn(_Open):
+class SystemTurn(Open):
     """A system message among the turns (where the top-level `system` is not enough)."""
 
     role: Literal["system"]
@@ -107,7 +108,7 @@ Turn = Annotated[UserTurn | AssistantTurn | SystemTurn, Field(discriminator="rol
 # ---- tools, thinking, metadata -----------------------------------------------------------------
 
 
-class CustomTool(_Open):
+class CustomTool(Open):
     """A client tool. Server tools (typed `web_search_...`, `bash_...`) are not offered."""
 
     type: Literal["custom"] | None = None
@@ -116,23 +117,23 @@ class CustomTool(_Open):
     input_schema: dict[str, Any]
 
 
-class ToolChoiceAuto(_Open):
+class ToolChoiceAuto(Open):
     type: Literal["auto"]
     disable_parallel_tool_use: bool | None = None
 
 
-class ToolChoiceAny(_Open):
+class ToolChoiceAny(Open):
     type: Literal["any"]
     disable_parallel_tool_use: bool | None = None
 
 
-class ToolChoiceTool(_Open):
+class ToolChoiceTool(Open):
     type: Literal["tool"]
     name: str
     disable_parallel_tool_use: bool | None = None
 
 
-class ToolChoiceNone(_Open):
+class ToolChoiceNone(Open):
     type: Literal["none"]
 
 
@@ -141,21 +142,21 @@ ToolChoice = Annotated[
 ]
 
 
-class ThinkingEnabled(_Open):
+class ThinkingEnabled(Open):
     type: Literal["enabled"]
     budget_tokens: int = Field(ge=1024)
 
     @field_validator("budget_tokens", mode="before")
     @classmethod
     def _whole_budget(cls, value: object) -> object:
-        return _whole(value)
+        return whole(value)
 
 
-class ThinkingDisabled(_Open):
+class ThinkingDisabled(Open):
     type: Literal["disabled"]
 
 
-class ThinkingAdaptive(_Open):
+class ThinkingAdaptive(Open):
     type: Literal["adaptive"]
 
 
@@ -164,7 +165,7 @@ Thinking = Annotated[
 ]
 
 
-class RequestMetadata(_Open):
+class RequestMetadata(Open):
     user_id: str | None = None
 
 
@@ -176,24 +177,17 @@ strategies side by side (`|`) gives several answers, and a message holds one. (A
 model after its dash, or without a dash, is a model name like any other.)"""
 
 
-def _one_answer_approach_schema(schema: dict[str, Any]) -> None:
-    """`optillm_approach` as `ponder.protocol` states it, less strategies side by side (a
-    message holds one answer), or null."""
-    pattern = approach_pattern(side_by_side=False)
-    schema["anyOf"] = [{"type": "string", "pattern": pattern}, {"type": "null"}]
-
-
 _TOOLS_FOR_CHOICE: dict[str, Any] = {
     "anyOf": [
-        _absent_or("tool_choice", {"type": "object", "properties": {"type": {"const": "none"}}}),
-        _present("tools", {"type": "array", "minItems": 1}),
+        absent_or("tool_choice", {"type": "object", "properties": {"type": {"const": "none"}}}),
+        present("tools", {"type": "array", "minItems": 1}),
     ]
 }
 """Schema: a `tool_choice` other than `none` needs tools."""
 
 _MODEL_NAMES_A_ROUTE: dict[str, Any] = {
     "anyOf": [
-        _present("optillm_approach", {"type": "string", "minLength": 1}),
+        present("optillm_approach", {"type": "string", "minLength": 1}),
         {"properties": {"model": {"pattern": MODEL_PATTERN}}},
     ]
 }
@@ -239,7 +233,7 @@ def _check_route_fields(
 # ---- the requests ------------------------------------------------------------------------------
 
 
-class Prompt(_Open):
+class Prompt(Open):
     """What `/v1/messages` and `/v1/messages/count_tokens` share: the route and the prompt."""
 
     model_config = ConfigDict(
@@ -263,7 +257,7 @@ class Prompt(_Open):
         None,
         description="Strategies to run, as an alternative to the model-name prefix: names "
         "joined by `&`. Empty: none given.",
-        json_schema_extra=_one_answer_approach_schema,
+        json_schema_extra=one_answer_approach_schema,
     )
 
     @model_validator(mode="after")
@@ -291,13 +285,13 @@ class MessagesRequest(Prompt):
     ponder: dict[str, Any] | None = Field(
         None,
         description='Per-request options: flags, limits and strategy options {"<slug>": {...}}.',
-        json_schema_extra=_ponder_schema,
+        json_schema_extra=ponder_schema,
     )
 
     @field_validator("max_tokens", "top_k", mode="before")
     @classmethod
     def _whole_tokens(cls, value: object) -> object:
-        return _whole(value)
+        return whole(value)
 
 
 # ---- responses (documentation of the shape; built as dicts at run time) ---------------------

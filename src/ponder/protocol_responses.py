@@ -23,13 +23,14 @@ from pydantic import (
     model_validator,
 )
 
-from ponder.protocol import (
-    FunctionDefinition,
-    _absent_or,
-    _approach_schema,
-    _Open,
-    _ponder_schema,
-    _present,
+from ponder.protocol import FunctionDefinition
+from ponder.protocol_schema import (
+    Open,
+    absent_or,
+    approach_schema,
+    ponder_schema,
+    present,
+    whole,
 )
 
 MAX_MODEL = 256
@@ -39,12 +40,12 @@ MAX_MODEL = 256
 # ---- input content parts -----------------------------------------------------------------
 
 
-class InputText(_Open):
+class InputText(Open):
     type: Literal["input_text"]
     text: str
 
 
-class InputImage(_Open):
+class InputImage(Open):
     type: Literal["input_image"]
     image_url: str = Field(description="A URL or a `data:` URL of the image")
     detail: Literal["auto", "low", "high"] | None = None
@@ -61,13 +62,13 @@ class InputImage(_Open):
         return value
 
 
-class OutputText(_Open):
+class OutputText(Open):
     type: Literal["output_text"]
     text: str
     annotations: list[Any] | None = None
 
 
-class Refusal(_Open):
+class Refusal(Open):
     type: Literal["refusal"]
     refusal: str
 
@@ -121,7 +122,7 @@ ToolOutput = Annotated[
 # ---- input items -------------------------------------------------------------------------
 
 
-class MessageItem(_Open):
+class MessageItem(Open):
     """A message: `{role, content}` as written by hand, or an output message passed back."""
 
     type: Literal["message"] | None = None
@@ -129,7 +130,7 @@ class MessageItem(_Open):
     content: Content
 
 
-class FunctionCallItem(_Open):
+class FunctionCallItem(Open):
     """A function call the model made (passed back with its output)."""
 
     type: Literal["function_call"]
@@ -138,13 +139,13 @@ class FunctionCallItem(_Open):
     arguments: str
 
 
-class FunctionCallOutputItem(_Open):
+class FunctionCallOutputItem(Open):
     type: Literal["function_call_output"]
     call_id: str
     output: ToolOutput
 
 
-class ReasoningItem(_Open):
+class ReasoningItem(Open):
     """A reasoning item passed back: accepted and left out of the prompt."""
 
     type: Literal["reasoning"]
@@ -177,20 +178,20 @@ class FunctionTool(FunctionDefinition):
     type: Literal["function"]
 
 
-class FunctionChoice(_Open):
+class FunctionChoice(Open):
     type: Literal["function"]
     name: str
 
 
-class TextFormatText(_Open):
+class TextFormatText(Open):
     type: Literal["text"]
 
 
-class TextFormatJsonObject(_Open):
+class TextFormatJsonObject(Open):
     type: Literal["json_object"]
 
 
-class TextFormatJsonSchema(_Open):
+class TextFormatJsonSchema(Open):
     type: Literal["json_schema"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     schema_: dict[str, Any] = Field(alias="schema")
@@ -210,11 +211,11 @@ TextFormat = Annotated[
 ]
 
 
-class TextConfig(_Open):
+class TextConfig(Open):
     format: TextFormat | None = None
 
 
-class ReasoningConfig(_Open):
+class ReasoningConfig(Open):
     effort: str | None = Field(None, description="Forwarded to the backend as reasoning_effort")
     summary: Literal["auto", "concise", "detailed"] | None = None
 
@@ -224,7 +225,7 @@ class ReasoningConfig(_Open):
 _HOSTED_TOOLS_NOTE = "only function tools: Ponder runs no hosted tools"
 
 
-class ResponseRequest(_Open):
+class ResponseRequest(Open):
     """POST /v1/responses. Unknown fields are accepted and ignored."""
 
     model_config = ConfigDict(
@@ -232,20 +233,20 @@ class ResponseRequest(_Open):
             "allOf": [
                 {
                     "anyOf": [
-                        _absent_or("tool_choice", {"const": "none"}, {"const": "auto"}),
-                        _present("tools", {"type": "array", "minItems": 1}),
+                        absent_or("tool_choice", {"const": "none"}, {"const": "auto"}),
+                        present("tools", {"type": "array", "minItems": 1}),
                     ]
                 },
                 {
                     "anyOf": [
-                        _absent_or("background", {"const": False}),
+                        absent_or("background", {"const": False}),
                         {"properties": {"store": {"anyOf": [{"type": "null"}, {"const": True}]}}},
                     ]
                 },
                 {
                     "anyOf": [
-                        _absent_or("background", {"const": False}),
-                        _absent_or("stream", {"const": False}),
+                        absent_or("background", {"const": False}),
+                        absent_or("stream", {"const": False}),
                     ]
                 },
             ]
@@ -287,19 +288,18 @@ class ResponseRequest(_Open):
         None,
         description="Strategies to run, as an alternative to the model-name prefix: names "
         "joined by `&` or `|` (not both). Empty: none given.",
-        json_schema_extra=_approach_schema,
+        json_schema_extra=approach_schema,
     )
     ponder: dict[str, Any] | None = Field(
         None,
         description='Per-request options: flags, limits and strategy options {"<slug>": {...}}.',
-        json_schema_extra=_ponder_schema,
+        json_schema_extra=ponder_schema,
     )
 
     @field_validator("max_output_tokens", mode="before")
     @classmethod
     def _whole(cls, value: object) -> object:
-        """4.0 -> 4: JSON Schema counts 4.0 as an integer (4.5, "4" and true stay refused)."""
-        return int(value) if isinstance(value, float) and value.is_integer() else value
+        return whole(value)
 
     @field_validator("tools", mode="before")
     @classmethod
