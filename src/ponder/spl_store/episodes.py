@@ -6,8 +6,8 @@ import datetime as dt
 
 from sqlalchemy import Engine, delete, select
 
+from ponder.spl_store import copies, rows
 from ponder.spl_store import models as m
-from ponder.spl_store import rows
 from ponder.spl_store.db import read_session, write_session
 from ponder.spl_store.records import EpisodeRecord
 
@@ -64,7 +64,7 @@ class EpisodeMethods:
         if limit is not None:
             query = query.limit(limit)
         with read_session(self.engine) as s:
-            return [rows.to_episode(r) for r in s.scalars(query)]
+            return [copies.to_episode(r) for r in s.scalars(query)]
 
     def clear_episodes(self, tenant: str, conversation: str | None = None) -> int:
         where = [m.Episode.tenant == tenant]

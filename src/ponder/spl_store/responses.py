@@ -8,8 +8,8 @@ from typing import Any, get_args
 from sqlalchemy import Engine, delete
 
 from ponder.errors import InvalidRequest
+from ponder.spl_store import copies
 from ponder.spl_store import models as m
-from ponder.spl_store import rows
 from ponder.spl_store.db import read_session, write_session
 from ponder.spl_store.records import Policy, ResponseRecord, ResponseStatus
 
@@ -64,7 +64,7 @@ class ResponseMethods:
                         previous_id=record.previous_id,
                         body=body,
                         conversation=conversation,
-                        created_at=rows.utc(record.created_at),
+                        created_at=copies.utc(record.created_at),
                     )
                 )
                 s.execute(
@@ -83,7 +83,7 @@ class ResponseMethods:
     def get_response(self, tenant: str, response_id: str) -> ResponseRecord | None:
         with read_session(self.engine) as s:
             row = s.get(m.StoredResponse, (tenant, response_id))
-            return rows.to_response(row) if row is not None else None
+            return copies.to_response(row) if row is not None else None
 
     def delete_response(self, tenant: str, response_id: str) -> bool:
         """Whether the tenant had the response."""
@@ -108,7 +108,7 @@ class ResponseMethods:
             row.status = status
             row.body = dict(body)
             s.flush()
-            return rows.to_response(row)
+            return copies.to_response(row)
 
     def prune_responses(self, tenant: str, max_age: dt.timedelta) -> int:
         """Drop the tenant's responses created more than `max_age` ago; returns how many."""

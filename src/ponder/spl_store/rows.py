@@ -4,10 +4,9 @@ with its promotions)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -20,17 +19,10 @@ from ponder.spl_store.records import (
     STATUS_KINDS,
     Baseline,
     Draft,
-    EpisodeRecord,
-    EventRecord,
-    ExampleRecord,
     ImportEntry,
     ImportResult,
     Lifecycle,
-    ResponseRecord,
-    ResponseStatus,
     Status,
-    StrategyRecord,
-    TenantSettings,
 )
 
 MAX_TEXT = 4000
@@ -398,75 +390,4 @@ def event_row(
         m.LearningEvent(
             tenant=tenant, strategy_id=strategy_id, request_id=request_id, kind=kind, detail=detail
         )
-    )
-
-
-def to_tenant(row: m.Tenant) -> TenantSettings:
-    return TenantSettings(row.name, row.learning, row.review, row.seeded_at is not None)
-
-
-def to_strategy(row: m.Strategy) -> StrategyRecord:
-    return StrategyRecord(
-        id=row.id,
-        tenant=row.tenant,
-        problem_type=row.problem_type,
-        text=row.text,
-        status=row.status,  # type: ignore[arg-type]
-        origin=row.origin,
-        version=row.version,
-        attempts=row.attempts,
-        successes=row.successes,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        parent_id=row.parent_id,
-    )
-
-
-def to_event(row: m.LearningEvent) -> EventRecord:
-    return EventRecord(
-        row.id,
-        row.tenant,
-        row.strategy_id,
-        row.request_id,
-        row.kind,
-        dict(row.detail),
-        row.created_at,
-    )
-
-
-def to_example(row: m.StrategyExample) -> ExampleRecord:
-    return ExampleRecord(
-        row.id, row.strategy_id, row.request_id, row.query, row.answer, row.correct, row.created_at
-    )
-
-
-def to_episode(row: m.Episode) -> EpisodeRecord:
-    return EpisodeRecord(
-        row.id,
-        row.tenant,
-        row.conversation,
-        row.request_id,
-        row.question,
-        row.answer,
-        row.outcome,
-        row.vector,
-        row.created_at,
-    )
-
-
-def utc(value: dt.datetime) -> dt.datetime:
-    """`value` in UTC; a naive value (SQLite returns those) is taken to be UTC already."""
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def to_response(row: m.StoredResponse) -> ResponseRecord:
-    return ResponseRecord(
-        id=row.id,
-        tenant=row.tenant,
-        model=row.model,
-        status=cast(ResponseStatus, row.status),
-        previous_id=row.previous_id,
-        body=dict(row.body),
-        conversation=[dict(item) for item in row.conversation],
-        created_at=utc(row.created_at),
     )

@@ -19,8 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ponder.config import Settings
 from ponder.errors import StoreUnavailable
+from ponder.spl_store import copies, rows
 from ponder.spl_store import models as m
-from ponder.spl_store import rows
 from ponder.spl_store.db import default_url, make_engine, migrate, read_session, write_session
 from ponder.spl_store.episodes import EpisodeMethods
 from ponder.spl_store.outcomes import OutcomeMethods
@@ -108,11 +108,13 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
     def tenant(self, name: str) -> TenantSettings:
         with read_session(self.engine) as s:
             row = s.get(m.Tenant, name)
-            return rows.to_tenant(row) if row else TenantSettings(name)
+            return copies.to_tenant(row) if row else TenantSettings(name)
 
     def tenants(self) -> list[TenantSettings]:
         with read_session(self.engine) as s:
-            return [rows.to_tenant(t) for t in s.scalars(select(m.Tenant).order_by(m.Tenant.name))]
+            return [
+                copies.to_tenant(t) for t in s.scalars(select(m.Tenant).order_by(m.Tenant.name))
+            ]
 
     def configure_tenant(
         self, name: str, *, learning: bool | None = None, review: bool | None = None
@@ -124,7 +126,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             if review is not None:
                 row.review = review
             row.updated_at = m.utcnow()
-            return rows.to_tenant(row)
+            return copies.to_tenant(row)
 
     def seed(self, tenant: str, drafts: Sequence[Draft]) -> int:
         """Add `drafts` as active starter strategies, once per tenant; returns how many."""
@@ -175,11 +177,11 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             query = query.where(m.Strategy.status.in_(list(statuses)))
         with read_session(self.engine) as s:
             found = s.scalars(query.order_by(m.Strategy.problem_type, m.Strategy.id))
-            return [rows.to_strategy(r) for r in found]
+            return [copies.to_strategy(r) for r in found]
 
     def strategy(self, tenant: str, strategy_id: int) -> StrategyRecord:
         with read_session(self.engine) as s:
-            return rows.to_strategy(rows.strategy_row(s, tenant, strategy_id))
+            return copies.to_strategy(rows.strategy_row(s, tenant, strategy_id))
 
     def events(
         self, tenant: str, strategy_id: int | None = None, limit: int = 1000
@@ -189,7 +191,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             query = query.where(m.LearningEvent.strategy_id == strategy_id)
         with read_session(self.engine) as s:
             found = s.scalars(query.order_by(m.LearningEvent.id.desc()).limit(limit))
-            return [rows.to_event(r) for r in found]
+            return [copies.to_event(r) for r in found]
 
     def examples(self, tenant: str, strategy_id: int, limit: int = 20) -> list[ExampleRecord]:
         query = (
@@ -199,7 +201,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             .limit(limit)
         )
         with read_session(self.engine) as s:
-            return [rows.to_example(r) for r in s.scalars(query)]
+            return [copies.to_example(r) for r in s.scalars(query)]
 
     def add_strategy(
         self,
@@ -231,7 +233,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             )
             if row.status == "active":
                 rows.cap_active(s, tenant, row.problem_type, self.lifecycle.max_per_type)
-            return rows.to_strategy(row)
+            return copies.to_strategy(row)
 
     def edit_text(
         self,
@@ -251,7 +253,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             rows.edit_text(
                 s, tenant, strategy_id, new_text, expected_version, kind, request_id, detail or {}
             )
-            return rows.to_strategy(rows.strategy_row(s, tenant, strategy_id, fresh=True))
+            return copies.to_strategy(rows.strategy_row(s, tenant, strategy_id, fresh=True))
 
     def supersede(
         self,
@@ -271,7 +273,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             child = rows.supersede(
                 s, tenant, parent_id, new_text, expected_version, kind, request_id, detail or {}
             )
-            return rows.to_strategy(child)
+            return copies.to_strategy(child)
 
     def set_status(
         self, tenant: str, strategy_id: int, status: Status, *, kind: str, **detail: Any
@@ -282,7 +284,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
             rows.set_status(
                 s, tenant, strategy_id, status, kind, detail, self.lifecycle.max_per_type
             )
-            return rows.to_strategy(rows.strategy_row(s, tenant, strategy_id, fresh=True))
+            return copies.to_strategy(rows.strategy_row(s, tenant, strategy_id, fresh=True))
 
     def note(
         self,
@@ -330,7 +332,7 @@ class Store(OutcomeMethods, EpisodeMethods, ResponseMethods):
         with read_session(self.engine) as s:
             for row in s.scalars(query):
                 if row.strategy_id is not None:
-                    out[row.strategy_id].append(rows.to_event(row))
+                    out[row.strategy_id].append(copies.to_event(row))
         return out
 
     def import_strategies(self, tenant: str, entries: Sequence[ImportEntry]) -> ImportResult:
