@@ -1,14 +1,14 @@
 """`ChatService`: one request of any front end, resolved, run and answered.
 
 Every front end (Chat Completions, Anthropic Messages, Responses) turns its wire request into a
-`ChatRequest` of internal types and hands it over with a `FrontEnd`, which writes the answer in
-its own shape (JSON, or SSE through `StreamFormat`). Strategies never learn which one called.
+`ChatRequest` of internal types (`ponder.proxy.job`) and hands it over with a `FrontEnd`, which
+writes the answer in its own shape (JSON, or SSE through `StreamFormat`). Strategies never learn
+which one called.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
@@ -21,7 +21,6 @@ from ponder.backends.base import Backend
 from ponder.config import Settings
 from ponder.errors import (
     ClientDisconnected,
-    DeadlineExceeded,
     InvalidRequest,
     Overloaded,
     PermissionDenied,
@@ -29,20 +28,19 @@ from ponder.errors import (
 )
 from ponder.keys import ANONYMOUS, Principal
 from ponder.logs import secrets_of
-from ponder.plugins.base import Plugin
 from ponder.proxy import metrics
-from ponder.proxy.conversation_log import ConversationLog, entry
+from ponder.proxy.conversation_log import ConversationLog
+from ponder.proxy.job import ChatRequest, Job
 from ponder.proxy.limits import Admission
 from ponder.proxy.streaming import KEEPALIVE_S, StreamFormat, events, sse_stream
 from ponder.spl_store import Store
-from ponder.strategies.base import Strategy
-from ponder.strategies.context import Budget, RequestContext, Sink
+from ponder.strategies.context import Budget, RequestContext
 from ponder.strategies.engine import Engine
 from ponder.strategies.resolve import Route, approach_in_prompt, resolve
 from ponder.strategies.toolbox import server_tools
 from ponder.strategies.tools import BUILTIN_TOOLS, Tool
 from ponder.tracing import Tracing
-from ponder.types import Completion, Message, Sampling
+from ponder.types import Completion
 
 T = TypeVar("T")
 
@@ -51,27 +49,6 @@ FLAGS = frozenset({"trace", "reasoning"})
 LIMITS = frozenset({"max_backend_calls", "deadline_s"})
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One request as a front end hands it over: internal types only."""
-
-    model: str
-    """The model name as the client gave it (strategies and backend model)."""
-    messages: list[Message]
-    sampling: Sampling
-    n: int = 1
-    approach: str | None = None
-    """`optillm_approach`: the strategies, when the model name does not carry them."""
-    approach_param: str = "optillm_approach"
-    """Where `approach` came from, for its errors (`messages`: a tag in the conversation)."""
-    ponder: Mapping[str, Any] | None = None
-    """The `ponder` options (flags, limits, per-strategy options)."""
-    stream: bool = False
-    keep_working: bool = False
-    """Keep the strategy's working when not streaming (`RequestContext.working`), for front
-    ends that return it whole."""
 
 
 class FrontEnd(Protocol):
@@ -327,95 +304,6 @@ class _Holding(Response):
             await self._response(scope, receive, send)
         finally:
             self._release()
-
-
-@dataclass
-class Job:
-    """One validated request, ready to run."""
-
-    route: Route
-    strategies: list[Strategy]
-    plugins: list[Plugin]
-    engine: Engine
-    request: ChatRequest
-    ctx: RequestContext
-    log: ConversationLog | None = None
-
-    @property
-    def messages(self) -> list[Message]:
-        return self.request.messages
-
-    @property
-    def n_choices(self) -> int:
-        branches = len(self.strategies) if self.route.mode == "parallel" else 1
-        return self.ctx.n * branches
-
-    async def run(self, sink: Sink | None) -> list[Completion]:
-        """Run the strategies; past the budget's deadline every call in flight is cancelled.
-        With a conversation log, the request is written to it however the run ends."""
-        if self.log is None:
-            return await self._traced(sink)
-        answer: list[Completion] | None = None
-        error: BaseException | None = None
-        try:
-            answer = await self._traced(sink)
-            return answer
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            seconds = time.monotonic() - self.ctx.started
-            self.log.write(
-                entry(
-                    model=self.request.model,
-                    route=self.route,
-                    ctx=self.ctx,
-                    seconds=seconds,
-                    answer=answer,
-                    error=error,
-                )
-            )
-
-    async def _traced(self, sink: Sink | None) -> list[Completion]:
-        """`_run`, in a span of its own when tracing is on: the route, its steps as events,
-        its backend calls as child spans, and the request's usage."""
-        tracing = self.ctx.tracing
-        if tracing is None:
-            return await self._run(sink)
-        attributes = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": self.route.model,
-            "ponder.model": self.request.model,
-            "ponder.route.strategies": list(self.route.slugs),
-            "ponder.route.plugins": list(self.route.plugins),
-            "ponder.request_id": self.ctx.request_id,
-            "ponder.tenant": self.ctx.tenant,
-        }
-        with tracing.span(f"ponder.route {'&'.join(self.route.slugs)}", attributes) as span:
-            try:
-                return await self._run(sink)
-            finally:
-                usage = self.ctx.meter.usage
-                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
-                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
-                span.set_attribute("ponder.backend_calls", self.ctx.meter.calls)
-
-    async def _run(self, sink: Sink | None) -> list[Completion]:
-        self.ctx.sink = sink
-        deadline = self.ctx.budget.deadline_s
-        timer = asyncio.timeout(deadline)
-        try:
-            async with timer:
-                return await self.engine.run(
-                    self.route, self.strategies, self.ctx, self.messages, self.plugins
-                )
-        except TimeoutError:
-            if not timer.expired():
-                raise  # a timeout from below, not the deadline
-            raise DeadlineExceeded(
-                f"the request did not finish within its deadline of {deadline:g} s",
-                param="ponder.deadline_s",
-            ) from None
 
 
 async def cancel_on_disconnect(work: Coroutine[Any, Any, T], receive: Receive) -> T:

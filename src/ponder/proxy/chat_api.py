@@ -10,8 +10,8 @@ from starlette.responses import Response
 from ponder.errors import InvalidRequest
 from ponder.fastjson import FastJSONResponse
 from ponder.protocol import ChatCompletionRequest
-from ponder.proxy.chat import ChatRequest, Job
 from ponder.proxy.convert import completion_body, to_messages, to_sampling, usage_dict
+from ponder.proxy.job import ChatRequest, Job
 from ponder.proxy.streaming import ChatChunks
 from ponder.types import Completion
 

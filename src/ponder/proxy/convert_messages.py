@@ -37,7 +37,7 @@ from ponder.protocol_messages import (
     ToolUseBlock,
     Turn,
 )
-from ponder.proxy.chat import ChatRequest
+from ponder.proxy.job import ChatRequest
 from ponder.strategies.context import Step
 from ponder.tokens import count_prompt_tokens, count_tokens
 from ponder.types import (

@@ -31,7 +31,7 @@ from ponder.protocol_responses import (
     TextFormatJsonSchema,
     ToolOutputPart,
 )
-from ponder.proxy.chat import ChatRequest
+from ponder.proxy.job import ChatRequest
 from ponder.strategies.context import Step
 from ponder.types import Completion, Message, Sampling, ToolCall, Usage
 from ponder.types import ContentPart as Part

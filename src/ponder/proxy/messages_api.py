@@ -27,7 +27,6 @@ from ponder.protocol_messages import (
     MessagesResponse,
     TokenCount,
 )
-from ponder.proxy.chat import Job
 from ponder.proxy.convert_messages import (
     chat_request,
     count_request,
@@ -40,6 +39,7 @@ from ponder.proxy.convert_messages import (
     working_text,
 )
 from ponder.proxy.errors import anthropic_error_body
+from ponder.proxy.job import Job
 from ponder.proxy.routes import ERROR_STATUSES, RETRY_AFTER, require_key, state_of
 from ponder.strategies.context import Meter
 from ponder.types import Completion, Delta, FinishReason, ToolCall, Usage

@@ -42,7 +42,6 @@ from ponder.fastjson import FastJSONResponse
 from ponder.keys import Principal
 from ponder.logs import request_id_var
 from ponder.protocol_responses import DeletedResponse, ResponseObject, ResponseRequest
-from ponder.proxy.chat import ChatRequest, Job
 from ponder.proxy.convert_responses import (
     ItemIds,
     chat_request,
@@ -58,6 +57,7 @@ from ponder.proxy.convert_responses import (
     trace_body,
     usage_body,
 )
+from ponder.proxy.job import ChatRequest, Job
 from ponder.proxy.responses_stream import ResponsesEvents
 from ponder.proxy.routes import error_responses, require_key, state_of
 from ponder.proxy.state import AppState
