@@ -23,10 +23,9 @@ from ponder.strategies.react import (
     SHAPE_FINAL,
     SHORT_STEP,
     UNFORMATTED_STEP,
-    ParsedStep,
-    parse_step,
     step_sampling,
 )
+from ponder.strategies.react_steps import ParsedStep, parse_step
 from ponder.strategies.tool_exchange import split_scratchpad, tool_arguments
 from ponder.strategies.tools import BUILTIN_TOOLS
 from ponder.testing import ScriptedBackend

@@ -48,15 +48,8 @@ from ponder.strategies.common import (
     with_system,
 )
 from ponder.strategies.context import RequestContext, gather
-from ponder.strategies.react import (
-    CONTINUE,
-    asking,
-    instructions,
-    parse_step,
-    render_action,
-    step_sampling,
-    unknown_tool,
-)
+from ponder.strategies.react import CONTINUE, asking, instructions, step_sampling, unknown_tool
+from ponder.strategies.react_steps import parse_step, render_action
 from ponder.strategies.tool_exchange import observation_line, tool_arguments
 from ponder.types import Completion, Message, ToolCall
 
