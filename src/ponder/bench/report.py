@@ -17,6 +17,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from ponder.bench import plots
 from ponder.bench.stats import (
     difference_interval,
     paired_difference_interval,
@@ -360,51 +361,7 @@ def write_report(
     ]
     latencies = _by_approach(eval_results(results))
     title = " / ".join(str(full[k]) for k in ("suite", "model") if full.get(k))
-    paths.append(_atomic(out_dir / ACCURACY_PNG, lambda tmp: _plot_accuracy(tmp, summaries, title)))
+    paths.append(_atomic(out_dir / ACCURACY_PNG, lambda tmp: plots.accuracy(tmp, summaries, title)))
     groups = [(s.approach, [r.latency_s for r in latencies.get(s.approach, [])]) for s in summaries]
-    paths.append(_atomic(out_dir / LATENCY_PNG, lambda tmp: _plot_latency(tmp, groups, title)))
+    paths.append(_atomic(out_dir / LATENCY_PNG, lambda tmp: plots.latency(tmp, groups, title)))
     return paths
-
-
-# --- plots -----------------------------------------------------------------------------------
-
-
-def _plot_accuracy(path: Path, summaries: list[Summary], title: str) -> None:
-    """Accuracy (with its 95% interval) against mean tokens: what each approach costs."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for s in summaries:
-        y = s.accuracy * 100
-        errors = [[y - s.ci_low * 100], [s.ci_high * 100 - y]]
-        axes.errorbar([s.mean_tokens], [y], yerr=errors, fmt="o", capsize=4)
-        axes.annotate(s.approach, (s.mean_tokens, y), textcoords="offset points", xytext=(6, 6))
-    axes.set_xlabel("Mean tokens per item")
-    axes.set_ylabel("Accuracy (%), 95% CI")
-    axes.set_ylim(-5, 108)  # room for a point and its label at 0% or 100%
-    axes.set_title(f"Accuracy vs tokens — {title}" if title else "Accuracy vs tokens")
-    axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-
-
-def _plot_latency(path: Path, groups: list[tuple[str, list[float]]], title: str) -> None:
-    """The spread of per-item latency for each approach, as box plots."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    if groups:
-        axes.boxplot([values for _, values in groups])
-        axes.set_xticks(range(1, len(groups) + 1), labels=[name for name, _ in groups])
-    axes.set_xlabel("Approach")
-    axes.set_ylabel("Latency per item (s)")
-    axes.set_title(f"Latency — {title}" if title else "Latency")
-    axes.grid(True, axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
