@@ -43,7 +43,14 @@ def main() -> None:
             answers = [extract_answer(c) for c in steps["candidates"]["candidates"]]
             picked = steps["selection"]
             fallbacks += bool(picked["fallback"])
-            positions[f"{picked['chosen']} of {len(answers)}"] += 1
+            # where each pick stood in the order its selection was shown (traces before
+            # `rotate` have no orders: the candidates' own)
+            orders = picked.get("orders") or [list(range(1, len(answers) + 1))] * len(
+                picked["picks"]
+            )
+            for pick, order in zip(picked["picks"], orders, strict=True):
+                if pick is not None:
+                    positions[f"{order.index(pick) + 1} of {len(answers)}"] += 1
             vote = majority_vote(answers).winner
             right = [same_answer(a, t["expected"]) for a in answers]
             disagreed += len(set(answers)) > 1

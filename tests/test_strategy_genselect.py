@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -203,7 +204,11 @@ async def test_several_selections_run_at_once_and_the_most_picked_wins() -> None
     backend = scripted(reply)
     backend.hold()
     request = asyncio.create_task(
-        chat(backend, GENSELECT, ponder={"genselect": {"selections": 4}, "trace": True})
+        chat(
+            backend,
+            GENSELECT,
+            ponder={"genselect": {"selections": 4, "rotate": False}, "trace": True},
+        )
     )
     await backend.wait_for_in_flight(4)
     assert [is_selection(c) for c in backend.calls] == [False] * 4
@@ -220,7 +225,62 @@ async def test_several_selections_run_at_once_and_the_most_picked_wins() -> None
     assert backend.max_in_flight == 4
     (step,) = trace_steps(body, "selection")
     assert (step["picks"], step["chosen"]) == ([2, 4, None, 4], 4)
+    assert step["orders"] == [[1, 2, 3, 4]] * 4
+    assert len({c.prompt for c in selection_calls(backend)}) == 1
     assert body["usage"] == usage_for(backend, selector.replies, answer=CANDIDATES[3])
+
+
+def shown_as(call: Call, candidate: str) -> int:
+    """The number `candidate` goes by in a selection call's prompt."""
+    (number,) = re.findall(rf"Candidate (\d+): {re.escape(candidate)}", call.prompt)
+    return int(number)
+
+
+async def test_several_selections_see_the_candidates_rotated_and_picks_map_back() -> None:
+    # A model that judges by content picks the same candidate under any number it is shown as.
+    replies: list[str] = []
+    drawn = iter(CANDIDATES)
+
+    def reply(call: Call, index: int) -> Reply:
+        text = f"Selected: {shown_as(call, CANDIDATES[2])}" if is_selection(call) else next(drawn)
+        replies.append(text)
+        return text
+
+    backend = scripted(reply)
+    response = await chat(
+        backend,
+        GENSELECT,
+        messages=CONVERSATION,
+        ponder={"genselect": {"selections": 4}, "trace": True},
+    )
+    body = response.json()
+    assert content(body) == CANDIDATES[2]
+    calls = selection_calls(backend)
+    assert len(backend.calls) == 8 and len(calls) == 4
+    orders = [[1, 2, 3, 4], [2, 3, 4, 1], [3, 4, 1, 2], [4, 1, 2, 3]]
+    intro = CANDIDATES_INTRO.format(count=4)
+    # Each prompt shows the same four candidates in its own order: each one once in each place.
+    prompts = []
+    for order in orders:
+        listed = "\n\n".join(f"Candidate {n}: {CANDIDATES[i - 1]}" for n, i in enumerate(order, 1))
+        prompts.append(
+            [*CLIENT[:-1], ("user", f"{CLIENT[-1][1]}\n\n{intro}\n\n{listed}\n\n{SELECT_PROMPT}")]
+        )
+    assert sorted([(m.role, m.text) for m in c.messages] for c in calls) == sorted(prompts)
+    (step,) = trace_steps(body, "selection")
+    assert sorted(step["orders"]) == orders
+    assert (step["picks"], step["chosen"]) == ([3, 3, 3, 3], 3)
+    assert body["usage"] == usage_for(backend, replies, answer=CANDIDATES[2])
+
+    # A model that picks by place names a different candidate in each order.
+    backend = scripted(Selector(selections=["Selected: 4"] * 4))
+    response = await chat(
+        backend, GENSELECT, stream=True, ponder={"genselect": {"selections": 4}, "trace": True}
+    )
+    reasoning = streamed_text(response.text, "reasoning_content")
+    for candidate, place in ((4, 4), (1, 4), (2, 4), (3, 4)):
+        label = f"candidate {candidate}" + (f", shown as {place}" if candidate != place else "")
+        assert f"Selection ({label}): Selected: 4\n" in reasoning
 
 
 async def test_a_tie_between_picks_goes_to_the_pick_made_first() -> None:
@@ -232,11 +292,23 @@ async def test_a_tie_between_picks_goes_to_the_pick_made_first() -> None:
 async def test_native_n_draws_candidates_and_selections_in_one_call_each() -> None:
     selector = Selector(selections=["Selected: 1", "Selected: 2", "Selected: 2"])
     backend = scripted(selector, capabilities=Capabilities(native_n=True))
-    response = await chat(backend, GENSELECT, ponder={"genselect": {"selections": 3}})
+    response = await chat(
+        backend, GENSELECT, ponder={"genselect": {"selections": 3, "rotate": False}}
+    )
     assert content(response.json()) == CANDIDATES[1]
     assert [(is_selection(c), c.n) for c in backend.calls] == [(False, 4), (True, 3)]
     assert response.headers["x-ponder-backend-calls"] == "2"
     assert response.json()["usage"] == usage_for(backend, selector.replies, answer=CANDIDATES[1])
+
+
+async def test_native_n_draws_rotated_selections_in_one_call_each() -> None:
+    selector = Selector(selections=["Selected: 1", "Selected: 1", "Selected: 3"])
+    backend = scripted(selector, capabilities=Capabilities(native_n=True))
+    response = await chat(backend, GENSELECT, ponder={"genselect": {"selections": 3}})
+    assert [(is_selection(c), c.n) for c in backend.calls] == [(False, 4)] + [(True, 1)] * 3
+    assert len({c.prompt for c in selection_calls(backend)}) == 3
+    assert response.headers["x-ponder-backend-calls"] == "4"
+    assert response.json()["usage"] == usage_for(backend, selector.replies, answer=CANDIDATES[0])
 
 
 async def test_options_and_client_temperature() -> None:

@@ -48,6 +48,7 @@ BAD_OPTIONS: dict[str, list[tuple[str, object]]] = {
         ("compare_temperature", 2.5),
         ("selections", 0),
         ("selections", 9),
+        ("rotate", "yes"),
         ("judges", 2),
     ],
     "leap": [

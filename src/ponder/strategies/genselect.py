@@ -8,14 +8,20 @@ The candidates go to the model inside the client's last user turn, after its req
 instructions for the selection; the rest of the conversation is kept as it is. A candidate cut
 off at the token limit is marked as such. With `selections` above 1, that many selections are
 sampled at once and the candidate picked most often wins (a tie goes to the pick made first).
+With `rotate` (the default), each of those selections sees the candidates in another order: the
+first in the order they were sampled, the second starting from candidate 2, and so on round.
+(On GSM8K the 1.5B model's pick followed position: the last candidate in 16 of 30 items, the
+third never. Rotated, a pick that follows position falls on a different candidate each time
+rather than adding up on one.)
 When no selection names a valid candidate, the answer falls back to `showing.best`'s order with no
 scores: a candidate that finished over one cut off, then the one whose final answer most
 candidates share, then the first.
 
 Calls: `candidates` samples drawn concurrently (one call with a native-`n` backend), then
-`selections` selection calls at once (one with native `n`): `candidates + selections` calls
-at the defaults (5), or 2 with native `n`. A failed call fails the request. For the request's
-`n`, the engine runs `n` independent selections.
+`selections` selection calls at once: `candidates + selections` calls at the defaults (5), or 2
+with native `n`. With native `n`, selections in one order are one call (`rotate` off), and
+rotated ones one call each. A failed call fails the request. For the request's `n`, the engine
+runs `n` independent selections.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ponder.strategies.common import (
     preview,
     varied,
 )
-from ponder.strategies.context import RequestContext
+from ponder.strategies.context import RequestContext, gather
 from ponder.strategies.showing import after_request, announce, best, numbered, selection
 from ponder.types import Completion, Message
 
@@ -62,6 +68,12 @@ class GenSelectConfig(StrategyConfig):
         description="How many selections are sampled at once; the candidate picked most often "
         "wins (use a compare_temperature above 0 for more than 1)",
     )
+    rotate: bool = Field(
+        True,
+        description="Show each of several selections the candidates in another order (rotated "
+        "by one each time), so that a pick that follows position does not add up on one "
+        "candidate; off, they share one prompt (one call with native n)",
+    )
 
 
 class GenSelect:
@@ -79,18 +91,21 @@ class GenSelect:
         sampling = varied(ctx.sampling, config.temperature)
         candidates = await ctx.sample(messages, config.candidates, sampling)
         announce(ctx, "candidates", "Candidate", candidates)
-        prompt = after_request(
-            messages,
-            CANDIDATES_INTRO.format(count=len(candidates)),
-            numbered("Candidate", candidates),
-            SELECT_PROMPT,
-        )
         judging = helper_sampling(ctx.sampling, config.compare_tokens, config.compare_temperature)
-        selections = await ctx.sample(prompt, config.selections, judging)
-        picks = [selection(s.content, len(candidates)) for s in selections]
-        for reply, pick in zip(selections, picks, strict=True):
-            named = f"candidate {pick + 1}" if pick is not None else "no valid candidate"
-            ctx.reason(f"Selection ({named}): {preview(reply.content, 200)}\n")
+        orders = rotations(len(candidates), config.selections if config.rotate else 1)
+        prompts = [self.prompt(messages, [candidates[i] for i in order]) for order in orders]
+        if len(prompts) == 1:
+            selections = await ctx.sample(prompts[0], config.selections, judging)
+        else:
+            selections = [c for (c,) in await gather([ctx.sample(p, 1, judging) for p in prompts])]
+        shown = [orders[i % len(orders)] for i in range(len(selections))]
+        named = [selection(s.content, len(candidates)) for s in selections]
+        picks = [None if p is None else order[p] for p, order in zip(named, shown, strict=True)]
+        for reply, place, pick in zip(selections, named, picks, strict=True):
+            label = "no valid candidate"
+            if place is not None and pick is not None:
+                label = f"candidate {pick + 1}" + (f", shown as {place + 1}" * (place != pick))
+            ctx.reason(f"Selection ({label}): {preview(reply.content, 200)}\n")
         vote = majority_vote([None if p is None else str(p) for p in picks])
         fallback = vote.winner is None
         if vote.winner is None:
@@ -102,7 +117,25 @@ class GenSelect:
             "selection",
             selections=[s.content or "" for s in selections],
             picks=[None if p is None else p + 1 for p in picks],
+            orders=[[i + 1 for i in order] for order in shown],
             chosen=chosen + 1,
             fallback=fallback,
         )
         return [candidates[chosen]]
+
+    @staticmethod
+    def prompt(messages: Sequence[Message], candidates: Sequence[Completion]) -> list[Message]:
+        """The conversation with the candidates, numbered in the order given, and the
+        instructions for the selection after its request."""
+        return after_request(
+            messages,
+            CANDIDATES_INTRO.format(count=len(candidates)),
+            numbered("Candidate", candidates),
+            SELECT_PROMPT,
+        )
+
+
+def rotations(count: int, orders: int) -> list[list[int]]:
+    """`orders` orders of `count` candidates (0-based), each starting one further on than the
+    one before: with as many orders as candidates, every candidate stands once in each place."""
+    return [[(start + i) % count for i in range(count)] for start in range(orders)]
