@@ -20,8 +20,9 @@ Backend) and extends what `ResilientBackend` does for one upstream and its fallb
 - Streams move to another upstream only while nothing has been yielded: text that reached
   the client is never repeated or stitched together from two upstreams.
 
-`client()` gives a per-request view: another choice of strategy, a listener told which
-upstream served (or failed) each request, and whether samples may use native `n`.
+`client()` gives a per-request view (`pool_client.PoolClient`): another choice of strategy, a
+listener told which upstream served (or failed) each request, and whether samples may use
+native `n`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import TypeVar
 
 from ponder.backends.balance import Balancer, Choice
 from ponder.backends.base import Backend, Capabilities
+from ponder.backends.pool_client import PoolClient
 from ponder.backends.resilience import RetryPolicy, Sleep
 from ponder.errors import BackendError
 from ponder.types import Completion, Delta, Message, Sampling
@@ -390,65 +392,6 @@ class UpstreamPool:
             log.warning(
                 "upstream %s is down for %.0f s: %s", upstream.name, cooldown, error.message
             )
-
-
-class PoolClient:
-    """The pool as one request's Backend: calls choose upstreams by `choice`, `listener` hears
-    of every upstream request, and with `native_n` off samples are drawn as separate calls
-    (so that a strategy's samples spread over the upstreams)."""
-
-    def __init__(
-        self, pool: UpstreamPool, choice: Choice, listener: Listener | None, native_n: bool
-    ) -> None:
-        self.pool = pool
-        self.choice: Choice = choice
-        self.listener = listener
-        self.name = pool.name
-        caps = pool.capabilities
-        self.capabilities = Capabilities(
-            native_n=caps.native_n and native_n,
-            logprobs=caps.logprobs,
-            tools=caps.tools,
-            max_concurrency=caps.max_concurrency,
-            continuation=caps.continuation,
-            thinking=caps.thinking,
-            context_window=caps.context_window,
-        )
-
-    async def models(self) -> list[str]:
-        return await self.pool.call("", lambda u, _: u.backend.models(), self.choice, None)
-
-    def serves(self, model: str) -> bool:
-        return True
-
-    async def ready(self) -> bool:
-        for upstream in self.pool.upstreams:
-            if await upstream.backend.ready():
-                return True
-        return False
-
-    async def aclose(self) -> None:
-        return None  # the pool is the server's, closed with it
-
-    async def complete(
-        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
-    ) -> list[Completion]:
-        return await self.pool.call(
-            model,
-            lambda u, target: u.backend.complete(target, messages, sampling, n),
-            self.choice,
-            self.listener,
-        )
-
-    def stream(
-        self, model: str, messages: Sequence[Message], sampling: Sampling, n: int = 1
-    ) -> AsyncIterator[Delta]:
-        return self.pool.stream_from(
-            model,
-            lambda u, target: u.backend.stream(target, messages, sampling, n),
-            self.choice,
-            self.listener,
-        )
 
 
 def _smallest(windows: Iterable[int | None]) -> int | None:
