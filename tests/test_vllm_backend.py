@@ -17,10 +17,9 @@ import pytest
 
 from ponder.backends.assemble import Assembler
 from ponder.backends.base import Backend
-from ponder.backends.vllm import (
+from ponder.backends.vllm import VLLMBackend, default_model_id
+from ponder.backends.vllm_outputs import (
     CumulativeDeltas,
-    VLLMBackend,
-    default_model_id,
     finish_of,
     logprobs_content,
     sampling_kwargs,
