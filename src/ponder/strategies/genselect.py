@@ -104,7 +104,8 @@ class GenSelect:
         for reply, place, pick in zip(selections, named, picks, strict=True):
             label = "no valid candidate"
             if place is not None and pick is not None:
-                label = f"candidate {pick + 1}" + (f", shown as {place + 1}" * (place != pick))
+                moved = f", shown as {place + 1}" if place != pick else ""
+                label = f"candidate {pick + 1}{moved}"
             ctx.reason(f"Selection ({label}): {preview(reply.content, 200)}\n")
         vote = majority_vote([None if p is None else str(p) for p in picks])
         fallback = vote.winner is None
