@@ -1,6 +1,5 @@
 """How `mcts` chose: whether the model's values put right replies above wrong ones, what the
-rollouts (the replies to the fixed follow-up) were, and what a vote over the root's replies
-would have done.
+rollouts (a reply's revisions) were, and what a vote over the root's replies would have done.
 
 `mcts` expands the root into candidate replies in its first simulation, rolls each forward a
 turn and has the model rate the state reached; its trace keeps every reply, rollout and value,

@@ -11,8 +11,8 @@ import pytest
 from ponder.backends.base import Capabilities
 from ponder.errors import BackendUnavailable
 from ponder.strategies.mcts import (
-    FOLLOWUP,
     REPLY_INTRO,
+    REVISE_PROMPT,
     VALUE_PROMPT,
     Node,
     best_child,
@@ -51,10 +51,10 @@ def kind(call: Call) -> str:
     return "rate" if call.prompt.endswith(VALUE_PROMPT) else "reply"
 
 
-def rated(call: Call) -> str:
-    """The label of the reply a rating call shows (a cut-off mark dropped)."""
-    shown = call.prompt.split(f"{REPLY_INTRO}\n\n")[1].split(f"\n\n{VALUE_PROMPT}")[0]
-    return label_of(shown.removeprefix(f"{CUT_OFF_NOTE}\n\n"))
+def shown(call: Call, prompt: str) -> str:
+    """The label of the reply a rating or revision call shows (a cut-off mark dropped)."""
+    reply = call.prompt.split(f"{REPLY_INTRO}\n\n")[1].split(f"\n\n{prompt}")[0]
+    return label_of(reply.removeprefix(f"{CUT_OFF_NOTE}\n\n"))
 
 
 def text(label: str) -> str:
@@ -66,10 +66,10 @@ def label_of(reply_text: str) -> str:
 
 
 class Dialogue:
-    """A scripted model for mcts. A reply is named after the state it continues: the replies to
-    the client's conversation are "a", "b", "c", ...; the replies to the state that ends with
-    reply "b" (and the follow-up) are "ba", "bb", ... in the order the calls arrive, so a new
-    node's rollout takes the first letter under it. The rating of reply `x` comes from
+    """A scripted model for mcts. A reply is named after the reply it revises: the replies to
+    the client's conversation are "a", "b", "c", ...; the revisions of reply "b" are "ba",
+    "bb", ... in the order the calls arrive, so a new node's rollout takes the first letter
+    under it. The rating of reply `x` comes from
     `scores` (5 when not listed); a reply named in `cut` stops at the token limit; the reply
     or rating of the label `fail` fails."""
 
@@ -88,14 +88,13 @@ class Dialogue:
 
     def __call__(self, call: Call, index: int) -> Reply:
         if kind(call) == "rate":
-            label = rated(call)
+            label = shown(call, VALUE_PROMPT)
             if self.fail == ("rate", label):
                 return BackendUnavailable("down")
             reply = str(self.scores.get(label, 5))
             self.replies.append(reply)
             return reply
-        last = call.messages[-1]
-        state = label_of(call.messages[-2].text) if last.text == FOLLOWUP else ""
+        state = shown(call, REVISE_PROMPT) if call.prompt.endswith(REVISE_PROMPT) else ""
         count = self.count.get(state, 0)
         self.count[state] = count + 1
         label = state + LETTERS[count]
@@ -121,9 +120,10 @@ def turns(call: Call) -> list[tuple[str, str]]:
 
 
 def state(*replies: str) -> list[tuple[str, str]]:
-    """The conversation a reply is sampled for after `replies`, each with the follow-up."""
-    added = [t for r in replies for t in (("assistant", text(r)), ("user", FOLLOWUP))]
-    return [*CLIENT, *added]
+    """The conversation a revision is sampled for, down the path `replies`: the request, then
+    the last of them alone (those above it are not shown) and the request for a revision."""
+    revised = f"{REQUEST}\n\n{REPLY_INTRO}\n\n{text(replies[-1])}\n\n{REVISE_PROMPT}"
+    return [*CLIENT[:-1], ("user", revised)]
 
 
 def rating_of(reply: str, shown: str | None = None) -> list[tuple[str, str]]:
@@ -335,6 +335,21 @@ async def test_a_reply_cut_off_at_the_token_limit_is_rated_as_such() -> None:
     assert turns(calls_of(backend, "rate")[1]) == rating_of("b", f"{CUT_OFF_NOTE}\n\n{text('b')}")
 
 
+async def test_a_revision_is_asked_for_in_the_request_turn_with_the_cut_off_marked() -> None:
+    # The reply to revise goes after the request, in the client's last user turn: the model
+    # is never asked about "my request before it" in a turn of its own.
+    backend = scripted(Dialogue(cut=frozenset({"b"})))
+    await chat(backend, MCTS, messages=CONVERSATION, ponder={"mcts": {"simulations": 1}})
+    revisions = [c for c in calls_of(backend, "reply") if c.prompt.endswith(REVISE_PROMPT)]
+    cut_b = f"{REQUEST}\n\n{REPLY_INTRO}\n\n{CUT_OFF_NOTE}\n\n{text('b')}\n\n{REVISE_PROMPT}"
+    assert [turns(c) for c in revisions] == [
+        state("a"),
+        [*CLIENT[:-1], ("user", cut_b)],
+        state("c"),
+    ]
+    assert {len(c.messages) for c in backend.calls} == {len(CLIENT)}
+
+
 async def test_native_n_samples_each_expansion_in_one_call() -> None:
     dialogue = Dialogue({"ba": 9})
     backend = scripted(dialogue, capabilities=Capabilities(native_n=True))
@@ -393,7 +408,7 @@ async def test_where_the_backend_has_logprobs_a_rating_is_its_expected_score(
 
     def reply(call: Call, index: int) -> Reply:
         if kind(call) == "rate":  # logprobs only when asked, as a backend gives them
-            sure = sureness[rated(call)]
+            sure = sureness[shown(call, VALUE_PROMPT)]
             return rated_eight(call, sure)
         return dialogue(call, index)
 
