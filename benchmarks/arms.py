@@ -152,3 +152,17 @@ def summary_cells(arm: Arm) -> list[str]:
 
 def row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def pick_against_vote(none: Arm, picks: Arm, voted: Arm, pick_label: str, vote_label: str) -> str:
+    """A Markdown table of a strategy's own pick and a vote replayed over its candidates, each
+    against `none`, then the vote against the pick."""
+    lines = [
+        row(["Choice", "Accuracy (95% CI)", "Against none (paired 95% CI)"]),
+        row(["---", "---", "---"]),
+    ]
+    for label, chosen in ((pick_label, picks), (vote_label, voted)):
+        cells = "{:.1%} [{:.1%}, {:.1%}]".format(*accuracy(chosen))
+        lines.append(row([label, cells, paired(none, chosen)]))
+    lines.append(f"\nthe vote against the pick: {paired(picks, voted)}")
+    return "\n".join(lines)

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from arms import Arm, accuracy, load_arm, paired, row, traces
+from arms import Arm, load_arm, pick_against_vote, traces
 from ponder.answers import extract_answer, majority_vote, same_answer
 
 RUNS = Path(__file__).parent / "runs"
@@ -69,12 +69,9 @@ def main() -> None:
             f"candidates disagreed in {disagreed}, some right and some wrong in "
             f"{some_right}; the pick was the vote's answer in {pick_is_vote}\n"
         )
-        print(row(["Choice", "Accuracy (95% CI)", "Against none (paired 95% CI)"]))
-        print(row(["---", "---", "---"]))
-        for label, chosen in (("the model's pick", picks), ("a vote over the candidates", voted)):
-            cells = "{:.1%} [{:.1%}, {:.1%}]".format(*accuracy(chosen))
-            print(row([label, cells, paired(none, chosen)]))
-        print(f"\nthe vote against the pick: {paired(picks, voted)}")
+        print(
+            pick_against_vote(none, picks, voted, "the model's pick", "a vote over the candidates")
+        )
     print("\n(a/b): items only the first arm got right / only the second; differences in points.")
 
 

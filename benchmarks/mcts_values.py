@@ -19,7 +19,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from arms import Arm, accuracy, load_arm, paired, row, traces
+from arms import Arm, load_arm, pick_against_vote, traces
 from ponder.answers import extract_answer, majority_vote, same_answer, states_answer
 
 RUNS = Path(__file__).parent / "runs"
@@ -73,12 +73,7 @@ def main() -> None:
             f"the right one had the higher mean value in {above} of {pairs} pairs"
         )
         print(f"rollouts that state no answer: {unanswered} of {rollouts}\n")
-        print(row(["Choice", "Accuracy (95% CI)", "Against none (paired 95% CI)"]))
-        print(row(["---", "---", "---"]))
-        for label, chosen in (("the search's pick", picks), ("a vote over the root", voted)):
-            cells = "{:.1%} [{:.1%}, {:.1%}]".format(*accuracy(chosen))
-            print(row([label, cells, paired(none, chosen)]))
-        print(f"\nthe vote against the pick: {paired(picks, voted)}")
+        print(pick_against_vote(none, picks, voted, "the search's pick", "a vote over the root"))
     print("\n(a/b): items only the first arm got right / only the second; differences in points.")
 
 
