@@ -36,7 +36,7 @@ def whole(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-# ---- from the strategy registry ------------------------------------------------------------
+# ---- `ponder` and `optillm_approach`: the flags, and what the strategy registry gives -----
 
 
 PONDER_FLAGS: dict[str, dict[str, Any]] = {
