@@ -6,8 +6,9 @@ approach with `none`."""
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -15,6 +16,20 @@ from typing import Any
 
 from ponder.answers import Vote, majority_vote
 from ponder.intervals import paired_difference_interval, wilson
+
+RUNS = Path(__file__).parent / "runs"
+"""Where the bench's run directories are kept."""
+
+LEGEND = "\n(a/b): items only the first arm got right / only the second; differences in points."
+"""What the "(a/b)" after a paired difference means, printed under a table of them."""
+
+
+def runs_parser(doc: str, default: Sequence[str]) -> argparse.ArgumentParser:
+    """A command line of run directories' names under `RUNS` (`default` when none is given),
+    described by the first paragraph of the script's `doc`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", default=default, help="run directories' names")
+    return parser
 
 
 @dataclass(frozen=True)

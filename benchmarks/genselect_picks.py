@@ -13,21 +13,17 @@ other and against `none` with Newcombe's paired 95% interval.
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
-from arms import Arm, load_arm, pick_against_vote, traces
+from arms import LEGEND, RUNS, Arm, load_arm, pick_against_vote, runs_parser, traces
 from ponder.answers import extract_answer, majority_vote, same_answer
 
-RUNS = Path(__file__).parent / "runs"
 DEFAULT_RUNS = ("gsm8k-1.5b-more",)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS, help="run directories' names")
+    parser = runs_parser(__doc__, DEFAULT_RUNS)
     args = parser.parse_args()
     for name in args.runs:
         run = RUNS / name
@@ -72,7 +68,7 @@ def main() -> None:
         print(
             pick_against_vote(none, picks, voted, "the model's pick", "a vote over the candidates")
         )
-    print("\n(a/b): items only the first arm got right / only the second; differences in points.")
+    print(LEGEND)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,16 @@ and against `none` with Newcombe's paired 95% interval.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
-from pathlib import Path
 
-from arms import Arm, load_arm, pick_against_vote, traces
+from arms import LEGEND, RUNS, Arm, load_arm, pick_against_vote, runs_parser, traces
 from ponder.answers import extract_answer, majority_vote, same_answer, states_answer
 
-RUNS = Path(__file__).parent / "runs"
 DEFAULT_RUNS = ("gsm8k-1.5b-more",)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS, help="run directories' names")
+    parser = runs_parser(__doc__, DEFAULT_RUNS)
     args = parser.parse_args()
     for name in args.runs:
         run = RUNS / name
@@ -74,7 +70,7 @@ def main() -> None:
         )
         print(f"rollouts that state no answer: {unanswered} of {rollouts}\n")
         print(pick_against_vote(none, picks, voted, "the search's pick", "a vote over the root"))
-    print("\n(a/b): items only the first arm got right / only the second; differences in points.")
+    print(LEGEND)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,12 @@ shows for an approach that changes nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from arms import Arm, Item, compare, load_arm, row, traces
+from arms import RUNS, Arm, Item, compare, load_arm, row, runs_parser, traces
 from ponder.answers import extract_answer, same_answer
 
-RUNS = Path(__file__).parent / "runs"
 DEFAULT_RUNS = ("gsm8k-1.5b", "gsm8k-1.5b-fixes3", "gsm8k-1.5b-fixes4")
 
 
@@ -48,8 +46,7 @@ def draft_arm(found: dict[str, tuple[str, str]]) -> Arm:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS, help="run directories' names")
+    parser = runs_parser(__doc__, DEFAULT_RUNS)
     parser.add_argument("--none", default="gsm8k-1.5b", help="the run that measured `none`")
     args = parser.parse_args()
     none_run = RUNS / args.none

@@ -16,16 +16,14 @@ the replay in the approach's own order makes the choice the run made.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from arms import Arm, accuracy, load_arm, paired, row, traces
+from arms import LEGEND, RUNS, Arm, accuracy, load_arm, paired, row, runs_parser, traces
 from ponder.answers import same_answer
 from ponder.strategies.showing import ranked_best
 
-RUNS = Path(__file__).parent / "runs"
 DEFAULT_RUNS = ("gsm8k-1.5b-fixes5", "gsm8k-0.5b-more")
 STEPS = {"bon": "scores", "cepo": "scores", "pvg": "best"}
 """Each approach's `choose` step."""
@@ -61,8 +59,7 @@ def replayed(arm: Arm, found: dict[str, tuple[dict[str, Any], str]], first: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS, help="run directories' names")
+    parser = runs_parser(__doc__, DEFAULT_RUNS)
     args = parser.parse_args()
     header = [
         "Run",
@@ -103,7 +100,7 @@ def main() -> None:
                 paired(none, agreement) if none else "",
             ]
             print(row(cells))
-    print("\n(a/b): items only the first arm got right / only the second; differences in points.")
+    print(LEGEND)
 
 
 if __name__ == "__main__":
